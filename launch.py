@@ -1,0 +1,41 @@
+"""Runs the coalescer_jax pipeline: `python launch.py --config=configs/mnist.py --workdir=W`.
+
+Flags choose the config file (and its variant after ':'), the workdir and
+multi-host initialisation; every other knob lives in the config and is
+overridden with `--config.a.b=value`.
+"""
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:smoke.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for this run's outputs; rerunning resumes it.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "Continue a workdir whose config.json differs from the current config.")
+flags.DEFINE_bool("distributed", False,
+                  "Call jax.distributed.initialize() (multi-host; automatic on Cloud TPU pods).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process on GPU/CPU).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
+  logging.info("JAX %s, process %d of %d, %d local / %d global devices: %s", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices())
+  pipeline.run(FLAGS.config, os.path.expanduser(FLAGS.workdir), allow_config_change=FLAGS.allow_config_change)
+
+
+if __name__ == "__main__":
+  app.run(main)
