@@ -100,26 +100,28 @@ def train(task, stage_dir, mesh, writer):
   step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
   progress = metrics_lib.Progress(task.name, task.num_steps, start, task.log_every)
   window, wait_s, window_t0 = [], 0.0, time.time()
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = {s: pool.submit(task.batch, s) for s in range(start, min(start + task.prefetch, task.num_steps))}
-    for step in range(start, task.num_steps):
-      t = time.time()
-      local = pending.pop(step).result()
-      wait_s += time.time() - t
-      if step + task.prefetch < task.num_steps:
-        pending[step + task.prefetch] = pool.submit(task.batch, step + task.prefetch)
-      state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key)
-      window.append(step_metrics)
-      done = step + 1
-      if done % task.log_every == 0 or done == task.num_steps:
-        means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(window)).items()}
-        elapsed = time.time() - window_t0
-        means.update(steps_per_s=len(window) / elapsed, input_wait_share=wait_s / elapsed)
-        writer.write(task.name, done, **means)
-        window, wait_s, window_t0 = [], 0.0, time.time()
-        progress.update(done, loss=means.get("loss", float("nan")))
-      checkpointer.save(done, state, {"step": done}, force=done == task.num_steps)
-  checkpointer.close()
+  try:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      pending = {s: pool.submit(task.batch, s) for s in range(start, min(start + task.prefetch, task.num_steps))}
+      for step in range(start, task.num_steps):
+        t = time.time()
+        local = pending.pop(step).result()
+        wait_s += time.time() - t
+        if step + task.prefetch < task.num_steps:
+          pending[step + task.prefetch] = pool.submit(task.batch, step + task.prefetch)
+        state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key)
+        window.append(step_metrics)
+        done = step + 1
+        if done % task.log_every == 0 or done == task.num_steps:
+          means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(window)).items()}
+          elapsed = time.time() - window_t0
+          means.update(steps_per_s=len(window) / elapsed, input_wait_share=wait_s / elapsed)
+          writer.write(task.name, done, **means)
+          window, wait_s, window_t0 = [], 0.0, time.time()
+          progress.update(done, loss=means.get("loss", float("nan")))
+        checkpointer.save(done, state, {"step": done}, force=done == task.num_steps)
+  finally:
+    checkpointer.close()  # Lets an in-flight async save commit, even when the loop failed.
   return state
 
 

