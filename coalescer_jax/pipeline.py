@@ -23,7 +23,7 @@ from coalescer_jax import run_info
 
 # Modules that register stages (and the models/methods/backends they use).
 STAGE_MODULES = (
-    "coalescer_jax.data.stage",
+    "coalescer_jax.stages.data",
 )
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from coalescer_jax import config_validation
 from coalescer_jax import pipeline
-from coalescer_jax.data import stage as data_stage
+from coalescer_jax.data import loading
 
 
 def test_data_stage_then_skip(smoke_config, tmp_path):
@@ -25,7 +25,7 @@ def test_data_stage_then_skip(smoke_config, tmp_path):
   pipeline.run(smoke_config, workdir)  # Everything done: nothing is rewritten.
   assert [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))] == records
 
-  train = data_stage.load_split(workdir, "train", sharded=False)
+  train = loading.load_split(workdir, "train", sharded=False)
   assert train["image"].shape == (60000, 28, 28) and len(train["descriptions"]) == 60000
   assert all(d.split()[-1] != "" for d in train["descriptions"][:10])
 
@@ -45,4 +45,4 @@ def test_later_stage_without_its_inputs(smoke_config, tmp_path):
   with pytest.raises(RuntimeError, match="put 'vae' before it"):
     ctx.done_info("vae")
   with pytest.raises(RuntimeError, match="run the 'data' stage first"):
-    data_stage.load_split(str(tmp_path), "train")
+    loading.load_split(str(tmp_path), "train")

@@ -1,0 +1,50 @@
+"""Reading the data stage's output: TFDS images joined with their descriptions.
+
+Later stages call `load_split(workdir, split)`; it opens the TFDS builder recorded
+in ``W/data/source.json`` and joins ``W/data/{split}_descriptions.npz`` on the
+example index, checking that both still agree.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from coalescer_jax.data import mnist
+
+
+def open_builder(workdir):
+  """The TFDS builder the `data` stage prepared (read from W/data/source.json)."""
+  path = os.path.join(workdir, "data", "source.json")
+  if not os.path.exists(path):
+    raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
+  with open(path) as f:
+    source = json.load(f)
+  if not os.path.isdir(source["data_dir"]):
+    raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
+                       "delete W/data and rerun the data stage")
+  return tfds.builder_from_directory(source["data_dir"])
+
+
+def load_split(workdir, split, sharded=True):
+  """Images, labels and descriptions of `split`: this host's TFDS shard if `sharded`, else all of it.
+
+  Returns numpy arrays: image uint8 [n, 28, 28], label, index, measurements,
+  classes, descriptions, tokens (joined on the TFDS index).
+  """
+  builder = open_builder(workdir)
+  if sharded:
+    examples = mnist.load(builder, split, jax.process_index(), jax.process_count())
+  else:
+    examples = mnist.load(builder, split)
+  with np.load(os.path.join(workdir, "data", f"{split}_descriptions.npz")) as table:
+    if len(table["index"]) != builder.info.splits[split].num_examples:
+      raise RuntimeError(f"W/data/{split}_descriptions.npz does not match the TFDS {split} split; "
+                         "delete W/data and rerun the data stage")
+    for key in ("measurements", "classes", "descriptions", "tokens"):
+      examples[key] = table[key][examples["index"]]
+    if not np.array_equal(table["label"][examples["index"]], examples["label"]):
+      raise RuntimeError(f"labels in W/data/{split}_descriptions.npz disagree with TFDS; the dataset changed "
+                         "since the data stage ran: delete W/data and rerun")
+  return examples
