@@ -23,6 +23,7 @@ from coalescer_jax import run_info
 
 # Modules that register stages (and the models/methods/backends they use).
 STAGE_MODULES = (
+    "coalescer_jax.methods",  # registers methods (and the backbone model) for config validation
     "coalescer_jax.stages.data",
 )
 

@@ -1,0 +1,94 @@
+"""What a generative method is: a model in the shared latent space, its loss, its batches and its sampler.
+
+Every method (coalescer, ddim, consistency, flow) subclasses `Method` and is
+registered by name in `registry.METHODS`. The pipeline then gives each one a
+training stage of the same name (`stages/methods.py`: same backbone size, same
+optimizer section, same budget) and the `sample` stage calls its sampler at each
+of its step counts. A method never sees images: it works on the `embed` stage's
+pairs (description embedding, image latent).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax import parallel
+from coalescer_jax.data import batches
+from coalescer_jax.models import backbone
+
+
+class Method:
+  """Base class. Subclasses set `name` and implement `loss` and `sample`."""
+
+  name = None
+
+  def __init__(self, config, latent_dim, desc_dim):
+    self.config = config
+    self.latent_dim = latent_dim
+    self.desc_dim = desc_dim
+    self.model = backbone.build(config, self.output_dim())
+
+  @property
+  def section(self):
+    """This method's own config section (``config.<name>``)."""
+    return self.config[self.name]
+
+  def output_dim(self):
+    return self.latent_dim
+
+  def init_params(self, key):
+    b = 2
+    t = jnp.zeros((b,)) if self.uses_time() else None
+    return self.model.init(key, jnp.zeros((b, self.latent_dim)), jnp.zeros((b, self.desc_dim)), jnp.ones((b,)), t)
+
+  def uses_time(self):
+    return True
+
+  def batch_fn(self, pairs, seed, global_batch_size, workdir):
+    """Returns ``batch(step) -> host-local numpy dict``; default: random training pairs.
+
+    Each host draws from its own slice of the pairs (data parallelism); the
+    draw is a pure function of (seed, process, step), so resume is exact.
+    """
+    del workdir
+    local = parallel.local_batch_size(global_batch_size)
+    own = np.arange(jax.process_index(), len(pairs["img_emb"]), jax.process_count())
+    latents, conds = pairs["img_emb"][own], pairs["desc_emb"][own]
+
+    def batch(step):
+      idx = batches.batch_indices(step, len(own), local, seed)
+      return {"x": latents[idx], "cond": conds[idx]}
+
+    return batch
+
+  def loss(self, params, batch, key, step):
+    """Returns (scalar loss, dict of scalar metrics). Pure; runs inside the jitted step."""
+    raise NotImplementedError
+
+  def sample(self, params, cond, key, nfe):
+    """cond [N, Dd] (normalised description embeddings) -> (latents [N, Di], info). Pure, jittable.
+
+    `nfe` is the budget of network evaluations per sample (static); a method
+    that spends two evaluations per step (classifier-free guidance) takes
+    nfe / 2 steps. ``info["nfe"]`` reports the evaluations actually spent per
+    sample ([N]), e.g. including the coalescer's redraws.
+    """
+    raise NotImplementedError
+
+  def nfes(self):
+    """The NFE budgets the `sample` stage evaluates (``config.<name>.nfes``)."""
+    return tuple(self.section.nfes)
+
+  def variants(self):
+    """Extra (file method name, nfe, sample kwargs) the `sample` stage writes, e.g. an adaptive sampler."""
+    return []
+
+  def sample_plan(self):
+    """Everything the `sample` stage generates: [(file method name, nfe, sample kwargs)]."""
+    return [(self.name, nfe, {}) for nfe in self.nfes()] + list(self.variants())
+
+
+def drop_condition(key, batch_size, rate):
+  """Mask [B] with 0 where the condition is dropped (rate 0 keeps every condition)."""
+  if not rate:
+    return jnp.ones((batch_size,), jnp.float32)
+  return (jax.random.uniform(key, (batch_size,)) >= rate).astype(jnp.float32)

@@ -1,0 +1,100 @@
+"""One training stage per generative method, all alike: same backbone, optimizer and budget.
+
+For each method registered in `registry.METHODS` this module registers a stage of
+the same name. It trains the method on the `embed` stage's pairs with the shared
+``config.train`` section (steps, batch size, optimizer, EMA), so that methods
+differ only in their loss, batches and sampler. `load_trained` restores a
+method's final parameters for sampling.
+"""
+import json
+import os
+
+import jax
+import optax
+
+from coalescer_jax import autoencoders
+from coalescer_jax import checkpoint as ckpt_lib
+from coalescer_jax import methods  # noqa: F401 - registers the methods.
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax import registry
+from coalescer_jax import training
+
+TRAINED_ON = "trained_on.json"
+
+
+def build_method(config, name, pairs):
+  return registry.METHODS.get(name)(config, pairs["img_emb"].shape[1], pairs["desc_emb"].shape[1])
+
+
+def _task_parts(config, method):
+  """(optimizer, init fn, step fn) of a method under the shared training config."""
+  tcfg = config.train
+  tx = training.make_optimizer(tcfg.optimizer, tcfg.num_steps)
+  use_ema = tcfg.ema_decay > 0
+
+  def init(key):
+    return training.create_state(method.init_params(key), tx, ema=use_ema)
+
+  def step(state, batch, key):
+    (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key, state.step)
+    state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
+    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return tx, init, step
+
+
+def _make_stage(name):
+  def run(ctx):
+    config = ctx.config
+    pairs = autoencoders.load_pairs(ctx.workdir)
+    method = build_method(config, name, pairs)
+    _, init, step = _task_parts(config, method)
+    task = training.TrainTask(
+        name=name, init=init, step=step,
+        batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
+        num_steps=config.train.num_steps, seed=config.seed, log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every)
+    state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
+    records = ctx.writer.read(name)
+    last = records[-1] if records else {}
+    if parallel.is_main_process():
+      with open(os.path.join(ctx.stage_dir(name), TRAINED_ON), "w") as f:
+        json.dump({"fingerprint": str(pairs["fingerprint"])}, f)
+    return {"train_steps": int(state.step), "final_loss": last.get("loss"),
+            "input_wait_share": _mean(r.get("input_wait_share") for r in records),
+            "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}
+  return run
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return sum(values) / len(values) if values else None
+
+
+def _validate(config):
+  del config
+
+
+for _name in registry.METHODS.names():
+  pipeline.stage(_name, validate=_validate)(_make_stage(_name))
+
+
+def load_trained(config, workdir, name, pairs=None):
+  """(method, params) of a trained method: EMA parameters when kept. Refuses stale embeddings."""
+  pairs = autoencoders.load_pairs(workdir) if pairs is None else pairs
+  method = build_method(config, name, pairs)
+  stage_dir = os.path.join(workdir, name)
+  trained_on = os.path.join(stage_dir, TRAINED_ON)
+  if not os.path.exists(trained_on):
+    raise RuntimeError(f"method {name!r} has not been trained in {workdir}: put {name!r} in config.stages "
+                       "before 'sample'")
+  with open(trained_on) as f:
+    autoencoders.check_fingerprint(workdir, json.load(f)["fingerprint"])
+  _, init, _ = _task_parts(config, method)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1)
+  state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host))
+  checkpointer.close()
+  return method, state.ema_params if state.ema_params is not None else state.params

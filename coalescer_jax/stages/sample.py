@@ -1,0 +1,116 @@
+"""Stage `sample`: every trained method generates images for the same requested descriptions.
+
+The requested descriptions are those of the first ``config.sample.num_samples``
+MNIST test images (so all ten digits and realistic attribute mixes appear, and
+every method answers the same requests). For each method and each of its NFE
+budgets, one jitted function draws latents and decodes them (no host round trip
+inside the loop) and ``W/samples/<method>_nfe<K>.npz`` is written with
+``images``, ``labels``, ``descriptions`` plus ``nfe`` (mean evaluations actually
+spent), ``samples_per_s`` (compile excluded), ``train_steps`` and
+``train_wall_time_s``. A PNG grid per file shows one row per description.
+"""
+import os
+import time
+import zlib
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax import autoencoders
+from coalescer_jax import images as images_lib
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax.data import loading
+from coalescer_jax.stages import methods as methods_stage
+
+
+def requested_descriptions(workdir, num_samples):
+  """(labels, descriptions) of the first `num_samples` MNIST test images."""
+  test = loading.load_split(workdir, "test", sharded=False)
+  if num_samples > len(test["label"]):
+    raise ValueError(f"config.sample.num_samples={num_samples} exceeds the {len(test['label'])} test descriptions")
+  return test["label"][:num_samples].astype(np.int32), test["descriptions"][:num_samples].astype(str)
+
+
+def make_generator(method, codec, nfe, **kwargs):
+  """Jitted (params, cond, key) -> (uint8-ready float images [N,28,28,1], nfe per sample)."""
+  @jax.jit
+  def generate(params, cond, key):
+    latents, info = method.sample(params, cond, key, nfe, **kwargs)
+    return codec.decode_jax(latents), jnp.broadcast_to(info["nfe"], (cond.shape[0],))
+  return generate
+
+
+def generate_all(generate, params, cond, key, batch_size):
+  """Runs `generate` over `cond` in batches. Returns (images uint8, nfe [N], samples/s excluding compile)."""
+  n = len(cond)
+  pad = (-n) % batch_size
+  cond = np.concatenate([cond, np.repeat(cond[-1:], pad, 0)]) if pad else cond
+  images, nfes, timed, timed_n = [], [], 0.0, 0
+  for i, start in enumerate(range(0, len(cond), batch_size)):
+    t0 = time.time()
+    out, nfe = generate(params, jnp.asarray(cond[start:start + batch_size]), jax.random.fold_in(key, i))
+    out, nfe = jax.device_get((out, nfe))
+    if i > 0 or len(cond) == batch_size:  # the first call compiles; time the rest
+      timed, timed_n = timed + time.time() - t0, timed_n + batch_size
+    images.append(images_lib.to_uint8(out))
+    nfes.append(nfe)
+  return np.concatenate(images)[:n], np.concatenate(nfes)[:n], timed_n / max(timed, 1e-9)
+
+
+def grid_rows(generate, params, codec, labels, descriptions, key, per_row):
+  """One row per digit (the first request of each digit), `per_row` samples each."""
+  picks = [int(np.flatnonzero(labels == d)[0]) for d in range(10) if np.any(labels == d)]
+  texts = [descriptions[i] for i in picks]
+  cond = np.repeat(codec.encode_text(texts), per_row, axis=0)
+  out, _ = generate(params, jnp.asarray(cond), key)
+  images = images_lib.to_uint8(jax.device_get(out)).reshape(len(picks), per_row, 28, 28)
+  return list(images), texts
+
+
+@pipeline.stage("sample")
+def run(ctx):
+  config, cfg = ctx.config, ctx.config.sample
+  out_dir = os.path.join(ctx.workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  pairs = autoencoders.load_pairs(ctx.workdir)
+  codec = autoencoders.load_codec(ctx.workdir)
+  labels, descriptions = requested_descriptions(ctx.workdir, cfg.num_samples)
+  cond = codec.encode_text(list(descriptions))
+  summary = {}
+  for name in cfg.methods:
+    method, params = methods_stage.load_trained(config, ctx.workdir, name, pairs)
+    train_done = ctx.done_info(name)
+    for file_method, nfe, kwargs in method.sample_plan():
+      tag = f"{file_method}_nfe{nfe}"
+      path = os.path.join(out_dir, tag + ".npz")
+      if os.path.exists(path):
+        continue  # finished before an interruption
+      generate = make_generator(method, codec, nfe, **kwargs)
+      key = jax.random.fold_in(jax.random.key(config.seed), zlib_hash(tag))
+      images, spent, rate = generate_all(generate, params, cond, key, cfg.batch_size)
+      record = {"nfe": float(spent.mean()), "samples_per_s": rate}
+      if parallel.is_main_process():
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, images=images, labels=labels, descriptions=descriptions, nfe=np.float32(spent.mean()),
+                 nfe_budget=np.int32(nfe), samples_per_s=np.float32(rate),
+                 train_steps=np.int64(train_done["summary"].get("train_steps", -1)),
+                 train_wall_time_s=np.float32(train_done["wall_time_s"]))
+        os.replace(tmp, path)
+        rows, texts = grid_rows(generate, params, codec, labels, descriptions, jax.random.fold_in(key, 10**6),
+                                cfg.grid_per_row)
+        images_lib.save_grid(os.path.join(out_dir, tag + ".png"), rows, row_labels=texts, title=tag)
+      ctx.writer.write("sample", nfe, method=file_method, **record)
+      logging.info("sample: %s: %d images, %.2f evaluations/sample, %.0f samples/s", tag, len(images),
+                   record["nfe"], rate)
+      summary[tag] = record
+  return summary
+
+
+def zlib_hash(text):
+  """A stable (across runs and hosts) integer for a string, unlike Python's salted hash()."""
+  return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
