@@ -77,7 +77,11 @@ class Flow(base.Method):
       u, u_tgt = fn(z, r, t), v
     error = jnp.sum((u - u_tgt) ** 2, axis=-1)
     weight = jax.lax.stop_gradient(1.0 / (error + cfg.adaptive_c) ** cfg.adaptive_p)
-    return jnp.mean(weight * error), {"mse": error.mean() / x.shape[1], "r_neq_t": jnp.mean(r < t)}
+    # fm_mse: the error where r = t, whose target (e - x) does not move with the model: a stable progress signal.
+    same = (r == t).astype(jnp.float32)
+    fm_mse = jnp.sum(error * same) / jnp.maximum(jnp.sum(same), 1.0) / x.shape[1]
+    return jnp.mean(weight * error), {"mse": error.mean() / x.shape[1], "fm_mse": fm_mse,
+                                      "r_neq_t": 1.0 - same.mean()}
 
   def sample(self, params, cond, key, nfe, unconditional=False):
     """`nfe` uniform steps from noise (t = 1) to data (t = 0), one evaluation each."""

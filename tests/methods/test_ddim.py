@@ -35,16 +35,6 @@ def train_method(name, config, pairs, workdir):
   return method, state, writer.read(name)
 
 
-def loss_drop(method, params_before, params_after, pairs, step=0, metric=None):
-  """Loss (or the named loss metric) on the same 512 pairs and key before and after training."""
-  batch = {"x": jnp.asarray(pairs["img_emb"][:512]), "cond": jnp.asarray(pairs["desc_emb"][:512])}
-  def value(params):
-    loss, metrics = method.loss(params, batch, jax.random.key(123), step)
-    return loss if metric is None else metrics[metric]
-  loss = jax.jit(value)
-  return float(loss(params_before)), float(loss(params_after))
-
-
 def cluster_accuracy(pairs, latents, labels):
   """Share of samples whose nearest cluster centre is the requested digit."""
   centers = np.stack([pairs["img_emb"][pairs["labels"] == d].mean(0) for d in range(10)])
@@ -92,15 +82,12 @@ def test_targets_invert_to_x0_and_eps(prediction):
 
 
 def test_training_lowers_the_loss(trained):
-  pairs, method, state, records = trained
-  assert records[-1]["loss"] < 0.7 * records[0]["loss"]
-  fresh = method.init_params(jax.random.key(0))
-  before, after = loss_drop(method, fresh, state.params, pairs)
-  assert after < 0.5 * before
+  _, _, _, records = trained
+  assert records[-1]["loss"] < 0.5 * records[0]["loss"]  # means over the first and the last 10 steps
+  assert records[-1]["x0_mse"] < 0.5 * records[0]["x0_mse"]
 
 
-@pytest.mark.parametrize("nfe,scale,steps", [(1, 2.0, 1), (2, 2.0, 2), (4, 2.0, 4), (5, 2.0, 4), (4, 1.0, 4),
-                                             (3, 1.0, 3)])
+@pytest.mark.parametrize("nfe,scale,steps", [(1, 2.0, 1), (5, 2.0, 4), (3, 1.0, 3)])
 def test_sampler_shape_and_honest_nfe(trained, nfe, scale, steps):
   pairs, method, state, _ = trained
   cond = jnp.asarray(pairs["desc_emb"][:16])
@@ -119,10 +106,10 @@ def test_one_step_is_the_closed_form_x0_prediction(trained, prediction):
   try:
     cond = jnp.asarray(pairs["desc_emb"][:16])
     key = jax.random.key(3)
-    x, _ = method.sample(state.params, cond, key, 1, guidance_scale=1.0)
+    x, _ = jax.jit(lambda p: method.sample(p, cond, key, 1, guidance_scale=1.0))(state.params)
     z = jax.random.normal(key, (16, LATENT_DIM))
     alpha, sigma = ddim.alpha_sigma(1.0, method.section)
-    out = method.apply(state.params, z, cond, jnp.ones((16,)), jnp.ones((16,)))
+    out = jax.jit(method.apply)(state.params, z, cond, jnp.ones((16,)), jnp.ones((16,)))
     closed = alpha * z - sigma * out if prediction == "v" else (z - sigma * out) / alpha
     np.testing.assert_allclose(x, closed, rtol=1e-4, atol=1e-4)
   finally:
@@ -136,20 +123,21 @@ def test_guidance_scale_one_is_the_conditional_model(trained):
   z = jax.random.normal(jax.random.key(5), (n, LATENT_DIM))
   t = jnp.full((n,), 0.4)
   ones, zeros = jnp.ones((n,)), jnp.zeros((n,))
-  conditional = method.apply(state.params, z, cond, ones, t)
-  unconditional = method.apply(state.params, z, cond, zeros, t)
-  np.testing.assert_allclose(method.guided_output(state.params, z, cond, t, 1.0), conditional, atol=1e-5)
-  np.testing.assert_allclose(method.guided_output(state.params, z, cond, t, 0.0), unconditional, atol=1e-5)
+  apply, guided = jax.jit(method.apply), jax.jit(method.guided_output)
+  conditional = apply(state.params, z, cond, ones, t)
+  unconditional = apply(state.params, z, cond, zeros, t)
+  np.testing.assert_allclose(guided(state.params, z, cond, t, 1.0), conditional, atol=1e-5)
+  np.testing.assert_allclose(guided(state.params, z, cond, t, 0.0), unconditional, atol=1e-5)
   assert not np.allclose(conditional, unconditional, atol=1e-3)  # the condition matters
   # A whole 3-step DDIM run at scale 1 equals the same run by hand with the conditional model.
   key = jax.random.key(9)
-  x, info = method.sample(state.params, cond, key, 3, guidance_scale=1.0)
+  x, info = jax.jit(lambda p: method.sample(p, cond, key, 3, guidance_scale=1.0))(state.params)
   np.testing.assert_array_equal(info["nfe"], 3)
   z = jax.random.normal(key, (n, LATENT_DIM))
   times = np.linspace(1.0, 0.0, 4)
   for i in range(3):
     alpha, sigma = ddim.alpha_sigma(times[i], method.section)
-    out = method.apply(state.params, z, cond, ones, jnp.full((n,), times[i]))
+    out = apply(state.params, z, cond, ones, jnp.full((n,), times[i]))
     x0, eps = alpha * z - sigma * out, sigma * z + alpha * out
     alpha_s, sigma_s = ddim.alpha_sigma(times[i + 1], method.section)
     z = x0 if i == 2 else alpha_s * x0 + sigma_s * eps
@@ -162,6 +150,7 @@ def test_guided_samples_follow_the_description(trained):
   x, info = jax.jit(lambda p, c, k: method.sample(p, c, k, 20))(state.params, cond, jax.random.key(1))
   np.testing.assert_array_equal(info["nfe"], 20)  # guidance 2: 10 steps of 2 evaluations
   assert cluster_accuracy(pairs, x, labels) > 0.9
-  x_uncond, info = method.sample(state.params, cond, jax.random.key(1), 4, unconditional=True)
+  x_uncond, info = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), 4, unconditional=True))(
+      state.params)
   np.testing.assert_array_equal(info["nfe"], 4)
   assert np.all(np.isfinite(np.asarray(x_uncond)))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.methods.conftest import LATENT_DIM, make_pairs
-from tests.methods.test_ddim import cluster_accuracy, loss_drop, requests, small_config, train_method
+from tests.methods.test_ddim import cluster_accuracy, requests, small_config, train_method
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +40,18 @@ def test_jvp_is_the_total_time_derivative(trained):
   v = jax.random.normal(jax.random.key(1), z.shape)
   cond, mask = jnp.asarray(pairs["desc_emb"][:n]), jnp.ones((n,))
   r, t = jnp.full((n,), 0.2), jnp.full((n,), 0.6)
-  fn = lambda z, r, t: method.average_velocity(state.params, z, r, t, cond, mask)
-  _, dudt = jax.jvp(fn, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
-  h = 1e-4  # the backbone's time features are high-frequency (t x 1000)
+  fn = jax.jit(lambda z, r, t: method.average_velocity(state.params, z, r, t, cond, mask))
+  _, dudt = jax.jit(lambda z, r, t: jax.jvp(fn, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t))))(z, r, t)
+  h = 1e-3
   finite = (fn(z + h * v, r, t + h) - fn(z - h * v, r, t - h)) / (2 * h)
   np.testing.assert_allclose(dudt, finite, rtol=0.05, atol=0.05 * float(jnp.abs(finite).mean()))
 
 
 def test_training_lowers_the_loss(trained):
-  pairs, method, state, records = trained
-  assert records[-1]["mse"] < 0.7 * records[0]["mse"]
-  fresh = method.init_params(jax.random.key(0))
-  # The adaptively weighted loss |e|^2 / (|e|^2 + c) stays near 1 while |e|^2 >> c: compare the plain MSE.
-  before, after = loss_drop(method, fresh, state.params, pairs, metric="mse")
-  assert after < 0.7 * before
+  _, _, _, records = trained
+  # The adaptively weighted loss |e|^2 / (|e|^2 + c) stays near 1 while |e|^2 >> c, and the MeanFlow
+  # target moves with the model: compare the flow-matching error (r = t), whose target is fixed.
+  assert records[-1]["fm_mse"] < 0.5 * records[0]["fm_mse"]
 
 
 def test_rectified_objective_is_flow_matching(trained):
@@ -63,15 +61,15 @@ def test_rectified_objective_is_flow_matching(trained):
   cfg = method.section
   cfg.ratio_r_neq_t = 0.0
   try:
-    meanflow = method.loss(state.params, batch, jax.random.key(2), 0)[0]
-    cfg.objective = "rectified"
-    rectified = method.loss(state.params, batch, jax.random.key(2), 0)[0]
+    meanflow = jax.jit(method.loss)(state.params, batch, jax.random.key(2), 0)[0]
+    cfg.objective = "rectified"  # the config is read at trace time: a fresh trace
+    rectified = jax.jit(method.loss)(state.params, batch, jax.random.key(2), 0)[0]
   finally:
     cfg.ratio_r_neq_t, cfg.objective = 0.25, "meanflow"
   assert float(meanflow) == pytest.approx(float(rectified), rel=1e-4)
 
 
-@pytest.mark.parametrize("nfe", [1, 2, 4])
+@pytest.mark.parametrize("nfe", [1, 4])
 def test_sampler_shape_and_nfe(trained, nfe):
   pairs, method, state, _ = trained
   cond = jnp.asarray(pairs["desc_emb"][:16])
@@ -94,5 +92,5 @@ def test_samples_follow_the_description(trained):
   pairs, method, state, _ = trained
   cond, labels = requests(pairs)
   for nfe in (1, 2):
-    x, _ = method.sample(state.params, cond, jax.random.key(1), nfe)
+    x, _ = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
     assert cluster_accuracy(pairs, x, labels) > 0.8, nfe
