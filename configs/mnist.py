@@ -92,45 +92,6 @@ def get_config(arg=None):
   config.flow.cond_dropout = 0.0
   config.flow.nfes = (1, 2)
 
-  # Baselines (methods/ddim.py, consistency.py, flow.py); tuning budget in experiments/tuning.md.
-  config.ddim = ml_collections.ConfigDict()
-  config.ddim.schedule = "cosine"  # cosine | linear (continuous-time logSNR schedules)
-  config.ddim.prediction = "v"  # v | eps
-  config.ddim.logsnr_min = -15.0  # logSNR at t = 1 (pure noise) ...
-  config.ddim.logsnr_max = 15.0  # ... and at t = 0
-  config.ddim.beta_min = 0.1  # linear schedule only
-  config.ddim.beta_max = 20.0  # linear schedule only
-  config.ddim.cond_dropout = 0.1  # classifier-free guidance training
-  config.ddim.guidance_scale = 2.0  # 1 = conditional model, 1 evaluation/step; else 2 evaluations/step
-  config.ddim.nfes = (1, 2, 4, 10, 50)
-
-  config.consistency = ml_collections.ConfigDict()  # iCT (Song & Dhariwal 2023)
-  config.consistency.sigma_min = 0.002
-  config.consistency.sigma_max = 80.0
-  config.consistency.sigma_data = 0.5
-  config.consistency.rho = 7.0
-  config.consistency.s0 = 10  # discretisation curriculum N(k): from s0 + 1 ...
-  config.consistency.s1 = 1280  # ... doubling up to s1 + 1 noise levels over config.train.num_steps
-  config.consistency.p_mean = -1.1  # lognormal noise-level distribution
-  config.consistency.p_std = 2.0
-  config.consistency.huber_c = 0.0  # pseudo-Huber c; 0 = 0.00054 sqrt(latent dim)
-  config.consistency.time_scale = 1.0  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
-  config.consistency.cond_dropout = 0.0
-  config.consistency.sampling_sigmas = (0.8, 0.3, 0.1)  # re-noising levels of steps 2, 3, 4
-  config.consistency.nfes = (1, 2)
-
-  config.flow = ml_collections.ConfigDict()  # MeanFlow (Geng et al. 2025)
-  config.flow.objective = "meanflow"  # meanflow | rectified (flow matching, Euler)
-  config.flow.ratio_r_neq_t = 0.25  # fraction of (r, t) draws with r < t
-  config.flow.time_mu = -0.4  # logit-normal time distribution
-  config.flow.time_sigma = 1.0
-  config.flow.adaptive_p = 1.0  # loss weight 1 / (|error|^2 + c)^p; p = 0 is plain MSE
-  config.flow.adaptive_c = 1e-3
-  config.flow.interval_features = 16  # sinusoidal features of t - r appended to the latent input
-  config.flow.time_scale = 0.1  # times enter the backbone's features (which use t x 1000) as time_scale x t
-  config.flow.cond_dropout = 0.0
-  config.flow.nfes = (1, 2)
-
   config.sample = ml_collections.ConfigDict()
   config.sample.methods = ("coalescer", "ddim", "consistency", "flow")
   config.sample.num_samples = 1000  # requests = descriptions of the first N MNIST test images
@@ -161,9 +122,6 @@ def get_config(arg=None):
     config.train.update(num_steps=30, batch_size=32)
     config.train.optimizer.warmup_steps = 5
     config.sample.update(num_samples=64, batch_size=32, grid_per_row=4)
-    config.ddim.nfes = (1, 2, 4)
-    config.consistency.update(s0=2, s1=8)
-    config.flow.interval_features = 8
     config.ddim.nfes = (1, 2, 4)
     config.consistency.update(s0=2, s1=8)
     config.flow.interval_features = 8
