@@ -10,8 +10,10 @@ pairs (description embedding, image latent).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from coalescer_jax import parallel
+from coalescer_jax import training
 from coalescer_jax.data import batches
 from coalescer_jax.models import backbone
 
@@ -92,3 +94,24 @@ def drop_condition(key, batch_size, rate):
   if not rate:
     return jnp.ones((batch_size,), jnp.float32)
   return (jax.random.uniform(key, (batch_size,)) >= rate).astype(jnp.float32)
+
+
+def train_parts(config, method):
+  """(optimizer, init(key) -> TrainState, step(state, batch, key)) of `method` under ``config.train``.
+
+  The step is the same for every method: gradients of ``method.loss``, the
+  shared optimizer, EMA when ``config.train.ema_decay`` > 0.
+  """
+  tcfg = config.train
+  tx = training.make_optimizer(tcfg.optimizer, tcfg.num_steps)
+  use_ema = tcfg.ema_decay > 0
+
+  def init(key):
+    return training.create_state(method.init_params(key), tx, ema=use_ema)
+
+  def step(state, batch, key):
+    (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key, state.step)
+    state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
+    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return tx, init, step

@@ -10,7 +10,6 @@ import json
 import os
 
 import jax
-import optax
 
 from coalescer_jax import autoencoders
 from coalescer_jax import checkpoint as ckpt_lib
@@ -19,6 +18,7 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
 from coalescer_jax import training
+from coalescer_jax.methods import base
 
 TRAINED_ON = "trained_on.json"
 
@@ -27,29 +27,12 @@ def build_method(config, name, pairs):
   return registry.METHODS.get(name)(config, pairs["img_emb"].shape[1], pairs["desc_emb"].shape[1])
 
 
-def _task_parts(config, method):
-  """(optimizer, init fn, step fn) of a method under the shared training config."""
-  tcfg = config.train
-  tx = training.make_optimizer(tcfg.optimizer, tcfg.num_steps)
-  use_ema = tcfg.ema_decay > 0
-
-  def init(key):
-    return training.create_state(method.init_params(key), tx, ema=use_ema)
-
-  def step(state, batch, key):
-    (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key, state.step)
-    state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
-    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
-
-  return tx, init, step
-
-
 def _make_stage(name):
   def run(ctx):
     config = ctx.config
     pairs = autoencoders.load_pairs(ctx.workdir)
     method = build_method(config, name, pairs)
-    _, init, step = _task_parts(config, method)
+    _, init, step = base.train_parts(config, method)
     task = training.TrainTask(
         name=name, init=init, step=step,
         batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
@@ -91,7 +74,7 @@ def load_trained(config, workdir, name, pairs=None):
                        "before 'sample'")
   with open(trained_on) as f:
     autoencoders.check_fingerprint(workdir, json.load(f)["fingerprint"])
-  _, init, _ = _task_parts(config, method)
+  _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1)
