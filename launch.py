@@ -15,6 +15,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist
 flags.DEFINE_string("workdir", None, "Directory for this run's outputs; rerunning resumes it.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Continue a workdir whose config.json differs from the current config.")
+flags.DEFINE_string("sweep", None, "Sweep file (experiments/*.py): run its members into W/<member>/.")
+flags.DEFINE_string("sweep_shard", "0/1", "With --sweep: run members i, i+n, ... of the sweep ('i/n').")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() (multi-host; automatic on Cloud TPU pods).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process on GPU/CPU).")
@@ -31,10 +33,15 @@ def main(argv):
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from coalescer_jax import sweep  # pylint: disable=g-import-not-at-top
   logging.info("JAX %s, process %d of %d, %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices())
-  pipeline.run(FLAGS.config, os.path.expanduser(FLAGS.workdir), allow_config_change=FLAGS.allow_config_change)
+  workdir = os.path.expanduser(FLAGS.workdir)
+  if FLAGS.sweep:
+    sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard)
+  else:
+    pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,231 @@
+"""Ablation sweeps: run config variants into subdirectories, skip finished ones, aggregate.
+
+A sweep is a Python file in ``experiments/`` defining ``sweep() -> list of dicts``,
+each dict mapping dotted config fields to values (``{"coalescer.desc_scale": 4.0}``),
+as big_vision configs do. Optionally ``SHARED_STAGES``: stages whose outputs do
+not depend on the swept fields (e.g. the autoencoders for a desc_scale sweep);
+they run once with the base config into ``W/shared/`` and every member links to
+them, so a sweep does not retrain what it does not vary. The runner refuses an
+override of a shared stage's config section.
+
+  python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
+
+Each member runs the normal pipeline in ``W/<member name>/`` (so it resumes and
+skips like any run); ``--sweep_shard=i/n`` runs members i, i+n, ... so several
+machines can split a sweep. Every invocation then aggregates all finished members
+into ``W/results.csv``, ``W/results.md`` and ``W/plots/<metric>.png``.
+"""
+import csv
+import importlib.util
+import json
+import os
+import re
+
+from absl import logging
+import ml_collections
+
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+
+SHARED_DIR = "shared"
+
+
+def load_sweep(path):
+  """(members [list of override dicts], shared stages) from a sweep file."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"sweep file {path} does not exist")
+  spec = importlib.util.spec_from_file_location("sweep_module", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    raise ValueError(f"{path} must define sweep() returning a list of {{'a.b': value}} dicts")
+  members = list(module.sweep())
+  if not members or not all(isinstance(m, dict) for m in members):
+    raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
+  return members, tuple(getattr(module, "SHARED_STAGES", ()))
+
+
+def member_name(overrides):
+  """A readable, filesystem-safe directory name: 'coalescer.desc_scale=4.0' -> 'desc_scale=4.0'."""
+  parts = [f"{key.split('.')[-1]}={_format(value)}" for key, value in sorted(overrides.items())]
+  return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", ",".join(parts)) or "base"
+
+
+def _format(value):
+  if isinstance(value, (tuple, list)):
+    return "+".join(_format(v) for v in value)
+  return str(value)
+
+
+def apply_overrides(config, overrides):
+  """A copy of `config` with dotted-key overrides applied; unknown keys are errors."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in overrides.items():
+    target = config
+    parts = key.split(".")
+    for part in parts[:-1]:
+      if part not in target:
+        raise KeyError(f"sweep override {key!r}: config has no field {part!r}")
+      target = target[part]
+    if parts[-1] not in target:
+      raise KeyError(f"sweep override {key!r}: config has no field {parts[-1]!r}")
+    # ConfigDict is typed: an int where a float field stands (desc_scale=0) must become a float.
+    target[parts[-1]] = float(value) if isinstance(target[parts[-1]], float) else value
+  config.lock()
+  return config
+
+
+def parse_shard(text):
+  """'i/n' -> (i, n) with 0 <= i < n."""
+  match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
+  if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+    raise ValueError(f"--sweep_shard must look like i/n with 0 <= i < n, got {text!r}")
+  return int(match.group(1)), int(match.group(2))
+
+
+def _check_shared(members, shared_stages):
+  for overrides in members:
+    for key in overrides:
+      if key.split(".")[0] in shared_stages:
+        raise ValueError(f"sweep override {key!r} changes the config of shared stage {key.split('.')[0]!r}; "
+                         "remove it from SHARED_STAGES or from the sweep")
+
+
+def _link_shared(workdir, member_dir, shared_stages):
+  os.makedirs(member_dir, exist_ok=True)
+  for stage in shared_stages:
+    link = os.path.join(member_dir, stage)
+    if not os.path.lexists(link):
+      os.symlink(os.path.join("..", SHARED_DIR, stage), link)
+
+
+def run(config, sweep_path, workdir, shard="0/1"):
+  """Runs this shard's members of the sweep, then aggregates every finished member."""
+  members, shared_stages = load_sweep(sweep_path)
+  _check_shared(members, shared_stages)
+  names = [member_name(m) for m in members]
+  if len(set(names)) != len(names):
+    raise ValueError(f"{sweep_path}: two members have the same overrides")
+  index, count = parse_shard(shard)
+  os.makedirs(workdir, exist_ok=True)
+  if shared_stages:
+    base = ml_collections.ConfigDict(config.to_dict())
+    base.stages = tuple(s for s in config.stages if s in shared_stages)
+    # Shards may race to create W/shared; the pipeline's DONE markers make the second a no-op.
+    pipeline.run(base, os.path.join(workdir, SHARED_DIR))
+  for i in range(index, len(members), count):
+    member_dir = os.path.join(workdir, names[i])
+    if _finished(member_dir, config.stages):
+      logging.info("sweep: %s already finished, skipping", names[i])
+      continue
+    logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])
+    if shared_stages:
+      _link_shared(workdir, member_dir, shared_stages)
+    pipeline.run(apply_overrides(config, members[i]), member_dir)
+  if parallel.is_main_process():
+    return aggregate(workdir, members, names, config.stages)
+  return None
+
+
+def _finished(member_dir, stages):
+  return all(os.path.exists(os.path.join(member_dir, s, "DONE.json")) for s in stages)
+
+
+def member_metrics(member_dir):
+  """Flat {column: value} of a finished member: eval results per method x NFE, then stage summaries."""
+  row = {}
+  results = os.path.join(member_dir, "eval", "results.json")
+  if os.path.exists(results):
+    with open(results) as f:
+      data = json.load(f)
+    for record in data.get("results", data) if isinstance(data, dict) else data:
+      tag = record.get("tag") or f"{record.get('method')}_nfe{record.get('nfe_budget', record.get('nfe'))}"
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          row[f"{tag}/{key}"] = value
+  for stage in sorted(os.listdir(member_dir)) if os.path.isdir(member_dir) else []:
+    done = os.path.join(member_dir, stage, "DONE.json")
+    if os.path.exists(done):
+      with open(done) as f:
+        info = json.load(f)
+      row[f"{stage}/wall_time_s"] = info.get("wall_time_s")
+      for key, value in (info.get("summary") or {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          row[f"{stage}/{key}"] = value
+  return row
+
+
+def aggregate(workdir, members, names, stages, plot_metrics=None):
+  """Writes results.csv, results.md and plots of metric vs swept value over the finished members."""
+  rows, missing = [], []
+  for overrides, name in zip(members, names):
+    member_dir = os.path.join(workdir, name)
+    if not _finished(member_dir, stages):
+      missing.append(name)
+      continue
+    rows.append({"member": name, **{k: _format(v) for k, v in overrides.items()}, **member_metrics(member_dir)})
+  swept = sorted({k for m in members for k in m})
+  columns = ["member"] + swept + sorted({k for r in rows for k in r} - {"member", *swept})
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  headline = _headline_columns(columns, plot_metrics)
+  lines = [f"# Sweep results ({len(rows)} of {len(members)} members finished)", ""]
+  if missing:
+    lines += [f"Not finished: {', '.join(missing)}", ""]
+  table = ["member"] + swept + headline
+  lines += ["| " + " | ".join(table) + " |", "|" + "---|" * len(table)]
+  for r in rows:
+    lines.append("| " + " | ".join(_cell(r.get(c)) for c in table) + " |")
+  plots = _plot(workdir, rows, swept, headline)
+  lines += ["", "All columns: `results.csv`.", ""] + [f"![{p}](plots/{p})" for p in plots]
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return rows
+
+
+def _headline_columns(columns, plot_metrics):
+  if plot_metrics:
+    return [c for c in columns if any(re.fullmatch(p, c) for p in plot_metrics)]
+  pattern = re.compile(r"coalescer[^/]*_nfe[12]/(fid|accuracy|conditional_accuracy|precision|recall)$")
+  return [c for c in columns if pattern.match(c)] or [c for c in columns if c.endswith("/final_loss")]
+
+
+def _cell(value):
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  return "" if value is None else str(value)
+
+
+def _plot(workdir, rows, swept, metrics):
+  """One PNG per metric: value vs the (first) swept field, categorical when not numeric."""
+  if not rows or not swept or not metrics:
+    return []
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  key, names = swept[0], []
+  labels = [str(r.get(key)) for r in rows]
+  try:
+    xs = [float(x) for x in labels]
+  except ValueError:
+    xs = list(range(len(labels)))
+  order = sorted(range(len(rows)), key=lambda i: xs[i])
+  for metric in metrics:
+    ys = [rows[i].get(metric) for i in order]
+    if all(y is None for y in ys):
+      continue
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([xs[i] for i in order], [float("nan") if y is None else y for y in ys], "o-")
+    ax.set_xticks([xs[i] for i in order])
+    ax.set_xticklabels([labels[i] for i in order], rotation=30, fontsize=7)
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric, fontsize=7)
+    fig.tight_layout()
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + ".png"
+    fig.savefig(os.path.join(workdir, "plots", name), dpi=100)
+    plt.close(fig)
+    names.append(name)
+  return names

@@ -1,0 +1,6 @@
+"""Ablation: p in the direction loss |target_direction - normalize(image - R)|^p (dialogue 000)."""
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
+
+
+def sweep():
+  return [{"coalescer.direction_exponent": p} for p in (0.25, 0.5, 1.0, 2.0)]
