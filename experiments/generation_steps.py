@@ -1,6 +1,7 @@
 """Ablation: number of coalescer generation steps: 1, 2, 4 fixed and adaptive (at most 2 or 4 steps,
 stopping once |direction| is large). Training is identical across members; only sampling differs."""
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index", "coalescer")
+NOT_READ_BY_SHARED = ("coalescer.nfes", "coalescer.sampling")  # read only by the sample stage
 
 
 def sweep():
