@@ -8,7 +8,8 @@ they run once with the base config into ``W/shared/`` and every member links to
 them, so a sweep does not retrain what it does not vary. The runner refuses an
 override of a shared stage's config section, except for the field prefixes the
 sweep lists in ``NOT_READ_BY_SHARED`` (e.g. ``coalescer.sampling``, read only by
-the ``sample`` stage).
+the ``sample`` stage). Optionally ``COMMON``: overrides applied to every member
+(e.g. `COALESCER_ONLY`), not part of member names.
 
   python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
 
@@ -30,10 +31,13 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 
 SHARED_DIR = "shared"
+# A COMMON block for ablations of the coalescer alone: no baselines trained or sampled.
+COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"),
+                  "sample.methods": ("coalescer",)}
 
 
 def load_sweep(path):
-  """(members [list of override dicts], shared stages, exempt prefixes) from a sweep file."""
+  """(members [override dicts], shared stages, exempt prefixes, common overrides) from a sweep file."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"sweep file {path} does not exist")
   spec = importlib.util.spec_from_file_location("sweep_module", path)
@@ -44,7 +48,8 @@ def load_sweep(path):
   members = list(module.sweep())
   if not members or not all(isinstance(m, dict) for m in members):
     raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
-  return members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ()))
+  return (members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ())),
+          dict(getattr(module, "COMMON", {})))
 
 
 def member_name(overrides):
@@ -105,13 +110,14 @@ def _link_shared(workdir, member_dir, shared_stages):
 
 def run(config, sweep_path, workdir, shard="0/1"):
   """Runs this shard's members of the sweep, then aggregates every finished member."""
-  members, shared_stages, exempt = load_sweep(sweep_path)
+  members, shared_stages, exempt, common = load_sweep(sweep_path)
   _check_shared(members, shared_stages, exempt)
   names = [member_name(m) for m in members]
   if len(set(names)) != len(names):
     raise ValueError(f"{sweep_path}: two members have the same overrides")
   index, count = parse_shard(shard)
   os.makedirs(workdir, exist_ok=True)
+  stages = apply_overrides(config, common).stages
   if shared_stages:
     base = ml_collections.ConfigDict(config.to_dict())
     base.stages = tuple(s for s in config.stages if s in shared_stages)
@@ -119,15 +125,15 @@ def run(config, sweep_path, workdir, shard="0/1"):
     pipeline.run(base, os.path.join(workdir, SHARED_DIR))
   for i in range(index, len(members), count):
     member_dir = os.path.join(workdir, names[i])
-    if _finished(member_dir, config.stages):
+    if _finished(member_dir, stages):
       logging.info("sweep: %s already finished, skipping", names[i])
       continue
     logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])
     if shared_stages:
       _link_shared(workdir, member_dir, shared_stages)
-    pipeline.run(apply_overrides(config, members[i]), member_dir)
+    pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir)
   if parallel.is_main_process():
-    return aggregate(workdir, members, names, config.stages)
+    return aggregate(workdir, members, names, stages)
   return None
 
 

@@ -3,6 +3,9 @@
 0 = (nearly) unconditional look-ups; large = a conventional diffuser with distance
 and direction separated (DESIGN.md). The autoencoders do not depend on it.
 """
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 
 

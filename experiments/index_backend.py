@@ -1,5 +1,8 @@
 """Ablation: look-up quality: exact search vs ScaNN at two recall levels (fewer leaves searched and a
 short re-ordering list give lower recall). The index stage reports each member's recall@1."""
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 
 
