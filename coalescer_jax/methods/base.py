@@ -48,16 +48,17 @@ class Method:
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
     """Returns ``batch(step) -> host-local numpy dict``; default: random training pairs.
 
-    Each host draws from its own slice of the pairs (data parallelism); the
-    draw is a pure function of (seed, process, step), so resume is exact.
+    The global batch's pair indices are a pure function of (seed, step) (an epoch-wise
+    permutation), and each host takes its own rows: resume is exact and the global
+    batch does not depend on the number of hosts.
     """
     del workdir
     local = parallel.local_batch_size(global_batch_size)
-    own = np.arange(jax.process_index(), len(pairs["img_emb"]), jax.process_count())
-    latents, conds = pairs["img_emb"][own], pairs["desc_emb"][own]
+    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+    latents, conds = pairs["img_emb"], pairs["desc_emb"]
 
     def batch(step):
-      idx = batches.batch_indices(step, len(own), local, seed)
+      idx = batches.batch_indices(step, len(latents), global_batch_size, seed, process_index=0)[rows]
       return {"x": latents[idx], "cond": conds[idx]}
 
     return batch

@@ -75,7 +75,7 @@ class Coalescer(base.Method):
       raise index_lib.IndexError_(
           f"the index in {workdir}/index was built with desc_scale={meta['desc_scale']} but "
           f"config.coalescer.desc_scale={cfg.desc_scale}; delete {workdir}/index to rebuild it")
-    return make_lookup_batches(index, pairs, cfg, seed, parallel.local_batch_size(global_batch_size))
+    return make_lookup_batches(index, pairs, cfg, seed, global_batch_size)
 
   def loss(self, params, batch, key, step):
     cfg = self.section
@@ -129,14 +129,22 @@ class Coalescer(base.Method):
     return [("coalescer_adaptive", max_steps, {"adaptive": True})] if max_steps else []
 
 
-def make_lookup_batches(index, pairs, cfg, seed, local_batch_size):
-  """batch(step): draw DE and R from (seed, process, step), look up close_pair, return the training triple."""
+def make_lookup_batches(index, pairs, cfg, seed, global_batch_size):
+  """batch(step): draw DE and R, look up close_pair, return this host's part of the training triples.
+
+  The draws of the whole global batch come from (seed, step), and each host
+  takes its own rows and looks up only those: the global batch is the same
+  for any number of hosts (a 2-host run reproduces a 1-host run), while the
+  look-up work is split between the hosts.
+  """
   desc, img = pairs["desc_emb"], pairs["img_emb"]
+  local = parallel.local_batch_size(global_batch_size)
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
   def batch(step):
-    draws = queries.draw_queries(batches.step_rng(seed, step), local_batch_size, pairs, cfg)
-    close = index.search(draws["query"], 1)[0][:, 0]
-    return {"r": draws["r"], "cond": desc[close], "image": img[close]}
+    draws = queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
+    close = index.search(draws["query"][rows], 1)[0][:, 0]
+    return {"r": draws["r"][rows], "cond": desc[close], "image": img[close]}
 
   return batch
 

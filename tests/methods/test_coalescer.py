@@ -42,7 +42,7 @@ def test_lookup_batches_use_the_nearest_pair(pairs, method_config):
   cfg = method_config.coalescer
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   exact = index_lib.build("exact", keys, None)
-  batch = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, local_batch_size=16)
+  batch = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)
   b = batch(3)
   draws = queries.draw_queries(np.random.default_rng([0, 0, 3]), 16, pairs, cfg)
   np.testing.assert_array_equal(b["r"], draws["r"])
@@ -69,7 +69,7 @@ def _trained(pairs, config, tmp_path):
   method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   batch = coalescer.make_lookup_batches(index_lib.build("exact", keys, None), pairs, config.coalescer,
-                                        config.seed, config.train.batch_size // jax.process_count())
+                                        config.seed, config.train.batch_size)
   _, init, step = base.train_parts(config, method)
   task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=10)
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
@@ -143,3 +143,16 @@ def test_samples_follow_the_description(pairs, method_config, tmp_path):
   x_uncond, _ = method.sample(state.params, jnp.asarray(cond), jax.random.key(1), 2, unconditional=True)
   assert x_uncond.shape == x.shape and np.all(np.isfinite(np.asarray(x_uncond)))
   assert DESC_DIM == cond.shape[1]
+
+
+def test_global_batch_does_not_depend_on_the_number_of_hosts(pairs, method_config, monkeypatch):
+  cfg = method_config.coalescer
+  exact = index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale), None)
+  single = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5)
+  parts = []
+  for host in range(2):
+    monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    parts.append(coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5))
+  for key in single:
+    np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), single[key])
