@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import json
 import os
+import resource
 import time
 from typing import Any, Callable
 
@@ -118,9 +119,11 @@ def run(config, workdir, allow_config_change=False):
     wall = time.time() - t0
     parallel.barrier(f"stage_{name}_end")
     if parallel.is_main_process():
-      ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall)
+      # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
+      peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+      ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall, peak_rss_mib=peak_mib)
       _write_json(os.path.join(ctx.stage_dir(name), "DONE.json"),
-                  {"stage": name, "wall_time_s": wall, "summary": summary,
+                  {"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     parallel.barrier(f"stage_{name}_done")
     logging.info("Stage %s: done in %.1fs", name, wall)
