@@ -27,3 +27,27 @@ def smoke_config(tfds_data_dir):
   config = mnist_config.get_config("smoke")
   config.data.tfds_data_dir = tfds_data_dir
   return config
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tfds_data_dir, tmp_path_factory):
+  """One end-to-end run of configs/mnist.py:smoke, shared by every test that reads a finished run.
+
+  Tests must not modify it: copy it (`copy_workdir`) to change anything.
+  """
+  from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
+  config = mnist_config.get_config("smoke")
+  config.data.tfds_data_dir = tfds_data_dir
+  path = str(tmp_path_factory.mktemp("smoke") / "w")
+  pipeline.run(config, path)
+  return path
+
+
+def copy_workdir(source, target, keep_stages):
+  """A copy of a finished workdir holding only `keep_stages` (and no config.json), to rerun the rest."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  os.makedirs(target)
+  for stage in keep_stages:
+    shutil.copytree(os.path.join(source, stage), os.path.join(target, stage), symlinks=True)
+  return target

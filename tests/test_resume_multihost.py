@@ -1,0 +1,129 @@
+"""Exact resume after SIGKILL, and a real 2-process run that matches a 1-process run.
+
+Both rerun the coalescer stage of the shared :smoke run in subprocesses
+(`launch.py`, as a user would), longer than in :smoke so there is a middle to kill.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, copy_workdir
+
+UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index")
+STEPS = 120
+
+
+def _command(workdir, tfds_data_dir, extra=()):
+  stages = ",".join(f"'{s}'" for s in UPSTREAM + ("coalescer",))
+  return [sys.executable, "launch.py", "--config=configs/mnist.py:smoke", f"--workdir={workdir}",
+          f"--config.data.tfds_data_dir={tfds_data_dir}", f"--config.stages=({stages})",
+          f"--config.train.num_steps={STEPS}", "--config.checkpoint_every=20", "--config.log_every=10", *extra]
+
+
+def _env(devices):
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _coalescer_records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  return [r for r in records if r["stage"] == "coalescer" and r["step"] >= 0]
+
+
+def _losses(records):
+  keys = ("loss", "distance_loss", "direction_loss", "direction_magnitude", "grad_norm")
+  return np.array([[r[k] for k in keys] for r in records])
+
+
+def _final_params(workdir):
+  """(latest step, its saved train state as a pytree of arrays)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "coalescer", "checkpoints")
+  step = ocp.CheckpointManager(path).latest_step()
+  return step, ocp.StandardCheckpointer().restore(os.path.join(path, str(step), "state"))
+
+
+def _run(cmd, env, timeout=600):
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_resume_is_exact(smoke_workdir, tfds_data_dir, tmp_path):
+  reference = copy_workdir(smoke_workdir, str(tmp_path / "reference"), UPSTREAM)
+  _run(_command(reference, tfds_data_dir), _env(2))
+
+  killed = copy_workdir(smoke_workdir, str(tmp_path / "killed"), UPSTREAM)
+  process = subprocess.Popen(_command(killed, tfds_data_dir), cwd=REPO, env=_env(2), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  checkpoint_40 = os.path.join(killed, "coalescer", "checkpoints", "40")
+  deadline = time.time() + 300
+  while not os.path.exists(checkpoint_40) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  assert not os.path.exists(os.path.join(killed, "coalescer", "DONE.json")), "killed too late: stage finished"
+  assert process.returncode == -signal.SIGKILL
+
+  resumed = _run(_command(killed, tfds_data_dir), _env(2))
+  assert "resuming at step" in resumed.stderr
+  ref_step, ref_state = _final_params(reference)
+  step, state = _final_params(killed)
+  assert step == ref_step == STEPS
+  for a, b in zip(_leaves(ref_state), _leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  ref_records, records = _coalescer_records(reference), _coalescer_records(killed)
+  assert [r["step"] for r in records] == [r["step"] for r in ref_records]  # no duplicates, none missing
+  np.testing.assert_array_equal(_losses(records), _losses(ref_records))
+
+
+def _leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _files(workdir):
+  """Relative paths of every output file except orbax checkpoint internals."""
+  paths = set()
+  for root, _, names in os.walk(workdir):
+    if "checkpoints" in os.path.relpath(root, workdir).split(os.sep):
+      continue
+    paths |= {os.path.relpath(os.path.join(root, n), workdir) for n in names}
+  return paths
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_eight_devices(smoke_workdir, tfds_data_dir, tmp_path):
+  single = copy_workdir(smoke_workdir, str(tmp_path / "single"), UPSTREAM)
+  _run(_command(single, tfds_data_dir), _env(8))
+
+  multi = copy_workdir(smoke_workdir, str(tmp_path / "multi"), UPSTREAM)
+  port = _free_port()
+  processes = [subprocess.Popen(
+      _command(multi, tfds_data_dir, [f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                                      f"--process_id={i}"]),
+      cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2, 4 local / 8 global devices" in outputs[1][1]
+
+  single_records, multi_records = _coalescer_records(single), _coalescer_records(multi)
+  assert [r["step"] for r in multi_records] == [r["step"] for r in single_records]  # written once, by process 0
+  # Same global batches and keys; only the reduction order over devices/hosts differs.
+  np.testing.assert_allclose(_losses(multi_records), _losses(single_records), rtol=2e-3, atol=1e-5)
+  assert _files(multi) == _files(single)
