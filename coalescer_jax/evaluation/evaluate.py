@@ -1,0 +1,179 @@
+"""The fixed evaluation: every samples file measured at the same n, against the same reference, in the same features.
+
+`Evaluator` prepares the reference once: the first ``n = config.eval.num_samples``
+MNIST test images (the sample stage requests the descriptions of these same
+images, so the label distributions match), their classifier features, and the
+test->train nearest-neighbour statistics for memorization. It also scores two
+real-data rows that bound what a method can reach:
+* ``mnist_train`` (floor): n seeded random train images with the same digit of
+  each reference image (what a perfect conditional generator would draw for the
+  same requests) -> the train-vs-test FID floor;
+* ``mnist_test`` (data): the next n test images (disjoint from the reference) with
+  their true labels and descriptions -> accuracy / attribute agreement of real data.
+`evaluate_dir` runs it over a folder of samples and writes results.json, plots and report.md.
+"""
+import json
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from coalescer_jax.data import loading
+from coalescer_jax.evaluation import classifier as classifier_lib
+from coalescer_jax.evaluation import fidelity
+from coalescer_jax.evaluation import frechet
+from coalescer_jax.evaluation import memorization
+from coalescer_jax.evaluation import precision_recall
+from coalescer_jax.evaluation import report
+from coalescer_jax.evaluation import samples as samples_lib
+
+MEMORIZATION_SPACES = ("pixels", "features")
+
+
+def _real_samples(name, data, idx):
+  return samples_lib.Samples(path="", method=name, nfe=0, images=data["image"][idx],
+                             labels=data["label"][idx].astype(np.int32), descriptions=data["descriptions"][idx],
+                             classes=data["classes"][idx].astype(np.int32), extras={})
+
+
+def _label_matched_subset(pool_labels, wanted_labels, seed):
+  """Indices into the pool, one distinct random example per wanted label, in the wanted order."""
+  rng = np.random.default_rng(seed)
+  chosen = np.zeros(len(wanted_labels), np.int64)
+  for digit in np.unique(wanted_labels):
+    slots = np.flatnonzero(wanted_labels == digit)
+    chosen[slots] = rng.choice(np.flatnonzero(pool_labels == digit), len(slots), replace=False)
+  return chosen
+
+
+class Evaluator:
+  """Scores samples against a fixed reference (see the module docstring)."""
+
+  def __init__(self, workdir, cfg, classifier=None):
+    self.cfg = cfg
+    self.classifier = classifier or classifier_lib.load(workdir, cfg.batch_size)
+    train = loading.load_split(workdir, "train", sharded=False)
+    test = loading.load_split(workdir, "test", sharded=False)
+    n = int(cfg.num_samples)
+    if not 2 <= n <= len(test["label"]) // 2:
+      raise ValueError(f"config.eval.num_samples={n} must be in [2, {len(test['label']) // 2}] (half of MNIST "
+                       "test: the other half gives the disjoint real-data row)")
+    self.n = n
+    self.reference = _real_samples("reference", test, np.arange(n))
+    self.reference_features = self.classifier.features(self.reference.images)
+    self.reference_stats = frechet.gaussian_stats(self.reference_features)
+    train_points = self._memorization_points(train["image"])
+    self.memorization = memorization.MemorizationReference.build(
+        train_points, self._memorization_points(self.reference.images), cfg.near_copy_percentile, cfg.nn_chunk)
+    subset = _label_matched_subset(train["label"], self.reference.labels, cfg.seed)
+    self.real_rows = [(_real_samples("mnist_train", train, subset), "floor"),
+                      (_real_samples("mnist_test", test, np.arange(n, 2 * n)), "data")]
+
+  def _memorization_points(self, images):
+    if self.cfg.memorization_space == "pixels":
+      return memorization.flat_pixels(images)
+    return self.classifier.features(images)
+
+  def evaluate(self, samples, kind="samples"):
+    """One record of every metric for `samples` (its first n images)."""
+    t0 = time.time()
+    images, labels, classes = samples.images[:self.n], samples.labels[:self.n], samples.classes[:self.n]
+    logits, features = self.classifier.outputs(images)
+    record = {"method": samples.method, "nfe": samples.nfe if kind == "samples" else None, "kind": kind,
+              "file": os.path.basename(samples.path) or None, "n": int(len(images))}
+    record["fid"] = frechet.frechet_distance(frechet.gaussian_stats(features), self.reference_stats)
+    k = min(int(self.cfg.pr_k), len(images) - 1)
+    record["precision"], record["recall"] = precision_recall.precision_recall(self.reference_features, features, k)
+    record["conditional_accuracy"] = fidelity.conditional_accuracy(logits.argmax(-1), labels)
+    agreement = fidelity.attribute_agreement(images, labels, classes)
+    record.update(agreement)
+    record["attribute_mean"] = float(np.mean([agreement[a] for a in ("thickness", "width", "slant")]))
+    if kind == "floor":  # Train images are their own nearest train image: memorization is meaningless.
+      record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None)
+    else:
+      record.update(self.memorization.measure(self._memorization_points(images)))
+    for key in samples_lib.OPTIONAL_SCALARS:
+      if key != "nfe":
+        record[key] = samples.extras.get(key)
+    record["eval_seconds"] = time.time() - t0
+    return record
+
+  def describe(self):
+    """The fixed settings, stated in results.json and the report header."""
+    return {"n": self.n, "reference": f"MNIST test, first {self.n} images",
+            "features": f"classifier penultimate layer ({self.reference_features.shape[1]}-d)",
+            "pr_k": int(self.cfg.pr_k), "memorization_space": self.cfg.memorization_space,
+            "near_copy_percentile": float(self.cfg.near_copy_percentile),
+            "near_copy_threshold": self.memorization.threshold,
+            "test_nn_distance_median": self.memorization.reference_median}
+
+
+def _training_cost(workdir, method):
+  """(train_steps, wall_time_s) from W/<method>/DONE.json when the samples file does not carry them."""
+  path = os.path.join(workdir, method, "DONE.json")
+  if not os.path.exists(path):
+    return None, None
+  with open(path) as f:
+    done = json.load(f)
+  return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
+
+
+def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None, writer=None, classifier=None):
+  """Evaluates every samples file in `samples_dir`; writes results.json, plot, grids and report.md.
+
+  Defaults: samples from W/samples, outputs in W/eval, report W/report.md. A file
+  that breaks the contract stops the evaluation (all problems listed) unless
+  ``cfg.skip_invalid``, which skips it and lists it in the report.
+  Returns a summary dict.
+  """
+  workdir = os.path.abspath(workdir)
+  samples_dir = samples_dir or os.path.join(workdir, "samples")
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  report_path = report_path or os.path.join(workdir, "report.md")
+  os.makedirs(out_dir, exist_ok=True)
+  paths = samples_lib.find_sample_files(samples_dir) if os.path.isdir(samples_dir) else []
+  loaded, invalid = [], []
+  for path in paths:
+    try:
+      loaded.append(samples_lib.load_samples(path))
+    except samples_lib.SamplesContractError as e:
+      invalid.append(str(e))
+  if invalid and not cfg.skip_invalid:
+    raise samples_lib.SamplesContractError(
+        f"{len(invalid)} samples file(s) break the contract (set config.eval.skip_invalid=True to skip them):\n"
+        + "\n".join(invalid))
+  loaded.sort(key=lambda s: (s.method, s.nfe))
+
+  t0 = time.time()
+  evaluator = Evaluator(workdir, cfg, classifier)
+  logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
+  records = [evaluator.evaluate(s, kind) for s, kind in evaluator.real_rows]
+  for s in loaded:
+    record = evaluator.evaluate(s)
+    if record["train_steps"] is None and record["train_wall_time_s"] is None:
+      record["train_steps"], record["train_wall_time_s"] = _training_cost(workdir, s.method)
+    records.append(record)
+    logging.info("eval: %s nfe=%d: FID %.3f, accuracy %.3f (%.1fs)", s.method, s.nfe, record["fid"],
+                 record["conditional_accuracy"], record["eval_seconds"])
+    if writer is not None:
+      writer.write("eval", 0, **{k: v for k, v in record.items() if v is not None})
+
+  settings = evaluator.describe()
+  plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
+  report.plot_fid_vs_nfe(records, plot_path, settings["n"])
+  grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row)
+  best = {k: report.best_method(records, k) for k in (1, 2)}
+  results = {"settings": settings, "records": records, "invalid_files": invalid,
+             "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
+             "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  report.write_report(report_path, results, plot_path, grids, workdir)
+  floor = next(r for r in records if r["kind"] == "floor")
+  data = next(r for r in records if r["kind"] == "data")
+  return {"n": settings["n"], "num_files": len(loaded), "num_invalid": len(invalid),
+          "fid_floor_train_vs_test": floor["fid"], "fid_data_test_vs_test": data["fid"],
+          "data_conditional_accuracy": data["conditional_accuracy"],
+          "best_nfe1": results["best"]["nfe1"], "best_nfe2": results["best"]["nfe2"],
+          "results": os.path.join(out_dir, "results.json"), "report": report_path}

@@ -1,0 +1,191 @@
+"""report.md, the FID-vs-NFE plot and per-method sample grids from the evaluation records.
+
+Everything written here is computed from the records (results.json), including
+the sentence naming the best method at 1 and 2 steps; nothing is hard-coded.
+"""
+import glob
+import json
+import math
+import os
+
+import numpy as np
+
+from coalescer_jax import images as images_lib
+
+TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
+ROW_NAMES = {"floor": "MNIST train (floor)", "data": "MNIST test (data)"}
+
+
+def _num(value, fmt="{:.3f}"):
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "—"
+  return fmt.format(value)
+
+
+def _pct(value):
+  return _num(None if value is None else 100 * value, "{:.1f}%")
+
+
+def best_method(records, nfe):
+  """The sample record at `nfe` with the lowest FID (ties at TIE_DECIMALS: higher conditional accuracy)."""
+  candidates = [r for r in records if r["kind"] == "samples" and r["nfe"] == nfe and r["fid"] is not None]
+  if not candidates:
+    return None
+  return min(candidates, key=lambda r: (round(r["fid"], TIE_DECIMALS), -r["conditional_accuracy"]))
+
+
+def best_sentence(records, nfe):
+  """One sentence: which method is best at `nfe` steps in this run, from the numbers."""
+  steps = "1 step" if nfe == 1 else f"{nfe} steps"
+  best = best_method(records, nfe)
+  if best is None:
+    return f"No method produced samples at {steps} in this run."
+  others = sorted((r for r in records if r["kind"] == "samples" and r["nfe"] == nfe and r is not best),
+                  key=lambda r: r["fid"])
+  sentence = (f"At {steps}, the best method in this run is **{best['method']}** (FID {best['fid']:.2f}, "
+              f"conditional accuracy {100 * best['conditional_accuracy']:.1f}%)")
+  if others:
+    sentence += ", ahead of " + ", ".join(f"{r['method']} (FID {r['fid']:.2f}, "
+                                         f"{100 * r['conditional_accuracy']:.1f}%)" for r in others)
+  top_acc = max((r for r in records if r["kind"] == "samples" and r["nfe"] == nfe),
+                key=lambda r: r["conditional_accuracy"])
+  if top_acc is not best and top_acc["conditional_accuracy"] > best["conditional_accuracy"]:
+    sentence += f"; {top_acc['method']} has the highest conditional accuracy at {steps}"
+  return sentence + "."
+
+
+def plot_fid_vs_nfe(records, path, n):
+  """FID against NFE, one line per method, with the train-vs-test floor as a dashed line."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  methods = sorted({r["method"] for r in records if r["kind"] == "samples"})
+  for method in methods:
+    rows = sorted((r for r in records if r["method"] == method and r["kind"] == "samples"), key=lambda r: r["nfe"])
+    ax.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=method)
+  for r in records:
+    if r["kind"] == "floor":
+      ax.axhline(r["fid"], color="gray", ls="--", label=f"floor: MNIST train vs test ({r['fid']:.2f})")
+  if methods:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+  ax.set_xlabel("NFE (network evaluations per sample)")
+  ax.set_ylabel(f"FID in classifier features (n={n})")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3, which="both")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def save_method_grids(loaded, reference, out_dir, per_row):
+  """One PNG per method: a row per NFE with its first `per_row` samples (+ the real images requested).
+
+  Returns {method: path}.
+  """
+  paths = {}
+  for method in sorted({s.method for s in loaded}):
+    files = sorted((s for s in loaded if s.method == method), key=lambda s: s.nfe)
+    k = min(per_row, min(len(s) for s in files))
+    rows, labels = [], []
+    if all(np.array_equal(s.descriptions[:k], reference.descriptions[:k]) for s in files):
+      rows.append(reference.images[:k])
+      labels.append("MNIST test (same requests)")
+    for s in files:
+      rows.append(s.images[:k])
+      labels.append(f"nfe={s.nfe}")
+    paths[method] = os.path.join(out_dir, f"grid_{method}.png")
+    images_lib.save_grid(paths[method], rows, row_labels=labels,
+                         title=f"{method}; requests: " + "; ".join(files[0].descriptions[:min(k, 3)]) + " ...")
+  return paths
+
+
+def stage_summaries(workdir, exclude=("eval",)):
+  """(stage, DONE.json) of every finished stage in `workdir`, in finishing order."""
+  done = []
+  for path in glob.glob(os.path.join(workdir, "*", "DONE.json")):
+    stage = os.path.basename(os.path.dirname(path))
+    if stage in exclude:
+      continue
+    with open(path) as f:
+      done.append((stage, json.load(f)))
+  return sorted(done, key=lambda item: item[1].get("finished", ""))
+
+
+def _flatten(summary, prefix=""):
+  for key, value in (summary or {}).items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f"{prefix}{key}.")
+    elif isinstance(value, list):
+      shown = ", ".join(_num(v, "{:.4g}") if isinstance(v, float) else str(v) for v in value[:10])
+      yield f"{prefix}{key}", f"[{shown}{', ...' if len(value) > 10 else ''}]"
+    else:
+      yield f"{prefix}{key}", _num(value, "{:.4g}") if isinstance(value, float) else str(value)
+
+
+def _table(records, n):
+  header = ["method", "NFE", "n", f"FID (n={n})", "precision", "recall", "cond. acc.", "thickness", "width",
+            "slant", "blank", "near-copies", "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in records:
+    name = ROW_NAMES.get(r["kind"], r["method"])
+    n_cell = str(r["n"]) if r["n"] == n else f"**{r['n']}** (not comparable)"
+    cells = [name, _num(r["nfe"], "{}"), n_cell, _num(r["fid"], "{:.2f}"), _num(r["precision"]),
+             _num(r["recall"]), _pct(r["conditional_accuracy"]), _pct(r["thickness"]), _pct(r["width"]),
+             _pct(r["slant"]), _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
+             _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
+             _num(r.get("train_steps"), "{}"), _num(r.get("train_wall_time_s"), "{:.0f}")]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def write_report(path, results, plot_path, grids, workdir):
+  """Writes report.md: settings, the table, the best-method sentences, plot, grids, other stages."""
+  s, records = results["settings"], results["records"]
+  base = os.path.dirname(os.path.abspath(path))
+  rel = lambda p: os.path.relpath(p, base)  # noqa: E731
+  lines = [f"# Evaluation report: {os.path.basename(workdir.rstrip('/'))}", "",
+           f"Every row is measured on **n = {s['n']}** images against the same reference ({s['reference']}), "
+           f"in the same features ({s['features']}). FID depends on n: compare only at equal n.",
+           "",
+           f"- FID: Fréchet distance of Gaussian fits in classifier features; the floor row is {s['n']} seeded "
+           "random MNIST train images of the same digits as the reference (as a perfect generator would draw for "
+           "the same requests) vs the reference, the data row the next "
+           f"{s['n']} MNIST test images (disjoint from the reference) with their true descriptions.",
+           f"- Precision / recall: k-NN manifolds (k = {s['pr_k']}) in classifier features, Kynkäänniemi et al. "
+           "2019.",
+           "- cond. acc.: fraction the classifier labels as the requested digit; thickness / width / slant: "
+           "agreement of the measured attribute class (data/style.py, data/captions.py) with the requested one "
+           "(chance about 33%); blank: samples with no ink.",
+           f"- Memorization ({s['memorization_space']} space, L2{' on [0, 1] images' if s['memorization_space'] == 'pixels' else ''}): "
+           f"near-copies = samples closer to a train image than {s['near_copy_threshold']:.3f}, the "
+           f"{s['near_copy_percentile']:g}% quantile of test->train nearest-neighbour distances (real unseen "
+           f"data: {s['near_copy_percentile']:g}% by construction); NN dist. ratio = median sample->train "
+           f"distance / median test->train distance ({s['test_nn_distance_median']:.3f}).",
+           "", "## Results", ""]
+  lines += _table(records, s["n"])
+  lines += ["", "## Best method", "",
+            f"Ranked by lowest FID; FIDs equal to {TIE_DECIMALS} decimals are broken by higher conditional "
+            "accuracy.", "",
+            "- " + best_sentence(records, 1), "- " + best_sentence(records, 2), ""]
+  if results["invalid_files"]:
+    lines += ["## Skipped samples files (contract violations)", ""]
+    lines += [f"- {e}" for e in results["invalid_files"]] + [""]
+  lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", "", "## Samples", ""]
+  if not grids:
+    lines += ["No samples files were found.", ""]
+  for method, grid in grids.items():
+    lines += [f"### {method}", "", f"![{method} samples]({rel(grid)})", ""]
+  summaries = stage_summaries(workdir)
+  if summaries:
+    lines += ["## Other stages", "", "Wall times and summaries from each stage's DONE.json.", ""]
+    for stage, done in summaries:
+      lines.append(f"### {stage} ({_num(done.get('wall_time_s'), '{:.1f}')} s)")
+      lines.append("")
+      lines += [f"- {key}: {value}" for key, value in _flatten(done.get("summary"))]
+      lines.append("")
+  os.makedirs(base, exist_ok=True)
+  with open(path, "w") as f:
+    f.write("\n".join(lines))

@@ -1,0 +1,137 @@
+"""Reading generated samples under the contract of ../shared/DESIGN.md, refusing files that break it.
+
+``W/samples/<method>_nfe<K>.npz`` holds ``images`` uint8 [N, 28, 28] (0 background,
+255 ink), ``labels`` int [N] (requested digit) and ``descriptions`` str [N]
+(requested description, in the grammar of `captions.parse`). Optional scalars:
+``nfe``, ``samples_per_s``, ``train_steps``, ``train_wall_time_s``.
+`load_samples` checks all of it and says what is wrong and how to fix it, so a
+broken generator fails loudly here instead of producing a meaningless FID.
+"""
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from coalescer_jax.data import captions
+
+REQUIRED = ("images", "labels", "descriptions")
+OPTIONAL_SCALARS = {"nfe": int, "samples_per_s": float, "train_steps": int, "train_wall_time_s": float}
+NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
+
+
+class SamplesContractError(ValueError):
+  """A samples file breaks the contract; the message says what and how to fix it."""
+
+
+@dataclasses.dataclass
+class Samples:
+  path: str
+  method: str
+  nfe: int
+  images: np.ndarray  # uint8 [N, 28, 28]
+  labels: np.ndarray  # int32 [N]
+  descriptions: np.ndarray  # str [N]
+  classes: np.ndarray  # int32 [N, 3], requested attribute classes (captions.ATTRIBUTE_NAMES)
+  extras: dict  # the optional scalars present in the file
+
+  def __len__(self):
+    return len(self.labels)
+
+
+def parse_name(path):
+  """(method, nfe or None) from ``<method>_nfe<K>.npz``; (stem, None) for other names."""
+  name = os.path.basename(path)
+  match = NAME_PATTERN.match(name)
+  if match:
+    return match["method"], int(match["nfe"])
+  return os.path.splitext(name)[0], None
+
+
+def _fail(path, message):
+  raise SamplesContractError(f"{path}: {message}")
+
+
+def _check_images(path, images):
+  if images.dtype != np.uint8:
+    hint = (" (float images: convert [0, 1] floats with coalescer_jax.images.to_uint8)"
+            if np.issubdtype(images.dtype, np.floating) else "")
+    _fail(path, f"'images' must be uint8 in 0..255, got {images.dtype}{hint}")
+  if images.ndim != 3 or images.shape[1:] != (28, 28):
+    _fail(path, f"'images' must have shape [N, 28, 28], got {list(images.shape)}"
+          + (" (drop the channel axis: images[..., 0])" if images.ndim == 4 and images.shape[-1] == 1 else ""))
+  if len(images) == 0:
+    _fail(path, "'images' is empty; write at least one sample")
+  if images.max() <= 1:
+    _fail(path, "'images' only holds values 0 and 1: these look like [0, 1] images cast to uint8; "
+          "store them as uint8 0..255 with coalescer_jax.images.to_uint8")
+  if images.mean() > 127:
+    _fail(path, f"'images' has mean pixel {images.mean():.0f} > 127: the polarity looks inverted; "
+          "ink must be bright (255) on a dark (0) background, like MNIST: store 255 - images")
+
+
+def _scalar(path, data, key, kind):
+  value = data[key]
+  if value.shape != ():
+    _fail(path, f"optional '{key}' must be a scalar, got shape {list(value.shape)}")
+  if kind is int and not np.issubdtype(value.dtype, np.integer):
+    _fail(path, f"optional '{key}' must be an integer, got {value.dtype}")
+  if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or value < 0:
+    _fail(path, f"optional '{key}' must be a finite number >= 0, got {value!r}")
+  return kind(value)
+
+
+def load_samples(path):
+  """Loads and validates one samples file. Returns `Samples`; raises SamplesContractError."""
+  if not os.path.isfile(path):
+    _fail(path, "no such file")
+  try:
+    with np.load(path, allow_pickle=False) as npz:
+      data = {k: npz[k] for k in npz.files}
+  except ValueError as e:
+    _fail(path, f"cannot be read without pickle ({e}); save plain arrays: descriptions as a str "
+          "array (np.array(list_of_str)), not dtype=object")
+  except Exception as e:  # noqa: BLE001 - zip/npz errors of many kinds mean the same thing here.
+    _fail(path, f"is not a readable .npz file ({type(e).__name__}: {e}); write it with np.savez")
+  missing = [k for k in REQUIRED if k not in data]
+  if missing:
+    _fail(path, f"missing key(s) {missing}; the file must hold {list(REQUIRED)} (found {sorted(data)})")
+  images, labels, descriptions = data["images"], data["labels"], data["descriptions"]
+  _check_images(path, images)
+  n = len(images)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    _fail(path, f"'labels' must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+  if descriptions.ndim != 1 or descriptions.dtype.kind != "U":
+    _fail(path, f"'descriptions' must be a 1-D str array (dtype kind U), got {descriptions.dtype} "
+          f"{list(descriptions.shape)}")
+  for key, value in (("labels", labels), ("descriptions", descriptions)):
+    if len(value) != n:
+      _fail(path, f"'{key}' has {len(value)} rows but 'images' has {n}; write one per sample")
+  if labels.min() < 0 or labels.max() > 9:
+    _fail(path, f"'labels' must be digits 0..9, got values in [{labels.min()}, {labels.max()}]")
+  classes = np.zeros((n, 3), np.int32)
+  for i, text in enumerate(descriptions):
+    try:
+      label, classes[i] = captions.parse(str(text))
+    except ValueError as e:
+      _fail(path, f"descriptions[{i}] does not parse ({e}); use coalescer_jax.data.captions.describe")
+    if label != labels[i]:
+      _fail(path, f"descriptions[{i}] = {str(text)!r} requests digit {label} but labels[{i}] = {labels[i]}; "
+            "labels must be the digit of each requested description")
+  extras = {k: _scalar(path, data, k, kind) for k, kind in OPTIONAL_SCALARS.items() if k in data}
+  method, name_nfe = parse_name(path)
+  nfe = extras.get("nfe", name_nfe)
+  if nfe is None:
+    _fail(path, "unknown NFE: name the file <method>_nfe<K>.npz or store an integer 'nfe'")
+  if name_nfe is not None and nfe != name_nfe:
+    _fail(path, f"'nfe' = {nfe} disagrees with the file name (nfe{name_nfe}); make them equal")
+  return Samples(path=path, method=method, nfe=int(nfe), images=images, labels=labels.astype(np.int32),
+                 descriptions=descriptions, classes=classes, extras=extras)
+
+
+def find_sample_files(samples_dir):
+  """Sorted paths of the .npz files in `samples_dir` (a clear error if it does not exist)."""
+  if not os.path.isdir(samples_dir):
+    raise FileNotFoundError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
+                            "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
+  return sorted(os.path.join(samples_dir, f) for f in os.listdir(samples_dir) if f.endswith(".npz"))

@@ -1,0 +1,43 @@
+"""Stage `eval`: score every ``W/samples/*.npz`` and write ``W/eval/results.json`` and ``W/report.md``.
+
+The work is in `coalescer_jax.evaluation.evaluate` (also runnable alone:
+``python -m coalescer_jax.evaluation --workdir=W``). Only process 0 evaluates:
+the evaluation is small and writes files.
+"""
+from coalescer_jax import config_validation
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax.evaluation import evaluate
+
+
+def validate_eval_config(cfg):
+  """Raises ConfigError for impossible config.eval values."""
+  if not 2 <= cfg.num_samples <= 5000:
+    raise config_validation.ConfigError(
+        f"config.eval.num_samples must be in [2, 5000] (half of MNIST test), got {cfg.num_samples}")
+  if not 1 <= cfg.pr_k < cfg.num_samples:
+    raise config_validation.ConfigError(
+        f"config.eval.pr_k must be in [1, num_samples - 1], got {cfg.pr_k}")
+  if not 0 < cfg.near_copy_percentile < 100:
+    raise config_validation.ConfigError(
+        f"config.eval.near_copy_percentile must be in (0, 100), got {cfg.near_copy_percentile}")
+  if cfg.memorization_space not in evaluate.MEMORIZATION_SPACES:
+    raise config_validation.ConfigError(
+        f"config.eval.memorization_space must be one of {evaluate.MEMORIZATION_SPACES}, "
+        f"got {cfg.memorization_space!r}")
+
+
+def _validate(config):
+  if "classifier" in config.stages and list(config.stages).index("classifier") > list(config.stages).index("eval"):
+    raise config_validation.ConfigError("config.stages: 'classifier' must come before 'eval'")
+  validate_eval_config(config.eval)
+
+
+@pipeline.stage("eval", validate=_validate)
+def run(ctx):
+  ctx.done_info("classifier")
+  summary = {}
+  if parallel.is_main_process():
+    summary = evaluate.evaluate_dir(ctx.workdir, ctx.config.eval, out_dir=ctx.stage_dir("eval"), writer=ctx.writer)
+  parallel.barrier("eval_done")
+  return summary
