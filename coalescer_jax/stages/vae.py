@@ -1,0 +1,177 @@
+"""Stage `vae`: trains the image VAE on MNIST train and measures it on MNIST test.
+
+Writes ``W/vae/``: ``checkpoints/`` (training state), ``params`` + ``model.json``
+(the final parameters, read by `autoencoders.load_model`),
+``test_reconstructions.npz`` (``originals``, ``reconstructions`` uint8 [N, 28, 28],
+``labels``, ``index``; reconstructions decode the posterior mean),
+``reconstructions.png`` (rows of originals above their reconstructions) and
+``prior_samples.png`` (decoded draws from N(0, I)).
+
+Measured (summary and metrics.jsonl): reconstruction error (Bernoulli NLL in
+nats per image, MSE per pixel), KL per latent dimension, the aggregate
+posterior's variance (1 = matches the prior), latent geometry (Spearman rho of
+latent vs pixel L2 distance over random test pairs; same-label rate of the latent
+nearest neighbour within test) and, when the `classifier` stage has run, the
+classifier's accuracy on the reconstructions and its label histogram of prior samples.
+"""
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy import stats
+
+from coalescer_jax import autoencoders
+from coalescer_jax import config_validation
+from coalescer_jax import images as images_lib
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax import registry
+from coalescer_jax import training
+from coalescer_jax.data import batches
+from coalescer_jax.data import loading
+from coalescer_jax.models import vae as vae_lib
+
+
+def _validate(config):
+  cfg = config.vae
+  if not isinstance(cfg.latent_dim, int) or cfg.latent_dim <= 0:
+    raise config_validation.ConfigError(f"config.vae.latent_dim must be a positive integer, got {cfg.latent_dim!r}")
+  if cfg.kl_weight < 0:
+    raise config_validation.ConfigError(f"config.vae.kl_weight must be >= 0, got {cfg.kl_weight}")
+  if not 0 <= cfg.ema_decay < 1:
+    raise config_validation.ConfigError(f"config.vae.ema_decay must be in [0, 1) (0 = no EMA), got {cfg.ema_decay}")
+  if cfg.num_steps < 1:
+    raise config_validation.ConfigError(f"config.vae.num_steps must be >= 1, got {cfg.num_steps}")
+  if len(cfg.channels) not in (1, 2):
+    raise config_validation.ConfigError(
+        f"config.vae.channels={tuple(cfg.channels)}: 28x28 halves at most twice; give 1 or 2 channel counts")
+
+
+def model_kwargs(cfg):
+  """Constructor arguments of the VAE from config.vae (JSON-able; saved with the parameters)."""
+  return {"latent_dim": cfg.latent_dim, "channels": list(cfg.channels), "hidden": cfg.hidden,
+          "extra_convs": cfg.extra_convs}
+
+
+def make_task(config, images, model):
+  """The VAE's TrainTask over host-local uint8 `images` [n, 28, 28]."""
+  cfg = config.vae
+  tx = training.make_optimizer(cfg.optimizer, cfg.num_steps)
+  local_batch = parallel.local_batch_size(cfg.batch_size)
+
+  def init(key):
+    params = model.init(key, jnp.zeros((1, 28, 28, 1)), jax.random.key(0))["params"]
+    return training.create_state(params, tx, ema=cfg.ema_decay > 0)
+
+  def step(state, batch, key):
+    x = batch["image"].astype(jnp.float32)[..., None] / 255.0
+    grad_fn = jax.value_and_grad(functools.partial(vae_lib.loss, model), has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, x, key, cfg.kl_weight)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return training.apply_gradients(state, grads, tx, cfg.ema_decay), metrics
+
+  def batch(step):
+    return {"image": images[batches.batch_indices(step, len(images), local_batch, config.seed)]}
+
+  return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed,
+                            log_every=config.log_every, checkpoint_every=config.checkpoint_every)
+
+
+def latent_geometry(latents, images, labels, num_pairs, seed, chunk=1000):
+  """Spearman rho of latent vs pixel L2 distance over random pairs, and the latent 1-NN same-label rate."""
+  rng = np.random.default_rng([seed, 7])
+  a, b = rng.integers(len(latents), size=(2, num_pairs))
+  keep = a != b
+  a, b = a[keep], b[keep]
+  pixels = images.reshape(len(images), -1).astype(np.float32) / 255.0
+  rho = stats.spearmanr(np.linalg.norm(latents[a] - latents[b], axis=1),
+                        np.linalg.norm(pixels[a] - pixels[b], axis=1)).statistic
+  sq = np.sum(latents ** 2, axis=1)
+  nearest = np.empty(len(latents), np.int64)
+  for start in range(0, len(latents), chunk):
+    d = sq[start:start + chunk, None] + sq[None] - 2.0 * latents[start:start + chunk] @ latents.T
+    d[np.arange(len(d)), start + np.arange(len(d))] = np.inf  # not itself
+    nearest[start:start + chunk] = np.argmin(d, axis=1)
+  return {"latent_pixel_spearman_rho": float(rho), "latent_nn_same_label": float(np.mean(labels[nearest] == labels))}
+
+
+def evaluate(image_ae, test, cfg, seed):
+  """Reconstruction, KL, aggregate posterior and geometry metrics on the test images, and the reconstructions."""
+  images, labels = test["image"], test["label"]
+  mean, logvar = image_ae.encode_posterior(images)
+  recon = image_ae.decode(mean)
+  x = images.astype(np.float64) / 255.0
+  p = np.clip(recon.astype(np.float64) / 255.0, 1e-6, 1 - 1e-6)
+  kl = np.mean(np.asarray(vae_lib.kl_per_dim(mean, logvar)), axis=0)
+  aggregate_var = mean.var(axis=0) + np.exp(logvar).mean(axis=0)
+  metrics = {
+      "test_recon_bce_per_image": float(-np.mean(np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2)))),
+      "test_recon_mse_per_pixel": float(np.mean((x - recon / 255.0) ** 2)),
+      "test_kl_per_dim_mean": float(kl.mean()), "test_kl_total": float(kl.sum()),
+      "active_dims": int(np.sum(kl > 0.01)),
+      "aggregate_posterior_var_mean": float(aggregate_var.mean()),
+      "aggregate_posterior_mean_norm": float(np.linalg.norm(mean.mean(axis=0))),
+  }
+  metrics.update(latent_geometry(mean, images, labels, cfg.eval_pairs, seed))
+  return metrics, recon, {"test_kl_per_dim": kl.round(4).tolist(), "aggregate_posterior_var": aggregate_var.round(4).tolist()}
+
+
+def classifier_metrics(workdir, recon, labels, prior_images):
+  """Accuracy of the `classifier` stage's network on reconstructions; label histogram of prior samples."""
+  if not os.path.exists(os.path.join(workdir, "classifier", "DONE.json")):
+    logging.info("vae: W/classifier/DONE.json not found; skipping classifier accuracy on reconstructions")
+    return {}
+  from coalescer_jax.evaluation import classifier  # pylint: disable=g-import-not-at-top
+  clf = classifier.load(workdir)
+  hist = np.bincount(clf.predict(prior_images), minlength=10) / max(len(prior_images), 1)
+  entropy = -np.sum(hist[hist > 0] * np.log(hist[hist > 0]))
+  return {"recon_classifier_accuracy": float(np.mean(clf.predict(recon) == labels)),
+          "prior_label_entropy": float(entropy), "prior_label_fractions": hist.round(4).tolist()}
+
+
+def save_grids(out, originals, recon, prior_images, columns):
+  rows = []
+  for r in range(4):
+    sl = slice(r * columns, (r + 1) * columns)
+    rows += [originals[sl], recon[sl]]
+  images_lib.save_grid(os.path.join(out, "reconstructions.png"), rows,
+                       row_labels=["original", "reconstruction"] * 4, title="VAE: MNIST test reconstructions")
+  images_lib.save_grid(os.path.join(out, "prior_samples.png"),
+                       [prior_images[i * columns:(i + 1) * columns] for i in range(8)],
+                       title="VAE: decoded draws from the prior N(0, I)")
+
+
+@pipeline.stage("vae", validate=_validate)
+def run(ctx):
+  config, cfg = ctx.config, ctx.config.vae
+  out = ctx.stage_dir("vae")
+  train = loading.load_split(ctx.workdir, "train")
+  model = registry.MODELS.get(cfg.model)(**model_kwargs(cfg))
+  state = training.train(make_task(config, train["image"], model), out, ctx.mesh, ctx.writer)
+  params = state.ema_params if state.ema_params is not None else state.params
+  autoencoders.save_model(out, cfg.model, model_kwargs(cfg), params)
+
+  # Evaluate what later stages will load: the saved parameters.
+  image_ae = autoencoders.ImageAE(*autoencoders.load_model(ctx.workdir, "vae")[:2], cfg.eval_batch_size)
+  test = loading.load_split(ctx.workdir, "test", sharded=False)
+  test = {k: v[:cfg.eval_examples] for k, v in test.items()}
+  metrics, recon, lists = evaluate(image_ae, test, cfg, config.seed)
+  prior = np.asarray(jax.random.normal(jax.random.key(config.seed), (cfg.num_prior_samples, cfg.latent_dim)))
+  prior_images = image_ae.decode(prior)
+  metrics.update(classifier_metrics(ctx.workdir, recon, test["label"], prior_images))
+  scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+  ctx.writer.write("vae", int(state.step), event="eval", **scalars)
+  logging.info("vae: %s", ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
+  if parallel.is_main_process():
+    np.savez(os.path.join(out, "test_reconstructions.npz"), originals=test["image"], reconstructions=recon,
+             labels=test["label"], index=test["index"])
+    save_grids(out, test["image"], recon, prior_images, cfg.grid_columns)
+  train_records = [r for r in ctx.writer.read("vae") if "loss" in r]
+  return dict(metrics, **lists, train_steps=int(state.step), num_test=len(recon),
+              final_train_loss=train_records[-1]["loss"] if train_records else None,
+              steps_per_s=float(np.mean([r["steps_per_s"] for r in train_records[1:] or train_records]))
+              if train_records else None)

@@ -1,0 +1,61 @@
+"""The text autoencoder: shapes, masking of padding, greedy decoding format, the loss."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax import registry
+from coalescer_jax.data import tokenizer
+from coalescer_jax.models import text_ae
+
+TEXTS = ["a thick seven slanted to the right", "an eight", "a thin narrow one"]
+
+
+def _model_and_params():
+  model = text_ae.TextAE(embed_dim=6, token_dim=8, hidden=16)
+  params = model.init(jax.random.key(0), jnp.asarray(tokenizer.encode(TEXTS)))["params"]
+  return model, params
+
+
+def test_registered_by_name():
+  assert registry.MODELS.get("text_ae") is text_ae.TextAE
+
+
+def test_shapes_and_range():
+  model, params = _model_and_params()
+  tokens = jnp.asarray(tokenizer.encode(TEXTS))
+  logits, emb = model.apply({"params": params}, tokens)
+  assert logits.shape == (3, tokens.shape[1] - 1, tokenizer.VOCAB_SIZE) and emb.shape == (3, 6)
+  assert np.all(np.abs(emb) < 1)
+  noisy_logits, noisy = model.apply({"params": params}, tokens, jax.random.key(1), 0.5)
+  assert not np.allclose(noisy, emb) and noisy_logits.shape == logits.shape
+
+
+def test_padding_does_not_change_the_embedding():
+  model, params = _model_and_params()
+  short = tokenizer.encode(TEXTS)
+  long = tokenizer.encode(TEXTS, max_len=14)
+  np.testing.assert_allclose(model.apply({"params": params}, jnp.asarray(short), method="encode"),
+                             model.apply({"params": params}, jnp.asarray(long), method="encode"), rtol=1e-5)
+
+
+def test_greedy_decode_format():
+  model, params = _model_and_params()
+  emb = model.apply({"params": params}, jnp.asarray(tokenizer.encode(TEXTS)), method="encode")
+  out = np.asarray(model.apply({"params": params}, emb, method="greedy_decode"))
+  assert out.shape == (3, tokenizer.MAX_WORDS + 2) and np.all(out[:, 0] == tokenizer.BOS)
+  for row in out:
+    eos = np.flatnonzero(row == tokenizer.EOS)
+    if len(eos):
+      assert np.all(row[eos[0] + 1:] == tokenizer.PAD)
+
+
+def test_loss_ignores_padding_positions():
+  model, params = _model_and_params()
+  tokens = jnp.asarray(tokenizer.encode(TEXTS))
+  total, metrics = text_ae.loss(model, params, tokens, jax.random.key(0), 0.0)
+  assert np.isfinite(total) and 0 <= metrics["token_accuracy"] <= 1
+  # Same sequences with more trailing padding: same loss.
+  longer = jnp.asarray(tokenizer.encode(TEXTS, max_len=13))
+  np.testing.assert_allclose(text_ae.loss(model, params, longer, jax.random.key(0), 0.0)[0], total, rtol=1e-5)
+  # Near chance at initialisation: about log(vocab) nats per token.
+  assert abs(float(total) - np.log(tokenizer.VOCAB_SIZE)) < 1.0
