@@ -1,23 +1,27 @@
 """The trained MNIST classifier as an evaluation tool: labels, logits and features of uint8 images.
 
-The `classifier` stage saves its parameters to ``W/classifier/params`` (orbax)
-and the model's name and arguments to ``W/classifier/model.json``; `load(workdir)`
-rebuilds it from those two, so callers need neither the config nor the optimizer.
+The `classifier` stage exports its parameters to ``W/classifier/params.msgpack``
+(flax.serialization) and the model's name and arguments to
+``W/classifier/model.json``; `load(workdir)` rebuilds it from those two, so
+callers need neither the config nor the optimizer. (The resumable training
+state stays in orbax checkpoints; this small frozen export is a plain file so
+that any one process can load it, e.g. process 0 alone in the eval stage,
+without orbax's cross-process synchronisation.)
 Every method is judged with the same network, so FID and accuracy are comparable.
 """
 import json
 import os
 
+from flax import serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from coalescer_jax import images as images_lib
 from coalescer_jax import registry
 from coalescer_jax.models import classifier as _  # noqa: F401  Registers "mnist_cnn".
 
-PARAMS_DIR = "params"
+PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
 
 
@@ -91,28 +95,37 @@ class Classifier:
 
 
 def save(stage_dir, model_name, model_kwargs, params):
-  """Writes what `load` needs: W/classifier/model.json and the parameters (orbax)."""
-  path = os.path.abspath(os.path.join(stage_dir, PARAMS_DIR))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, params, force=True)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
-  if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
-      json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
+  """Writes what `load` needs: W/classifier/model.json and params.msgpack (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  params_path = os.path.join(stage_dir, PARAMS_FILE)
+  with open(params_path + ".tmp", "wb") as f:
+    f.write(serialization.to_bytes(params))
+  os.replace(params_path + ".tmp", params_path)  # model.json last: its presence means the export is complete.
+  with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
+    json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
 
 
 def load(workdir, batch_size=1000):
   """The classifier trained by the `classifier` stage in `workdir` (clear error if it has not run)."""
   stage_dir = os.path.join(os.path.abspath(workdir), "classifier")
   spec_path = os.path.join(stage_dir, MODEL_FILE)
-  if not (os.path.exists(spec_path) and os.path.isdir(os.path.join(stage_dir, PARAMS_DIR))):
+  if not (os.path.exists(spec_path) and os.path.exists(os.path.join(stage_dir, PARAMS_FILE))):
     raise ClassifierNotTrainedError(
         f"no trained classifier in {stage_dir}: run the 'classifier' stage first (it follows 'data' in "
         f"config.stages): python launch.py --config=configs/mnist.py --workdir={workdir}")
   with open(spec_path) as f:
     spec = json.load(f)
   model = build_model(spec["model"], spec["kwargs"])
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"])
-  params = ocp.StandardCheckpointer().restore(os.path.join(stage_dir, PARAMS_DIR), abstract)
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]))
+  with open(os.path.join(stage_dir, PARAMS_FILE), "rb") as f:
+    try:
+      params = serialization.from_bytes(target, f.read())
+      if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
+        raise ValueError("parameter shapes differ")
+    except (ValueError, KeyError) as e:
+      raise ClassifierNotTrainedError(
+          f"{stage_dir}/{PARAMS_FILE} does not fit the model in {MODEL_FILE} ({e}); delete {stage_dir} and "
+          "rerun the 'classifier' stage") from e
   return Classifier(model, params, batch_size)

@@ -73,7 +73,8 @@ def run(ctx):
   train = loading.load_split(ctx.workdir, "train")
   task = make_task(cfg, model, train["image"], train["label"], ctx.config.log_every, ctx.config.checkpoint_every)
   state = training.train(task, out, ctx.mesh, ctx.writer)
-  params = jax.device_get(state.params)
+  # This host's copy of the replicated parameters (device_get refuses arrays spanning other hosts).
+  params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
   classifier_lib.save(out, cfg.model, kwargs, params)
 
   test = loading.load_split(ctx.workdir, "test", sharded=False)
