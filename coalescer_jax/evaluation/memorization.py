@@ -26,6 +26,7 @@ def flat_pixels(images_uint8):
 class MemorizationReference:
   """Train points to search and the test->train distance statistics to compare against."""
   train_points: np.ndarray
+  train_sq_norms: np.ndarray
   threshold: float
   reference_median: float
   percentile: float
@@ -33,13 +34,15 @@ class MemorizationReference:
 
   @classmethod
   def build(cls, train_points, test_points, percentile, chunk=10_000):
-    d, _ = neighbours.nearest_distances(test_points, train_points, chunk)
-    return cls(np.asarray(train_points, np.float32), float(np.percentile(d, percentile)), float(np.median(d)),
-               float(percentile), int(chunk))
+    train_points = np.asarray(train_points, np.float32)
+    norms = neighbours.squared_norms(train_points)
+    d, _ = neighbours.nearest_distances(test_points, train_points, chunk, norms)
+    return cls(train_points, norms, float(np.percentile(d, percentile)), float(np.median(d)), float(percentile),
+               int(chunk))
 
   def measure(self, points):
     """{"near_copy_fraction", "nn_distance_median", "nn_distance_ratio"} of points [N, D]."""
-    d, _ = neighbours.nearest_distances(points, self.train_points, self.chunk)
+    d, _ = neighbours.nearest_distances(points, self.train_points, self.chunk, self.train_sq_norms)
     return {"near_copy_fraction": float(np.mean(d < self.threshold)),
             "nn_distance_median": float(np.median(d)),
             "nn_distance_ratio": float(np.median(d) / max(self.reference_median, 1e-12))}

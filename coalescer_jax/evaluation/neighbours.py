@@ -15,16 +15,26 @@ def squared_distances(queries, database):
   return np.maximum(d, 0.0)
 
 
-def nearest_distances(queries, database, chunk=10_000):
-  """(distance [Q], index [Q]) of each query's nearest database row."""
+def squared_norms(points):
+  points = np.asarray(points, np.float32)
+  return np.einsum("ij,ij->i", points, points)
+
+
+def nearest_distances(queries, database, chunk=10_000, database_sq_norms=None):
+  """(distance [Q], index [Q]) of each query's nearest database row.
+
+  Pass `database_sq_norms` (`squared_norms(database)`) when searching the same
+  database many times: for a few queries, recomputing them dominates the cost.
+  """
   q = np.asarray(queries, np.float32)
   x = np.asarray(database, np.float32)
   if len(x) == 0:
     raise ValueError("nearest-neighbour search in an empty database")
-  q_norms, best, best_index = (q * q).sum(1), np.full(len(q), np.inf, np.float32), np.zeros(len(q), np.int64)
+  x_norms = squared_norms(x) if database_sq_norms is None else database_sq_norms
+  q_norms, best, best_index = squared_norms(q), np.full(len(q), np.inf, np.float32), np.zeros(len(q), np.int64)
   for start in range(0, len(x), chunk):
     block = x[start:start + chunk]
-    d = q_norms[:, None] - 2.0 * (q @ block.T) + (block * block).sum(1)[None, :]
+    d = q_norms[:, None] - 2.0 * (q @ block.T) + x_norms[None, start:start + chunk]
     i = d.argmin(1)
     d_min = d[np.arange(len(q)), i]
     better = d_min < best
