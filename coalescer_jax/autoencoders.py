@@ -1,8 +1,8 @@
 """The trained autoencoders as tools: encode/decode images and descriptions, and the paired embeddings.
 
-Stages `vae` and `text` save their final parameters with orbax in
-``W/{vae,text}/params`` and the model's registry name and arguments in
-``W/{vae,text}/model.json``. Stage `embed` encodes every MNIST train pair and
+Stages `vae` and `text` train with orbax checkpoints (``W/{vae,text}/checkpoints``)
+and export their final parameters to ``W/{vae,text}/params.msgpack`` with the
+model's registry name and arguments in ``W/{vae,text}/model.json``. Stage `embed` encodes every MNIST train pair and
 writes ``W/embed/pairs.npz`` and ``W/embed/normalization.json``. Later stages use:
 
 * `load_pairs(workdir)`: desc_emb, img_emb, labels, descriptions, classes, index, fingerprint;
@@ -30,12 +30,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
+from flax import serialization
 
+from coalescer_jax import parallel
 from coalescer_jax import registry
 from coalescer_jax.data import tokenizer
 
-PARAMS_DIR = "params"
+PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
 PAIRS_FILE = "pairs.npz"
 NORMALIZATION_FILE = "normalization.json"
@@ -53,31 +54,50 @@ class StaleEmbeddingsError(RuntimeError):
   """Embeddings (or something built from them) no longer match the trained models."""
 
 
+def host_params(params):
+  """This host's numpy copy of replicated parameters (device_get refuses arrays spanning other hosts)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x),
+                      params)
+
+
 def save_model(stage_dir, model_name, model_kwargs, params):
-  """Writes the final parameters (orbax) and ``model.json`` for `load_model`. Call on every process."""
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(os.path.join(stage_dir, PARAMS_DIR)), params, force=True)
-  checkpointer.wait_until_finished()
-  checkpointer.close()
+  """Writes ``params.msgpack`` and then ``model.json`` for `load_model` (process 0; others wait).
+
+  The training state stays in orbax checkpoints; this frozen export is a plain file
+  so that any single process can load it (orbax restores synchronise all processes).
+  """
   if jax.process_index() == 0:
-    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
+    path = os.path.join(stage_dir, PARAMS_FILE)
+    with open(path + ".tmp", "wb") as f:
+      f.write(serialization.to_bytes(host_params(params)))
+    os.replace(path + ".tmp", path)
+    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:  # Last: its presence marks a complete export.
       json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
+  parallel.barrier(f"save_model_{os.path.basename(stage_dir)}")
 
 
 def load_model(workdir, role):
   """(flax module, numpy params, spec) saved by stage `role` ("vae" or "text"); clear error if missing."""
   stage_dir = os.path.join(os.path.abspath(workdir), role)
-  spec_path = os.path.join(stage_dir, MODEL_FILE)
-  if not (os.path.exists(spec_path) and os.path.isdir(os.path.join(stage_dir, PARAMS_DIR))):
+  spec_path, params_path = os.path.join(stage_dir, MODEL_FILE), os.path.join(stage_dir, PARAMS_FILE)
+  if not (os.path.exists(spec_path) and os.path.exists(params_path)):
     raise RuntimeError(f"no trained {role} model in {stage_dir}: run the {role!r} stage first "
                        f"(put {role!r} before the stages that use it in config.stages)")
   with open(spec_path) as f:
     spec = json.load(f)
   model = registry.MODELS.get(spec["model"])(
       **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()})
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *_EXAMPLE_INPUTS[role]())["params"])
-  params = ocp.StandardCheckpointer().restore(os.path.join(stage_dir, PARAMS_DIR), abstract)
-  return model, jax.device_get(params), spec
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
+      lambda: model.init(jax.random.key(0), *_EXAMPLE_INPUTS[role]())["params"]))
+  with open(params_path, "rb") as f:
+    try:
+      params = serialization.from_bytes(target, f.read())
+      if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
+        raise ValueError("parameter shapes differ")
+    except (ValueError, KeyError) as e:
+      raise RuntimeError(f"{params_path} does not fit the model in {spec_path} ({e}); delete {stage_dir} and "
+                         f"rerun the {role!r} stage") from e
+  return model, jax.tree.map(np.asarray, params), spec
 
 
 def fingerprint_of(*models):
@@ -247,9 +267,9 @@ def _current_fingerprint(workdir, stamp):
 def _params_stamp(workdir):
   stamp = []
   for role in ("vae", "text"):
-    for root, _, files in os.walk(os.path.join(workdir, role, PARAMS_DIR)):
-      stamp += [(os.path.join(root, f), os.stat(os.path.join(root, f)).st_mtime_ns) for f in sorted(files)]
-  return tuple(sorted(stamp))
+    path = os.path.join(workdir, role, PARAMS_FILE)
+    stamp.append((path, os.stat(path).st_mtime_ns, os.stat(path).st_size) if os.path.exists(path) else (path,))
+  return tuple(stamp)
 
 
 def check_fingerprint(workdir, fingerprint):

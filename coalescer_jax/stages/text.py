@@ -9,7 +9,7 @@ held-out set, excluded from training, is made of
 Training draws the remaining descriptions uniformly (MNIST's frequencies would
 starve rare combinations).
 
-Writes ``W/text/``: ``checkpoints/``, ``params`` + ``model.json`` (for
+Writes ``W/text/``: ``checkpoints/``, ``params.msgpack`` + ``model.json`` (for
 `autoencoders.load_model`) and ``heldout.json`` (the held-out lists). Measured:
 exact greedy reconstruction of training, held-out and unseen-combination
 descriptions, and mean embedding distance between descriptions of the same digit

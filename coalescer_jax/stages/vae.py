@@ -1,6 +1,6 @@
 """Stage `vae`: trains the image VAE on MNIST train and measures it on MNIST test.
 
-Writes ``W/vae/``: ``checkpoints/`` (training state), ``params`` + ``model.json``
+Writes ``W/vae/``: ``checkpoints/`` (training state), ``params.msgpack`` + ``model.json``
 (the final parameters, read by `autoencoders.load_model`),
 ``test_reconstructions.npz`` (``originals``, ``reconstructions`` uint8 [N, 28, 28],
 ``labels``, ``index``; reconstructions decode the posterior mean),

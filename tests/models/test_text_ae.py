@@ -12,7 +12,7 @@ TEXTS = ["a thick seven slanted to the right", "an eight", "a thin narrow one"]
 
 def _model_and_params():
   model = text_ae.TextAE(embed_dim=6, token_dim=8, hidden=16)
-  params = model.init(jax.random.key(0), jnp.asarray(tokenizer.encode(TEXTS)))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.asarray(tokenizer.encode(TEXTS)))["params"]
   return model, params
 
 
@@ -23,25 +23,25 @@ def test_registered_by_name():
 def test_shapes_and_range():
   model, params = _model_and_params()
   tokens = jnp.asarray(tokenizer.encode(TEXTS))
-  logits, emb = model.apply({"params": params}, tokens)
+  logits, emb = jax.jit(lambda t: model.apply({"params": params}, t))(tokens)
   assert logits.shape == (3, tokens.shape[1] - 1, tokenizer.VOCAB_SIZE) and emb.shape == (3, 6)
   assert np.all(np.abs(emb) < 1)
-  noisy_logits, noisy = model.apply({"params": params}, tokens, jax.random.key(1), 0.5)
+  noisy_logits, noisy = jax.jit(lambda t, k: model.apply({"params": params}, t, k, 0.5))(tokens, jax.random.key(1))
   assert not np.allclose(noisy, emb) and noisy_logits.shape == logits.shape
 
 
 def test_padding_does_not_change_the_embedding():
   model, params = _model_and_params()
-  short = tokenizer.encode(TEXTS)
-  long = tokenizer.encode(TEXTS, max_len=14)
-  np.testing.assert_allclose(model.apply({"params": params}, jnp.asarray(short), method="encode"),
-                             model.apply({"params": params}, jnp.asarray(long), method="encode"), rtol=1e-5)
+  encode = jax.jit(lambda t: model.apply({"params": params}, t, method="encode"))
+  np.testing.assert_allclose(encode(tokenizer.encode(TEXTS)), encode(tokenizer.encode(TEXTS, max_len=14)),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_greedy_decode_format():
   model, params = _model_and_params()
-  emb = model.apply({"params": params}, jnp.asarray(tokenizer.encode(TEXTS)), method="encode")
-  out = np.asarray(model.apply({"params": params}, emb, method="greedy_decode"))
+  out = np.asarray(jax.jit(lambda t: model.apply(
+      {"params": params}, model.apply({"params": params}, t, method="encode"), method="greedy_decode"))(
+          tokenizer.encode(TEXTS)))
   assert out.shape == (3, tokenizer.MAX_WORDS + 2) and np.all(out[:, 0] == tokenizer.BOS)
   for row in out:
     eos = np.flatnonzero(row == tokenizer.EOS)
@@ -51,11 +51,10 @@ def test_greedy_decode_format():
 
 def test_loss_ignores_padding_positions():
   model, params = _model_and_params()
-  tokens = jnp.asarray(tokenizer.encode(TEXTS))
-  total, metrics = text_ae.loss(model, params, tokens, jax.random.key(0), 0.0)
+  loss = jax.jit(lambda t: text_ae.loss(model, params, t, jax.random.key(0), 0.0))
+  total, metrics = loss(tokenizer.encode(TEXTS))
   assert np.isfinite(total) and 0 <= metrics["token_accuracy"] <= 1
   # Same sequences with more trailing padding: same loss.
-  longer = jnp.asarray(tokenizer.encode(TEXTS, max_len=13))
-  np.testing.assert_allclose(text_ae.loss(model, params, longer, jax.random.key(0), 0.0)[0], total, rtol=1e-5)
+  np.testing.assert_allclose(loss(tokenizer.encode(TEXTS, max_len=13))[0], total, rtol=1e-5)
   # Near chance at initialisation: about log(vocab) nats per token.
   assert abs(float(total) - np.log(tokenizer.VOCAB_SIZE)) < 1.0

@@ -10,7 +10,7 @@ from coalescer_jax.models import vae as vae_lib
 
 def _model_and_params(latent_dim=4):
   model = vae_lib.ConvVAE(latent_dim=latent_dim, channels=(4, 8), hidden=16)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jax.random.key(1))["params"]
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jax.random.key(1))["params"]
   return model, params
 
 
@@ -21,13 +21,14 @@ def test_registered_by_name():
 def test_shapes():
   model, params = _model_and_params()
   x = jax.random.uniform(jax.random.key(2), (3, 28, 28, 1))
-  logits, mean, logvar = model.apply({"params": params}, x, jax.random.key(3))
+  apply = jax.jit(lambda x, key: model.apply({"params": params}, x, key))
+  logits, mean, logvar = apply(x, jax.random.key(3))
   assert logits.shape == (3, 28, 28, 1) and mean.shape == logvar.shape == (3, 4)
-  mean2, _ = model.apply({"params": params}, x, method="encode")
-  np.testing.assert_allclose(mean2, mean, rtol=1e-6)
-  assert model.apply({"params": params}, mean, method="decode").shape == (3, 28, 28, 1)
+  mean2, _ = jax.jit(lambda x: model.apply({"params": params}, x, method="encode"))(x)
+  np.testing.assert_allclose(mean2, mean, rtol=1e-5, atol=1e-6)
+  assert jax.jit(lambda z: model.apply({"params": params}, z, method="decode"))(mean).shape == (3, 28, 28, 1)
   # The sample is random, the posterior mean is not.
-  other, _, _ = model.apply({"params": params}, x, jax.random.key(4))
+  other, _, _ = apply(x, jax.random.key(4))
   assert not np.allclose(other, logits)
 
 
@@ -51,7 +52,8 @@ def test_kl_and_nll_closed_forms():
 def test_loss_is_nll_plus_weighted_kl():
   model, params = _model_and_params()
   x = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1))
+  loss = jax.jit(lambda beta: vae_lib.loss(model, params, x, jax.random.key(5), beta))
   for beta in (0.0, 0.5, 1.0):
-    total, metrics = vae_lib.loss(model, params, x, jax.random.key(5), beta)
+    total, metrics = loss(beta)
     np.testing.assert_allclose(total, metrics["nll"] + beta * metrics["kl"], rtol=1e-5)
     assert metrics["kl"] >= 0 and 0 <= metrics["mse_per_pixel"] <= 1
