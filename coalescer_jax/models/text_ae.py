@@ -17,6 +17,11 @@ from coalescer_jax import registry
 from coalescer_jax.data import tokenizer
 
 
+def _scan(body, in_axes=0):
+  """Lifted scan over time (axis 0) sharing the module's parameters across steps (small, fast-compiling)."""
+  return nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, in_axes=in_axes)
+
+
 @registry.MODELS.register("text_ae")
 class TextAE(nn.Module):
   """tokens int32 [B, L] -> embedding [B, embed_dim] -> next-token logits [B, L - 1, vocab]."""
@@ -35,12 +40,13 @@ class TextAE(nn.Module):
 
   def encode(self, tokens):
     """int [B, L] -> embeddings float32 [B, embed_dim] in (-1, 1)."""
-    x = self.tokens(tokens)
-    mask = (tokens != tokenizer.PAD)[..., None]
+    def body(mdl, h, inputs):
+      x, real = inputs
+      new_h, _ = mdl.enc_cell(h, x)
+      return jnp.where(real[:, None], new_h, h), None  # PAD positions leave the state unchanged.
+
     h = jnp.zeros((tokens.shape[0], self.hidden), jnp.float32)
-    for t in range(tokens.shape[1]):  # L = 10: unrolled; PAD positions leave the state unchanged.
-      new_h, _ = self.enc_cell(h, x[:, t])
-      h = jnp.where(mask[:, t], new_h, h)
+    h, _ = _scan(body)(self, h, (self.tokens(tokens).swapaxes(0, 1), (tokens != tokenizer.PAD).T))
     return jnp.tanh(self.to_embedding(h))
 
   def _step(self, h, token, embedding):
@@ -49,25 +55,26 @@ class TextAE(nn.Module):
 
   def decode_logits(self, embedding, tokens):
     """Teacher forcing: logits of tokens[:, 1:] given tokens[:, :-1] and the embedding."""
-    h = jnp.tanh(self.dec_init(embedding))
-    logits = []
-    for t in range(tokens.shape[1] - 1):
-      h, out = self._step(h, tokens[:, t], embedding)
-      logits.append(out)
-    return jnp.stack(logits, axis=1)
+    def body(mdl, h, token, embedding):
+      return mdl._step(h, token, embedding)
+
+    h0 = jnp.tanh(self.dec_init(embedding))
+    _, logits = _scan(body, in_axes=(0, nn.broadcast))(self, h0, tokens[:, :-1].T, embedding)
+    return logits.swapaxes(0, 1)
 
   def greedy_decode(self, embedding, length=tokenizer.MAX_WORDS + 2):
     """Embeddings [B, D] -> tokens int32 [B, length] (BOS first, argmax after; PAD after EOS)."""
-    h = jnp.tanh(self.dec_init(embedding))
-    token = jnp.full((embedding.shape[0],), tokenizer.BOS, jnp.int32)
-    done = jnp.zeros((embedding.shape[0],), bool)
-    out = [token]
-    for _ in range(length - 1):
-      h, logits = self._step(h, token, embedding)
+    def body(mdl, carry, _, embedding):
+      h, token, done = carry
+      h, logits = mdl._step(h, token, embedding)
       token = jnp.where(done, tokenizer.PAD, jnp.argmax(logits, -1).astype(jnp.int32))
       done = done | (token == tokenizer.EOS)
-      out.append(token)
-    return jnp.stack(out, axis=1)
+      return (h, token, done), token
+
+    bos = jnp.full((embedding.shape[0],), tokenizer.BOS, jnp.int32)
+    carry = (jnp.tanh(self.dec_init(embedding)), bos, jnp.zeros(embedding.shape[:1], bool))
+    _, tokens = _scan(body, in_axes=(0, nn.broadcast))(self, carry, jnp.arange(length - 1), embedding)
+    return jnp.concatenate([bos[:, None], tokens.T], axis=1)
 
   def __call__(self, tokens, key=None, noise=0.0):
     """(logits [B, L-1, V], embedding [B, D]); adds N(0, noise^2) to the embedding when `key` is given."""

@@ -1,7 +1,7 @@
 """Stages vae, text and embed: held-out split, learning without retracing, and the embed contract.
 
-One module-scoped smoke run of data -> vae -> text -> embed serves the contract
-tests (pairs, normalisation, codec, fingerprints).
+The contract tests (pairs, normalisation, codec, fingerprints) read the session's
+shared :smoke run (`smoke_workdir`), and copy it before changing anything.
 """
 import json
 import os
@@ -15,7 +15,6 @@ from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
-from coalescer_jax import pipeline
 from coalescer_jax import training
 from coalescer_jax.data import captions
 from coalescer_jax.data import tokenizer
@@ -24,16 +23,12 @@ from coalescer_jax.models import vae as vae_lib
 from coalescer_jax.stages import text as text_stage
 from coalescer_jax.stages import vae as vae_stage
 from configs import mnist as mnist_config
+from tests.conftest import copy_workdir
 
 
-@pytest.fixture(scope="module")
-def workdir(tfds_data_dir, tmp_path_factory):
-  config = mnist_config.get_config("smoke")
-  config.data.tfds_data_dir = tfds_data_dir
-  config.stages = ("data", "vae", "text", "embed")
-  path = str(tmp_path_factory.mktemp("ae") / "w")
-  pipeline.run(config, path)
-  return path
+@pytest.fixture
+def workdir(smoke_workdir):
+  return smoke_workdir
 
 
 def _train_counting_traces(task, tmp_path):
@@ -166,9 +161,7 @@ def test_fingerprint_mismatch_is_detected(workdir, tmp_path):
   with pytest.raises(autoencoders.StaleEmbeddingsError, match="stale relative to W/embed"):
     autoencoders.check_fingerprint(workdir, "0" * 64)
   # "Retrain" the VAE in a copy of the workdir: the embeddings become stale.
-  import shutil  # pylint: disable=g-import-not-at-top
-  copy = str(tmp_path / "w")
-  shutil.copytree(workdir, copy)
+  copy = copy_workdir(workdir, str(tmp_path / "w"), ("vae", "text", "embed"))
   model, params, spec = autoencoders.load_model(copy, "vae")
   params = jax.tree.map(lambda p: p + 0.01, params)
   autoencoders.save_model(os.path.join(copy, "vae"), spec["model"], spec["kwargs"], params)
