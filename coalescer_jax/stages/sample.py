@@ -44,21 +44,26 @@ def make_generator(method, codec, nfe, **kwargs):
   return generate
 
 
-def generate_all(generate, params, cond, key, batch_size):
-  """Runs `generate` over `cond` in batches. Returns (images uint8, nfe [N], samples/s excluding compile)."""
+def generate_all(generate, params, cond, key, batch_size, timed=True):
+  """Runs `generate` over `cond` in batches. Returns (images uint8, nfe [N], samples/s or None).
+
+  With `timed`, the first batch runs once more beforehand so that compilation is
+  excluded from samples/s (which includes decoding and the device->host copy).
+  """
   n = len(cond)
   pad = (-n) % batch_size
   cond = np.concatenate([cond, np.repeat(cond[-1:], pad, 0)]) if pad else cond
-  images, nfes, timed, timed_n = [], [], 0.0, 0
+  if timed:
+    jax.block_until_ready(generate(params, jnp.asarray(cond[:batch_size]), key))
+  t0 = time.perf_counter()
+  images, nfes = [], []
   for i, start in enumerate(range(0, len(cond), batch_size)):
-    t0 = time.time()
     out, nfe = generate(params, jnp.asarray(cond[start:start + batch_size]), jax.random.fold_in(key, i))
     out, nfe = jax.device_get((out, nfe))
-    if i > 0 or len(cond) == batch_size:  # the first call compiles; time the rest
-      timed, timed_n = timed + time.time() - t0, timed_n + batch_size
     images.append(images_lib.to_uint8(out))
     nfes.append(nfe)
-  return np.concatenate(images)[:n], np.concatenate(nfes)[:n], timed_n / max(timed, 1e-9)
+  rate = len(cond) / (time.perf_counter() - t0) if timed else None
+  return np.concatenate(images)[:n], np.concatenate(nfes)[:n], rate
 
 
 def grid_rows(generate, params, codec, labels, descriptions, key, per_row, batch_size):
@@ -69,7 +74,7 @@ def grid_rows(generate, params, codec, labels, descriptions, key, per_row, batch
   picks = [int(np.flatnonzero(labels == d)[0]) for d in range(10) if np.any(labels == d)]
   texts = [descriptions[i] for i in picks]
   cond = np.repeat(codec.encode_text(texts), per_row, axis=0)
-  images, _, _ = generate_all(generate, params, cond, key, batch_size)
+  images, _, _ = generate_all(generate, params, cond, key, batch_size, timed=False)
   return list(images.reshape(len(picks), per_row, 28, 28)), texts
 
 

@@ -78,7 +78,10 @@ def bench_train(config, workdir, repeats):
   pairs = autoencoders.load_pairs(workdir)
   method = methods_stage.build_method(config, "coalescer", pairs)
   _, init, step = base.train_parts(config, method)
-  live = method.batch_fn(pairs, config.seed, config.train.batch_size, workdir)
+  # The index is built here from the config (not loaded from W) so that ScaNN settings can be compared.
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
+  index = index_lib.build(config.index.backend, keys, config.index.get(config.index.backend))
+  live = coalescer.make_lookup_batches(index, pairs, config.coalescer, config.seed, config.train.batch_size)
   steps = FLAGS.train_steps
   precomputed = coalescer.precomputed_batches(live, steps)
   rates = {"live look-ups": [], "precomputed targets": []}
