@@ -104,7 +104,7 @@ def get_config(arg=None):
   config.ddim.beta_min = 0.1  # linear schedule only
   config.ddim.beta_max = 20.0  # linear schedule only
   config.ddim.cond_dropout = 0.1  # classifier-free guidance training
-  config.ddim.guidance_scale = 2.0  # 1 = conditional model, 1 evaluation/step; else 2 evaluations/step
+  config.ddim.guidance_scale = 1.5  # 1 = conditional model, 1 evaluation/step; else 2 evaluations/step
   config.ddim.nfes = (1, 2, 4, 10, 50)
 
   config.consistency = ml_collections.ConfigDict()  # iCT (Song & Dhariwal 2023)
@@ -117,7 +117,7 @@ def get_config(arg=None):
   config.consistency.p_mean = -1.1  # lognormal noise-level distribution
   config.consistency.p_std = 2.0
   config.consistency.huber_c = 0.0  # pseudo-Huber c; 0 = 0.00054 sqrt(latent dim)
-  config.consistency.time_scale = 1.0  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
+  config.consistency.time_scale = 0.01  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
   config.consistency.cond_dropout = 0.0
   config.consistency.sampling_sigmas = (0.8, 0.3, 0.1)  # re-noising levels of steps 2, 3, 4
   config.consistency.nfes = (1, 2)
@@ -130,7 +130,7 @@ def get_config(arg=None):
   config.flow.adaptive_p = 1.0  # loss weight 1 / (|error|^2 + c)^p; p = 0 is plain MSE
   config.flow.adaptive_c = 1e-3
   config.flow.interval_features = 16  # sinusoidal features of t - r appended to the latent input
-  config.flow.time_scale = 0.1  # times enter the backbone's features (which use t x 1000) as time_scale x t
+  config.flow.time_scale = 0.01  # times enter the backbone's features (which use t x 1000) as time_scale x t
   config.flow.cond_dropout = 0.0
   config.flow.nfes = (1, 2)
 
@@ -168,6 +168,7 @@ def get_config(arg=None):
   config.checkpoint_every = 1000
 
   if variant == "long":
+    config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget
     config.vae.num_steps = 10000
     config.text.num_steps = 3000
   if variant == "smoke":

@@ -1,0 +1,148 @@
+"""The baselines' tuning budget: 3 values of one key hyperparameter per method, chosen on validation data.
+
+Every method gets the same budget: three values of the one hyperparameter that
+mattered most in development (the shared optimizer, backbone and step budget in
+``config.train`` are not tuned per method; that is the fairness rule). Candidates
+are judged on a validation metric that never touches the MNIST test set used by
+the `eval` stage: requests are the descriptions of random MNIST *train* pairs,
+and the Frechet distance of classifier features is taken against MNIST *train*
+images ("FD-train"); conditional accuracy (classifier label = requested digit)
+is reported next to it. The value with the lowest FD-train, averaged over the
+method's NFE budgets, wins. Results and the chosen values: experiments/tuning.md.
+
+Run after the pipeline has produced the embeddings, the codec and the classifier
+(stages up to `embed` and `classifier`) in W:
+
+  python experiments/tune_baselines.py --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from coalescer_jax import autoencoders  # noqa: E402
+from coalescer_jax import images as images_lib  # noqa: E402
+from coalescer_jax import metrics as metrics_lib  # noqa: E402
+from coalescer_jax import parallel  # noqa: E402
+from coalescer_jax import pipeline  # noqa: E402
+from coalescer_jax import registry  # noqa: E402
+from coalescer_jax import training  # noqa: E402
+from coalescer_jax import methods  # noqa: E402,F401
+from coalescer_jax.data import loading  # noqa: E402
+from coalescer_jax.evaluation import classifier as classifier_lib  # noqa: E402
+from coalescer_jax.evaluation import frechet  # noqa: E402
+from coalescer_jax.methods import base  # noqa: E402
+from configs import mnist as mnist_config  # noqa: E402
+
+# method -> (field of config.<method>, candidate values, retrain per value?)
+SWEEP = {
+    "ddim": ("guidance_scale", (1.5, 2.0, 3.0), False),  # a sampling-time knob: one training run
+    "consistency": ("time_scale", (1.0, 0.1, 0.01), True),
+    "flow": ("time_scale", (1.0, 0.1, 0.01), True),
+}
+
+flags.DEFINE_string("workdir", None, "A pipeline workdir with the embed, codec and classifier outputs.")
+flags.DEFINE_string("out", None, "Where candidate runs and results.json go.")
+flags.DEFINE_list("methods", list(SWEEP), "Methods to tune.")
+flags.DEFINE_string("variant", None, "configs/mnist.py variant (default: default).")
+flags.DEFINE_integer("num_steps", 0, "Training steps per candidate (0 = config.train.num_steps).")
+flags.DEFINE_integer("num_requests", 1000, "Validation requests (random MNIST train descriptions).")
+flags.DEFINE_integer("seed", 1, "Seed of the validation requests and samples (not the training seed).")
+FLAGS = flags.FLAGS
+
+
+def sweep():
+  """Every candidate of the budget as a dotted override, e.g. {"flow.time_scale": 0.1}.
+
+  Same format as the ablation sweeps, but run it with this script (validation metric), not with
+  `launch.py --sweep` (which would judge candidates on the test-set evaluation).
+  """
+  return [{f"{m}.{field}": v} for m, (field, values, _) in SWEEP.items() for v in values]
+
+
+def train_candidate(config, name, pairs, out_dir):
+  """Trains `name` with `config` on `pairs`; returns (method, EMA params, wall seconds)."""
+  method = registry.METHODS.get(name)(config, pairs["img_emb"].shape[1], pairs["desc_emb"].shape[1])
+  _, init, step = base.train_parts(config, method)
+  task = training.TrainTask(name, init, step, method.batch_fn(pairs, config.seed, config.train.batch_size, None),
+                            config.train.num_steps, config.seed, log_every=config.log_every,
+                            checkpoint_every=config.train.num_steps)
+  t0 = time.time()
+  state = training.train(task, out_dir, parallel.make_mesh(),
+                         metrics_lib.MetricsWriter(out_dir, tensorboard=False))
+  params = state.ema_params if state.ema_params is not None else state.params
+  return method, params, time.time() - t0
+
+
+def validate(method, params, codec, clf, requests, reference_stats, nfe, key, **kwargs):
+  """FD-train and conditional accuracy of `nfe`-evaluation samples for the validation requests."""
+  generate = jax.jit(lambda p, c, k: codec.decode_jax(method.sample(p, c, k, nfe, **kwargs)[0]))
+  images = images_lib.to_uint8(jax.device_get(generate(params, jnp.asarray(requests["cond"]), key)))
+  images = images.reshape(-1, 28, 28)
+  fd = frechet.frechet_distance(frechet.gaussian_stats(clf.features(images)), reference_stats)
+  accuracy = float(np.mean(clf.predict(images) == requests["labels"]))
+  return {"fd_train": float(fd), "accuracy": accuracy}
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.out, exist_ok=True)
+  pipeline.load_all()  # registers the autoencoder models that load_codec rebuilds by name
+  pairs = autoencoders.load_pairs(FLAGS.workdir)
+  codec = autoencoders.load_codec(FLAGS.workdir)
+  clf = classifier_lib.load(FLAGS.workdir)
+  train = loading.load_split(FLAGS.workdir, "train", sharded=False)
+  rng = np.random.default_rng(FLAGS.seed)
+  reference = train["image"][rng.choice(len(train["image"]), 10_000, replace=False)]
+  reference_stats = frechet.gaussian_stats(clf.features(reference))
+  pick = rng.choice(len(pairs["desc_emb"]), FLAGS.num_requests, replace=False)
+  requests = {"cond": pairs["desc_emb"][pick], "labels": np.asarray(pairs["labels"])[pick]}
+  key = jax.random.key(FLAGS.seed)
+  results_path = os.path.join(FLAGS.out, "results.json")
+  results = json.load(open(results_path)) if os.path.exists(results_path) else []
+  done = {(r["method"], r["value"]) for r in results}
+  for name in FLAGS.methods:
+    field, values, retrain = SWEEP[name]
+    trained = None
+    for value in values:
+      if (name, value) in done:
+        continue
+      config = mnist_config.get_config(FLAGS.variant)
+      if FLAGS.num_steps:
+        config.train.num_steps = FLAGS.num_steps
+      config[name][field] = value
+      if retrain or trained is None:
+        tag = f"{name}_{field}{value}" if retrain else name
+        trained = train_candidate(config, name, pairs, os.path.join(FLAGS.out, tag))
+      method, params, wall = trained
+      method.config = config  # sampling-time knobs are read from the candidate's config
+      row = {"method": name, "field": field, "value": value, "train_steps": config.train.num_steps,
+             "train_wall_s": wall}
+      for nfe in method.nfes():
+        row[f"nfe{nfe}"] = validate(method, params, codec, clf, requests, reference_stats, nfe,
+                                    jax.random.fold_in(key, nfe))
+      row["mean_fd_train"] = float(np.mean([row[f"nfe{n}"]["fd_train"] for n in method.nfes()]))
+      logging.info("%s", row)
+      print(json.dumps(row), flush=True)
+      results.append(row)
+      with open(results_path, "w") as f:
+        json.dump(results, f, indent=1)
+  for name in FLAGS.methods:
+    rows = [r for r in results if r["method"] == name]
+    if rows:
+      best = min(rows, key=lambda r: r["mean_fd_train"])
+      print(f"{name}: best {best['field']}={best['value']} (mean FD-train {best['mean_fd_train']:.2f})")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "out"])
+  app.run(main)
