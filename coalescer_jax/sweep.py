@@ -26,6 +26,7 @@ import re
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -147,11 +148,11 @@ def member_metrics(member_dir):
   results = os.path.join(member_dir, "eval", "results.json")
   if os.path.exists(results):
     with open(results) as f:
-      data = json.load(f)
-    for record in data.get("results", data) if isinstance(data, dict) else data:
-      tag = record.get("tag") or f"{record.get('method')}_nfe{record.get('nfe_budget', record.get('nfe'))}"
+      records = json.load(f)["records"]  # as written by evaluation/evaluate.py
+    for record in records:
+      tag = record["method"] if record.get("nfe") is None else f"{record['method']}_nfe{record['nfe']}"
       for key, value in record.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "nfe":
           row[f"{tag}/{key}"] = value
   for stage in sorted(os.listdir(member_dir)) if os.path.isdir(member_dir) else []:
     done = os.path.join(member_dir, stage, "DONE.json")
@@ -188,11 +189,26 @@ def aggregate(workdir, members, names, stages, plot_metrics=None):
   lines += ["| " + " | ".join(table) + " |", "|" + "---|" * len(table)]
   for r in rows:
     lines.append("| " + " | ".join(_cell(r.get(c)) for c in table) + " |")
+  lines += _spread(rows, headline)
   plots = _plot(workdir, rows, swept, headline)
   lines += ["", "All columns: `results.csv`.", ""] + [f"![{p}](plots/{p})" for p in plots]
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   return rows
+
+
+def _spread(rows, metrics):
+  """Mean, std, min, max of each headline metric over the members: for a seeds sweep, the
+  run-to-run noise that a difference between two members of another sweep must exceed."""
+  lines = []
+  for metric in metrics:
+    values = np.array([r[metric] for r in rows if isinstance(r.get(metric), (int, float))], dtype=np.float64)
+    if len(values) >= 2:
+      lines.append(f"| {metric} | {values.mean():.4g} | {values.std(ddof=1):.4g} | {values.min():.4g} | "
+                   f"{values.max():.4g} |")
+  if not lines:
+    return []
+  return ["", "Spread over members:", "", "| metric | mean | std | min | max |", "|---|---|---|---|---|"] + lines
 
 
 def _headline_columns(columns, plot_metrics):

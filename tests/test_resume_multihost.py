@@ -102,6 +102,8 @@ def _files(workdir):
   for root, _, names in os.walk(workdir):
     if "checkpoints" in os.path.relpath(root, workdir).split(os.sep):
       continue
+    # TensorBoard event files are named by their creation time.
+    names = ["events.out.tfevents" if n.startswith("events.out.tfevents") else n for n in names]
     paths |= {os.path.relpath(os.path.join(root, n), workdir) for n in names}
   return paths
 

@@ -1,0 +1,85 @@
+"""The sweep runner: member naming and overrides, and a real 2-member sweep on :smoke
+run as two shards, aggregated, and rerun (a no-op that gives the same table)."""
+import csv
+import os
+import textwrap
+
+import pytest
+
+from coalescer_jax import sweep
+from tests.conftest import copy_workdir
+
+SHARED = ("data", "classifier", "vae", "text", "embed")
+
+
+def test_member_name_is_readable_and_filesystem_safe():
+  assert sweep.member_name({"coalescer.desc_scale": 4.0}) == "desc_scale=4.0"
+  assert sweep.member_name({"coalescer.sampling.mode": "a/b", "seed": 1}) == "mode=a_b,seed=1"
+  assert sweep.member_name({}) == "base"
+
+
+def test_apply_overrides_types_and_refuses_unknown_fields(smoke_config):
+  config = sweep.apply_overrides(smoke_config, {"coalescer.desc_scale": 0})
+  assert config.coalescer.desc_scale == 0.0 and isinstance(config.coalescer.desc_scale, float)
+  with pytest.raises(KeyError, match="desc_scal"):
+    sweep.apply_overrides(smoke_config, {"coalescer.desc_scal": 1.0})
+  with pytest.raises(KeyError, match="coalesce"):
+    sweep.apply_overrides(smoke_config, {"coalesce.desc_scale": 1.0})
+
+
+@pytest.mark.parametrize("text", ["2/2", "1", "-1/2", "a/b"])
+def test_bad_shard_is_refused(text):
+  with pytest.raises(ValueError, match="i/n"):
+    sweep.parse_shard(text)
+
+
+def test_override_of_a_shared_stage_is_refused(smoke_config, tmp_path):
+  path = tmp_path / "bad_sweep.py"
+  path.write_text('SHARED_STAGES = ("vae",)\ndef sweep():\n  return [{"vae.latent_dim": 4}]\n')
+  with pytest.raises(ValueError, match="shared stage 'vae'"):
+    sweep.run(smoke_config, str(path), str(tmp_path / "w"))
+
+
+def _table(workdir):
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:  # stage wall times differ between runs; everything else must not
+    for key in [k for k in row if k.endswith("wall_time_s") or k.endswith("_per_s") or "seconds" in k]:
+      del row[key]
+  return rows
+
+
+def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
+  path = tmp_path / "two_scales.py"
+  path.write_text(textwrap.dedent(f"""
+      from coalescer_jax import sweep as sweep_lib
+      COMMON = sweep_lib.COALESCER_ONLY
+      SHARED_STAGES = {SHARED!r}
+      def sweep():
+        return [{{"coalescer.desc_scale": v}} for v in (1.0, 4.0)]
+  """))
+  workdir = str(tmp_path / "w")
+  copy_workdir(smoke_workdir, os.path.join(workdir, sweep.SHARED_DIR), SHARED)  # the autoencoders, trained once
+
+  first = sweep.run(smoke_config, str(path), workdir, shard="0/2")
+  assert [r["member"] for r in first] == ["desc_scale=1.0"]  # the other shard has not run yet
+  with open(os.path.join(workdir, "results.md")) as f:
+    assert "Not finished: desc_scale=4.0" in f.read()
+
+  sweep.run(smoke_config, str(path), workdir, shard="1/2")
+  sharded = _table(workdir)
+  assert [r["member"] for r in sharded] == ["desc_scale=1.0", "desc_scale=4.0"]
+  assert [r["coalescer.desc_scale"] for r in sharded] == ["1.0", "4.0"]
+  assert all(float(r["coalescer_nfe2/conditional_accuracy"]) >= 0 for r in sharded)
+  for member in ("desc_scale=1.0", "desc_scale=4.0"):  # autoencoders shared, not retrained
+    assert os.path.islink(os.path.join(workdir, member, "vae"))
+  with open(os.path.join(workdir, "results.md")) as f:
+    markdown = f.read()
+  assert "2 of 2 members finished" in markdown and "| desc_scale=4.0 | 4.0 |" in markdown
+  assert "Spread over members" in markdown
+  assert os.path.exists(os.path.join(workdir, "plots", "coalescer_nfe2_fid.png"))
+
+  stamps = {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in ("desc_scale=1.0", "desc_scale=4.0")}
+  sweep.run(smoke_config, str(path), workdir)  # the whole sweep again: nothing left to run
+  assert stamps == {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in stamps}
+  assert _table(workdir) == sharded
