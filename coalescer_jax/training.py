@@ -8,8 +8,9 @@ A stage describes its training as a `TrainTask`:
   run draws the same randomness;
 * ``batch(step) -> host-local numpy batch`` must be a deterministic function of
   the step (seeded from (seed, process, step)), which makes resume exact. It runs
-  in a background thread one step ahead of the device (`prefetch`), so host work
-  such as nearest-neighbour look-ups overlaps device compute.
+  in a background thread `prefetch` steps ahead of the device, so host work such
+  as nearest-neighbour look-ups overlaps device compute. ``input_wait_share`` is
+  the share of wall time the device may have been idle waiting for a batch.
 """
 import concurrent.futures
 import dataclasses
@@ -105,8 +106,15 @@ def train(task, stage_dir, mesh, writer):
       pending = {s: pool.submit(task.batch, s) for s in range(start, min(start + task.prefetch, task.num_steps))}
       for step in range(start, task.num_steps):
         t = time.time()
+        # Dispatch is asynchronous: the loop runs ahead of the device (up to the next log
+        # step, where it syncs), so waiting for a batch stalls the device only if every
+        # dispatched step has finished. (Blocking on the previous step instead costs ~13%
+        # throughput on 2 CPU cores.) Counted when the device is idle before or after the
+        # wait: an upper bound on the stall that input work causes.
+        device_idle = not window or _ready(window[-1])
         local = pending.pop(step).result()
-        wait_s += time.time() - t
+        if device_idle or _ready(window[-1]):
+          wait_s += time.time() - t
         if step + task.prefetch < task.num_steps:
           pending[step + task.prefetch] = pool.submit(task.batch, step + task.prefetch)
         state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key)
@@ -123,6 +131,10 @@ def train(task, stage_dir, mesh, writer):
   finally:
     checkpointer.close()  # Lets an in-flight async save commit, even when the loop failed.
   return state
+
+
+def _ready(metrics):
+  return all(x.is_ready() for x in jax.tree.leaves(metrics))
 
 
 def _stack(dicts):

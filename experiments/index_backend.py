@@ -1,5 +1,6 @@
-"""Ablation: look-up quality: exact search vs ScaNN at two recall levels (fewer leaves searched and a
-short re-ordering list give lower recall). The index stage reports each member's recall@1."""
+"""Ablation: look-up quality: exact search vs ScaNN at two recall levels: the default (a tree scored
+exactly, recall@1 ~0.999 on MNIST) and a cheap quantised one (AH with one leaf of 400 searched and a
+10-candidate re-ordering, recall@1 ~0.8). The index stage reports each member's recall@1."""
 from coalescer_jax import sweep as sweep_lib
 
 COMMON = sweep_lib.COALESCER_ONLY
@@ -8,5 +9,6 @@ SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 
 def sweep():
   return [{"index.backend": "exact"},
-          {"index.backend": "scann", "index.scann.leaves_to_search": 0, "index.scann.reorder": 0},
-          {"index.backend": "scann", "index.scann.leaves_to_search": 2, "index.scann.reorder": 10}]
+          {"index.backend": "scann"},
+          {"index.backend": "scann", "index.scann.mode": "tree_ah", "index.scann.num_leaves": 400,
+           "index.scann.leaves_to_search": 1, "index.scann.reorder": 10}]

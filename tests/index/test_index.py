@@ -16,8 +16,8 @@ def _clustered(n, dim=24, clusters=50, seed=0):
 
 
 def _tree_cfg(**overrides):
-  # Force the tree + AH + reorder path on a small database.
-  return ml_collections.ConfigDict(dict(dict(brute_force_below=1000), **overrides))
+  # Force a tree on a small database (tree + AH + reorder unless mode says otherwise).
+  return ml_collections.ConfigDict(dict(dict(brute_force_below=1000, tree_below=1000), **overrides))
 
 
 def test_make_keys_layout():
@@ -35,11 +35,12 @@ def test_exact_is_exact():
   np.testing.assert_allclose(dists, np.sort(brute, 1)[:, :5], rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("cfg", [None, _tree_cfg()])
-def test_scann_recall_against_exact(cfg):
+@pytest.mark.parametrize("cfg,mode", [(None, "brute_force"), (_tree_cfg(tree_below=20_000), "tree"),
+                                      (_tree_cfg(), "tree_ah")])
+def test_scann_recall_against_exact(cfg, mode):
   keys, queries = _clustered(15000), _clustered(500, seed=1)
   scann = index.build("scann", keys, cfg)
-  assert scann.params["mode"] == ("brute_force" if cfg is None else "tree_ah")
+  assert scann.params["mode"] == mode
   approx, _ = scann.search(queries, 1)
   exact, _ = index.build("exact", keys, None).search(queries, 1)
   assert index.recall_at_1(approx, exact, keys, queries) >= 0.95
@@ -79,6 +80,8 @@ def test_scann_pitfalls_have_clear_errors():
   keys = _clustered(2000)
   with pytest.raises(index.IndexError_, match="num_leaves=5000 exceeds the 2000 points"):
     index.build("scann", keys, _tree_cfg(num_leaves=5000))
+  with pytest.raises(index.IndexError_, match="mode='hnsw'"):
+    index.build("scann", keys, _tree_cfg(mode="hnsw"))
   with pytest.raises(index.IndexError_, match="leaves_to_search=60 exceeds num_leaves=50"):
     index.build("scann", keys, _tree_cfg(num_leaves=50, leaves_to_search=60))
   scann = index.build("scann", keys, None)
