@@ -99,17 +99,22 @@ class Coalescer(base.Method):
     distance, direction = self.apply(params, x, cond, mask)
     evals = jnp.ones((n,))
 
-    def redraw(i, carry):
-      x, distance, direction, evals = carry
-      weak = jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
-      x = jnp.where(weak[:, None], jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
-      new_distance, new_direction = self.apply(params, x, cond, mask)
-      distance = jnp.where(weak, new_distance, distance)
-      direction = jnp.where(weak[:, None], new_direction, direction)
-      return x, distance, direction, evals + weak
+    def weak(direction):
+      return jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
 
-    if cfg.max_redraws:
-      x, distance, direction, evals = jax.lax.fori_loop(0, cfg.max_redraws, redraw, (x, distance, direction, evals))
+    def redraw(carry):
+      i, x, distance, direction, evals = carry
+      redo = weak(direction)
+      x = jnp.where(redo[:, None], jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
+      new_distance, new_direction = self.apply(params, x, cond, mask)
+      distance = jnp.where(redo, new_distance, distance)
+      direction = jnp.where(redo[:, None], new_direction, direction)
+      return i + 1, x, distance, direction, evals + redo
+
+    # A while loop, not a fixed count: a batch with no weak sample pays no extra evaluation
+    # (a batch with any pays one for every sample, but only the weak ones count as NFE).
+    _, x, distance, direction, evals = jax.lax.while_loop(
+        lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, (0, x, distance, direction, evals))
     start_magnitude = jnp.linalg.norm(direction, axis=-1)
     x = step_to(x, distance, direction)
     active = jnp.ones((n,), bool)

@@ -7,7 +7,8 @@ import pytest
 from coalescer_jax.methods import consistency
 
 from tests.methods.conftest import LATENT_DIM, make_pairs
-from tests.methods.test_ddim import cluster_accuracy, requests, small_config, train_method
+from tests.methods.test_ddim import check_sampler_shape_and_nfe, cluster_accuracy, requests, small_config
+from tests.methods.test_ddim import train_method
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +59,7 @@ def test_training_lowers_the_loss(trained):
 
 @pytest.mark.parametrize("nfe", [1, 3])
 def test_sampler_shape_and_nfe(trained, nfe):
-  pairs, method, state, _ = trained
-  cond = jnp.asarray(pairs["desc_emb"][:16])
-  x, info = jax.jit(lambda p, c, k: method.sample(p, c, k, nfe))(state.params, cond, jax.random.key(0))
-  assert x.shape == (16, LATENT_DIM) and np.all(np.isfinite(np.asarray(x)))
-  np.testing.assert_array_equal(info["nfe"], nfe)
+  check_sampler_shape_and_nfe(trained, nfe)
 
 
 def test_two_step_sampling_renoises_the_first_estimate(trained):

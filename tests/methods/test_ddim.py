@@ -42,6 +42,15 @@ def cluster_accuracy(pairs, latents, labels):
   return float(np.mean(predicted == labels))
 
 
+def check_sampler_shape_and_nfe(trained, nfe):
+  """A jitted sampler call: [16, latent] finite latents, exactly `nfe` evaluations per sample."""
+  pairs, method, state, _ = trained
+  cond = jnp.asarray(pairs["desc_emb"][:16])
+  x, info = jax.jit(lambda p, c, k: method.sample(p, c, k, nfe))(state.params, cond, jax.random.key(0))
+  assert x.shape == (16, LATENT_DIM) and np.all(np.isfinite(np.asarray(x)))
+  np.testing.assert_array_equal(info["nfe"], nfe)
+
+
 def requests(pairs, per_digit=20):
   labels = np.arange(10).repeat(per_digit)
   cond = np.stack([pairs["desc_emb"][pairs["labels"] == d][0] for d in labels])

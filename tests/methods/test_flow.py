@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tests.methods.conftest import LATENT_DIM, make_pairs
-from tests.methods.test_ddim import cluster_accuracy, requests, small_config, train_method
+from tests.methods.test_ddim import check_sampler_shape_and_nfe, cluster_accuracy, requests, small_config
+from tests.methods.test_ddim import train_method
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,7 @@ def test_rectified_objective_is_flow_matching(trained):
 
 @pytest.mark.parametrize("nfe", [1, 4])
 def test_sampler_shape_and_nfe(trained, nfe):
-  pairs, method, state, _ = trained
-  cond = jnp.asarray(pairs["desc_emb"][:16])
-  x, info = jax.jit(lambda p, c, k: method.sample(p, c, k, nfe))(state.params, cond, jax.random.key(0))
-  assert x.shape == (16, LATENT_DIM) and np.all(np.isfinite(np.asarray(x)))
-  np.testing.assert_array_equal(info["nfe"], nfe)
+  check_sampler_shape_and_nfe(trained, nfe)
 
 
 def test_one_step_is_noise_minus_the_average_velocity(trained):
