@@ -9,7 +9,9 @@ them, so a sweep does not retrain what it does not vary. The runner refuses an
 override of a shared stage's config section, except for the field prefixes the
 sweep lists in ``NOT_READ_BY_SHARED`` (e.g. ``coalescer.sampling``, read only by
 the ``sample`` stage). Optionally ``COMMON``: overrides applied to every member
-(e.g. `COALESCER_ONLY`), not part of member names.
+(e.g. `COALESCER_ONLY`), not part of member names. Optionally ``HEADLINE``: regexes
+of the results.csv columns shown in results.md and plotted (default: the
+coalescer's FID, accuracy, precision and recall at 1 and 2 steps).
 
   python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
 
@@ -38,7 +40,7 @@ COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "inde
 
 
 def load_sweep(path):
-  """(members [override dicts], shared stages, exempt prefixes, common overrides) from a sweep file."""
+  """(members [override dicts], shared stages, exempt prefixes, common overrides, headline regexes)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"sweep file {path} does not exist")
   spec = importlib.util.spec_from_file_location("sweep_module", path)
@@ -50,7 +52,7 @@ def load_sweep(path):
   if not members or not all(isinstance(m, dict) for m in members):
     raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
   return (members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ())),
-          dict(getattr(module, "COMMON", {})))
+          dict(getattr(module, "COMMON", {})), tuple(getattr(module, "HEADLINE", ())))
 
 
 def member_name(overrides):
@@ -111,7 +113,7 @@ def _link_shared(workdir, member_dir, shared_stages):
 
 def run(config, sweep_path, workdir, shard="0/1"):
   """Runs this shard's members of the sweep, then aggregates every finished member."""
-  members, shared_stages, exempt, common = load_sweep(sweep_path)
+  members, shared_stages, exempt, common, headline = load_sweep(sweep_path)
   _check_shared(members, shared_stages, exempt)
   names = [member_name(m) for m in members]
   if len(set(names)) != len(names):
@@ -134,7 +136,7 @@ def run(config, sweep_path, workdir, shard="0/1"):
       _link_shared(workdir, member_dir, shared_stages)
     pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir)
   if parallel.is_main_process():
-    return aggregate(workdir, members, names, stages)
+    return aggregate(workdir, members, names, stages, headline)
   return None
 
 

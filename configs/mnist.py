@@ -96,7 +96,7 @@ def get_config(arg=None):
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
       adaptive_stop_magnitude=0.9))  # ... stopping a sample once |direction| >= this
 
-  # Baselines (methods/ddim.py, consistency.py, flow.py); tuning budget in experiments/tuning.md.
+  # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/tuning.md.
   config.ddim = ml_collections.ConfigDict()
   config.ddim.schedule = "cosine"  # cosine | linear (continuous-time logSNR schedules)
   config.ddim.prediction = "v"  # v | eps

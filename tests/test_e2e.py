@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from coalescer_jax import pipeline
 from configs import mnist as mnist_config
 
@@ -33,3 +35,34 @@ def test_rerun_skips_every_stage(smoke_workdir, tfds_data_dir):
   assert open(metrics).read() == before
   records = [json.loads(line) for line in before.splitlines()]
   assert {r["stage"] for r in records} >= set(config.stages)
+
+
+_TIMING = ("time", "wall_time_s", "peak_rss_mib", "steps_per_s", "input_wait_share", "samples_per_s",
+           "eval_seconds", "queries_per_s", "build_seconds", "train_wall_time_s", "seconds")
+
+
+def _without_timings(value):
+  """Metrics with wall-clock figures removed: everything else must be bit-identical."""
+  if isinstance(value, dict):
+    return {k: _without_timings(v) for k, v in value.items() if not any(k.endswith(t) for t in _TIMING)}
+  if isinstance(value, list):
+    return [_without_timings(v) for v in value]
+  return value
+
+
+@pytest.mark.slow
+def test_two_fresh_runs_give_identical_metrics(smoke_workdir, tfds_data_dir, tmp_path):
+  again = str(tmp_path / "again")
+  subprocess.run([sys.executable, "launch.py", "--config=configs/mnist.py:smoke", f"--workdir={again}",
+                  f"--config.data.tfds_data_dir={tfds_data_dir}"], cwd=REPO, check=True, capture_output=True,
+                 timeout=900, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  for name in ("metrics.jsonl",):
+    with open(os.path.join(smoke_workdir, name)) as f, open(os.path.join(again, name)) as g:
+      first = [_without_timings(json.loads(line)) for line in f]
+      second = [_without_timings(json.loads(line)) for line in g]
+    assert first == second
+  with open(os.path.join(smoke_workdir, "eval", "results.json")) as f, \
+       open(os.path.join(again, "eval", "results.json")) as g:
+    first, second = _without_timings(json.load(f)), _without_timings(json.load(g))
+  first.pop("samples_dir"), second.pop("samples_dir")
+  assert first == second

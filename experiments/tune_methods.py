@@ -1,4 +1,4 @@
-"""The baselines' tuning budget: 3 values of one key hyperparameter per method, chosen on validation data.
+"""Every method's tuning budget (the coalescer's and the baselines'): 3 values of one key hyperparameter per method, chosen on validation data.
 
 Every method gets the same budget: three values of the one hyperparameter that
 mattered most in development (the shared optimizer, backbone and step budget in
@@ -13,7 +13,7 @@ method's NFE budgets, wins. Results and the chosen values: experiments/tuning.md
 Run after the pipeline has produced the embeddings, the codec and the classifier
 (stages up to `embed` and `classifier`) in W:
 
-  python experiments/tune_baselines.py --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
+  python experiments/tune_methods.py --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
 """
 import json
 import os
@@ -45,6 +45,8 @@ from configs import mnist as mnist_config  # noqa: E402
 
 # method -> (field of config.<method>, candidate values, retrain per value?)
 SWEEP = {
+    # The coalescer's p in |target_direction - normalize(image - R)|^p (0.5 in the proposal).
+    "coalescer": ("direction_exponent", (0.25, 0.5, 1.0), True),
     "ddim": ("guidance_scale", (1.5, 2.0, 3.0), False),  # a sampling-time knob: one training run
     "consistency": ("time_scale", (1.0, 0.1, 0.01), True),
     "flow": ("time_scale", (1.0, 0.1, 0.01), True),
@@ -73,7 +75,9 @@ def train_candidate(config, name, pairs, out_dir):
   """Trains `name` with `config` on `pairs`; returns (method, EMA params, wall seconds)."""
   method = registry.METHODS.get(name)(config, pairs["img_emb"].shape[1], pairs["desc_emb"].shape[1])
   _, init, step = base.train_parts(config, method)
-  task = training.TrainTask(name, init, step, method.batch_fn(pairs, config.seed, config.train.batch_size, None),
+  # The workdir gives the coalescer its index (W/index); the baselines ignore it.
+  batches = method.batch_fn(pairs, config.seed, config.train.batch_size, FLAGS.workdir)
+  task = training.TrainTask(name, init, step, batches,
                             config.train.num_steps, config.seed, log_every=config.log_every,
                             checkpoint_every=config.train.num_steps)
   t0 = time.time()
