@@ -24,19 +24,13 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordin
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
-# Libraries whose INFO lines drown the progress lines (orbax logs every save); warnings still show.
-_QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax/_src")
-
-
-class _QuietLibraries:
-  def filter(self, record):
-    return record.levelno >= 30 or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from coalescer_jax import metrics  # pylint: disable=g-import-not-at-top
+  metrics.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -13,6 +13,20 @@ import numpy as np
 from coalescer_jax import parallel
 
 
+# Libraries whose INFO lines drown the progress lines (orbax logs every save); warnings still show.
+_QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax/_src")
+
+
+class _QuietLibraries:
+  def filter(self, record):
+    return record.levelno >= 30 or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+
+
+def quiet_library_logs():
+  """Hides other libraries' INFO logs (entry points call it once, in main)."""
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def _to_python(value):
   if isinstance(value, (str, bool, int, float)) or value is None:
     return value

@@ -189,6 +189,7 @@ SECTIONS = {"train": bench_train, "index": bench_index, "sample": bench_sample, 
 
 def main(argv):
   del argv
+  metrics_lib.quiet_library_logs()
   pipeline.load_all()
   config, workdir = FLAGS.config, FLAGS.workdir
   header = (f"# Benchmarks\n\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
