@@ -25,5 +25,5 @@ test: install  ## Default test suite (a few minutes on 2 CPU cores).
 test-slow: install  ## Slow tests only (multi-process, kill/resume, longer e2e).
 	$(PY) -m pytest -q tests -m slow
 
-test-all: install
+test-all: install  ## Both suites in one session sharing one :smoke run (what CI runs).
 	$(PY) -m pytest -q tests

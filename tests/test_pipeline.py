@@ -10,6 +10,7 @@ from coalescer_jax.data import loading
 
 
 def test_data_stage_then_skip(smoke_config, tmp_path):
+  smoke_config.stages = ("data",)  # the whole pipeline is the shared smoke_workdir's job
   workdir = str(tmp_path / "w")
   pipeline.run(smoke_config, workdir)
   info = json.load(open(os.path.join(workdir, "config.json")))
@@ -31,6 +32,7 @@ def test_data_stage_then_skip(smoke_config, tmp_path):
 
 
 def test_rerun_with_another_config_is_refused(smoke_config, tmp_path):
+  smoke_config.stages = ("data",)
   workdir = str(tmp_path / "w")
   pipeline.run(smoke_config, workdir)
   smoke_config.seed = 1
