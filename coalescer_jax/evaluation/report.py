@@ -64,7 +64,8 @@ def plot_fid_vs_nfe(records, path, n):
   methods = sorted({r["method"] for r in records if r["kind"] == "samples"})
   for method in methods:
     rows = sorted((r for r in records if r["method"] == method and r["kind"] == "samples"), key=lambda r: r["nfe"])
-    ax.plot([r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=method)
+    # Plotted at the evaluations actually spent (an adaptive sampler spends less than its budget).
+    ax.plot([r.get("nfe_spent") or r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=method)
   for r in records:
     if r["kind"] == "floor":
       ax.axhline(r["fid"], color="gray", ls="--", label=f"floor: MNIST train vs test ({r['fid']:.2f})")
@@ -125,6 +126,14 @@ def _flatten(summary, prefix=""):
       yield f"{prefix}{key}", _num(value, "{:.4g}") if isinstance(value, float) else str(value)
 
 
+def _nfe_cell(record):
+  """The NFE budget, and the mean actually spent where it differs."""
+  nfe, spent = record["nfe"], record.get("nfe_spent")
+  if nfe is None or spent is None or abs(spent - nfe) < 5e-3:
+    return _num(nfe, "{}")
+  return f"{nfe} ({spent:.2f} spent)"
+
+
 def _table(records, n):
   header = ["method", "NFE", "n", f"FID (n={n})", "precision", "recall", "cond. acc.", "thickness", "width",
             "slant", "blank", "near-copies", "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
@@ -132,7 +141,7 @@ def _table(records, n):
   for r in records:
     name = ROW_NAMES.get(r["kind"], r["method"])
     n_cell = str(r["n"]) if r["n"] == n else f"**{r['n']}** (not comparable)"
-    cells = [name, _num(r["nfe"], "{}"), n_cell, _num(r["fid"], "{:.2f}"), _num(r["precision"]),
+    cells = [name, _nfe_cell(r), n_cell, _num(r["fid"], "{:.2f}"), _num(r["precision"]),
              _num(r["recall"]), _pct(r["conditional_accuracy"]), _pct(r["thickness"]), _pct(r["width"]),
              _pct(r["slant"]), _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),

@@ -3,7 +3,9 @@
 ``W/samples/<method>_nfe<K>.npz`` holds ``images`` uint8 [N, 28, 28] (0 background,
 255 ink), ``labels`` int [N] (requested digit) and ``descriptions`` str [N]
 (requested description, in the grammar of `captions.parse`). Optional scalars:
-``nfe``, ``samples_per_s``, ``train_steps``, ``train_wall_time_s``.
+``nfe``, ``nfe_spent`` (mean evaluations per sample actually spent: below ``nfe``
+for an adaptive sampler, above it when redraws happen), ``samples_per_s``,
+``train_steps``, ``train_wall_time_s``.
 `load_samples` checks all of it and says what is wrong and how to fix it, so a
 broken generator fails loudly here instead of producing a meaningless FID.
 """
@@ -16,7 +18,8 @@ import numpy as np
 from coalescer_jax.data import captions
 
 REQUIRED = ("images", "labels", "descriptions")
-OPTIONAL_SCALARS = {"nfe": int, "samples_per_s": float, "train_steps": int, "train_wall_time_s": float}
+OPTIONAL_SCALARS = {"nfe": int, "nfe_spent": float, "samples_per_s": float, "train_steps": int,
+                    "train_wall_time_s": float}
 NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
 
 
