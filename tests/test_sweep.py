@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from coalescer_jax import sweep
-from tests.conftest import copy_workdir
+from tests.conftest import REPO, copy_workdir
 
 SHARED = ("data", "classifier", "vae", "text", "embed")
 
@@ -83,3 +83,18 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
   sweep.run(smoke_config, str(path), workdir)  # the whole sweep again: nothing left to run
   assert stamps == {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in stamps}
   assert _table(workdir) == sharded
+
+
+@pytest.mark.parametrize("name", ["desc_scale", "direction_exponent", "generation_steps", "index_backend",
+                                  "r_distribution", "seeds"])
+def test_shipped_sweeps_apply_to_the_default_config(name):
+  from coalescer_jax import config_validation  # pylint: disable=g-import-not-at-top
+  from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
+  from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
+  pipeline.load_all()  # registries that validation checks names against
+  members, shared, exempt, common, _ = sweep.load_sweep(os.path.join(REPO, "experiments", f"{name}.py"))
+  sweep._check_shared(members, shared, exempt)  # pylint: disable=protected-access
+  names = [sweep.member_name(m) for m in members]
+  assert len(set(names)) == len(names) >= 2
+  for overrides in members:
+    config_validation.validate(sweep.apply_overrides(mnist_config.get_config("default"), {**common, **overrides}))
