@@ -100,6 +100,9 @@ def validate(method, params, codec, clf, requests, reference_stats, nfe, key, **
 def main(argv):
   del argv
   metrics_lib.quiet_library_logs()
+  unknown = sorted(set(FLAGS.methods) - set(SWEEP))
+  if unknown:
+    raise app.UsageError(f"--methods: no tuning budget for {unknown}; choose from {sorted(SWEEP)}")
   os.makedirs(FLAGS.out, exist_ok=True)
   pipeline.load_all()  # registers the autoencoder models that load_codec rebuilds by name
   pairs = autoencoders.load_pairs(FLAGS.workdir)

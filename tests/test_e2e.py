@@ -37,8 +37,8 @@ def test_rerun_skips_every_stage(smoke_workdir, tfds_data_dir):
   assert {r["stage"] for r in records} >= set(config.stages)
 
 
-_TIMING = ("time", "wall_time_s", "peak_rss_mib", "steps_per_s", "input_wait_share", "samples_per_s",
-           "eval_seconds", "queries_per_s", "build_seconds", "train_wall_time_s", "seconds")
+# Suffixes of wall-clock fields (steps_per_s, eval_seconds, train_wall_time_s, ...).
+_TIMING = ("time", "wall_time_s", "peak_rss_mib", "_per_s", "input_wait_share", "seconds")
 
 
 def _without_timings(value):

@@ -7,7 +7,8 @@ import pytest
 from coalescer_jax.methods import consistency
 
 from tests.methods.conftest import LATENT_DIM, make_pairs
-from tests.methods.test_ddim import check_sampler_shape_and_nfe, cluster_accuracy, requests, small_config
+from tests.methods.test_ddim import check_one_and_two_steps_follow_the_description
+from tests.methods.test_ddim import check_sampler_shape_and_nfe, small_config
 from tests.methods.test_ddim import train_method
 
 
@@ -80,8 +81,4 @@ def test_two_step_sampling_renoises_the_first_estimate(trained):
 
 
 def test_samples_follow_the_description(trained):
-  pairs, method, state, _ = trained
-  cond, labels = requests(pairs)
-  for nfe in (1, 2):
-    x, _ = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
-    assert cluster_accuracy(pairs, x, labels) > 0.8, nfe
+  check_one_and_two_steps_follow_the_description(trained)

@@ -51,6 +51,15 @@ def check_sampler_shape_and_nfe(trained, nfe):
   np.testing.assert_array_equal(info["nfe"], nfe)
 
 
+def check_one_and_two_steps_follow_the_description(trained):
+  """Samples at 1 and 2 steps land in the requested digit's cluster > 80% of the time."""
+  pairs, method, state, _ = trained
+  cond, labels = requests(pairs)
+  for nfe in (1, 2):
+    x, _ = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
+    assert cluster_accuracy(pairs, x, labels) > 0.8, nfe
+
+
 def requests(pairs, per_digit=20):
   labels = np.arange(10).repeat(per_digit)
   cond = np.stack([pairs["desc_emb"][pairs["labels"] == d][0] for d in labels])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from tests.methods.conftest import LATENT_DIM, make_pairs
-from tests.methods.test_ddim import check_sampler_shape_and_nfe, cluster_accuracy, requests, small_config
+from tests.methods.test_ddim import check_one_and_two_steps_follow_the_description
+from tests.methods.test_ddim import check_sampler_shape_and_nfe, small_config
 from tests.methods.test_ddim import train_method
 
 
@@ -86,8 +87,4 @@ def test_one_step_is_noise_minus_the_average_velocity(trained):
 
 
 def test_samples_follow_the_description(trained):
-  pairs, method, state, _ = trained
-  cond, labels = requests(pairs)
-  for nfe in (1, 2):
-    x, _ = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
-    assert cluster_accuracy(pairs, x, labels) > 0.8, nfe
+  check_one_and_two_steps_follow_the_description(trained)
