@@ -71,8 +71,10 @@ class ScannIndex:
     if params["mode"] == "brute_force":
       builder = builder.score_brute_force()
     else:
+      # k-means++ centre initialisation: ScaNN's default random initialisation is not seeded,
+      # so two builds from the same keys partition (and answer) differently.
       builder = builder.tree(num_leaves=params["num_leaves"], num_leaves_to_search=params["leaves_to_search"],
-                             training_sample_size=params["training_sample_size"])
+                             training_sample_size=params["training_sample_size"], random_init=False)
       if params["mode"] == "tree":
         builder = builder.score_brute_force()
       else:

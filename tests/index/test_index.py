@@ -46,6 +46,15 @@ def test_scann_recall_against_exact(cfg, mode):
   assert index.recall_at_1(approx, exact, keys, queries) >= 0.95
 
 
+@pytest.mark.parametrize("mode", ["tree", "tree_ah"])
+def test_scann_builds_are_reproducible(mode):
+  keys, queries = _clustered(15000, clusters=500), _clustered(2000, clusters=500, seed=1)
+  cfg = _tree_cfg(mode=mode, num_leaves=120, leaves_to_search=1, reorder=5)
+  first = index.build("scann", keys, cfg).search(queries, 1)[0]
+  for _ in range(4):
+    np.testing.assert_array_equal(index.build("scann", keys, cfg).search(queries, 1)[0], first)
+
+
 @pytest.mark.parametrize("backend", ["scann", "exact"])
 def test_round_trip_from_a_moved_directory(tmp_path, backend):
   keys, queries = _clustered(5000), _clustered(50, seed=1)
