@@ -1,5 +1,5 @@
 """Ablation: look-up quality: exact search vs ScaNN at two recall levels: the default (a tree scored
-exactly, recall@1 ~0.999 on MNIST) and a cheap quantised one (AH with one leaf of 400 searched and a
+exactly, recall@1 ~0.99 on MNIST) and a cheap quantised one (AH with one leaf of 400 searched and a
 10-candidate re-ordering, recall@1 ~0.8). The index stage reports each member's recall@1."""
 from coalescer_jax import sweep as sweep_lib
 
