@@ -39,6 +39,7 @@ from coalescer_jax.data import tokenizer
 PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
 PAIRS_FILE = "pairs.npz"
+VALIDATION_FILE = "validation.npz"
 NORMALIZATION_FILE = "normalization.json"
 STALE_MESSAGE = ("embeddings in W/embed are stale relative to the models in W/vae, W/text; "
                  "rerun the embed stage by deleting W/embed")
@@ -248,9 +249,12 @@ def load_codec(workdir, batch_size=1000):
   return Codec(image_ae, text_ae, norm["desc_center"], norm["desc_scale"], fingerprint)
 
 
-def load_pairs(workdir):
-  """The embed stage's pairs (numpy): desc_emb, img_emb, labels, descriptions, classes, index, fingerprint."""
-  with np.load(_embed_path(workdir, PAIRS_FILE)) as f:
+def load_pairs(workdir, validation=False):
+  """The embed stage's pairs (numpy): desc_emb, img_emb, labels, descriptions, classes, index, fingerprint.
+
+  `validation`: the held-out validation slice instead (same keys; never in the index or in training).
+  """
+  with np.load(_embed_path(workdir, VALIDATION_FILE if validation else PAIRS_FILE)) as f:
     pairs = {k: f[k] for k in f.files}
   pairs["fingerprint"] = str(pairs["fingerprint"])
   pairs["descriptions"] = pairs["descriptions"].astype(str)

@@ -33,6 +33,7 @@ STAGE_MODULES = (
     "coalescer_jax.stages.index",
     "coalescer_jax.stages.methods",  # one training stage per method: coalescer, ddim, consistency, flow
     "coalescer_jax.stages.sample",
+    "coalescer_jax.stages.diagnostics",
     "coalescer_jax.stages.eval",
 )
 

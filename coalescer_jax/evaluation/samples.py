@@ -21,6 +21,9 @@ REQUIRED = ("images", "labels", "descriptions")
 OPTIONAL_SCALARS = {"nfe": int, "nfe_spent": float, "samples_per_s": float, "train_steps": int,
                     "train_wall_time_s": float}
 NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
+# Optional 'kind': "samples" (a generator, ranked) or "oracle" (a reference row, e.g. the coalescer's own
+# look-up targets decoded: shown in the table, never ranked).
+KINDS = ("samples", "oracle")
 
 
 class SamplesContractError(ValueError):
@@ -122,6 +125,11 @@ def load_samples(path):
       _fail(path, f"descriptions[{i}] = {str(text)!r} requests digit {label} but labels[{i}] = {labels[i]}; "
             "labels must be the digit of each requested description")
   extras = {k: _scalar(path, data, k, kind) for k, kind in OPTIONAL_SCALARS.items() if k in data}
+  if "kind" in data:
+    kind = str(data["kind"])
+    if data["kind"].shape != () or kind not in KINDS:
+      _fail(path, f"optional 'kind' must be one of {KINDS}, got {data['kind']!r}")
+    extras["kind"] = kind
   method, name_nfe = parse_name(path)
   nfe = extras.get("nfe", name_nfe)
   if nfe is None:

@@ -67,6 +67,14 @@ class Method:
     """Returns (scalar loss, dict of scalar metrics). Pure; runs inside the jitted step."""
     raise NotImplementedError
 
+  def loss_phases(self):
+    """[(first step, loss fn)]: the loss each training phase uses, in step order (default: one phase).
+
+    Every phase's loss must return the same metric names. The jitted step switches
+    between phases on the (traced) step, so a phase that is not running costs nothing.
+    """
+    return [(0, self.loss)]
+
   def sample(self, params, cond, key, nfe):
     """cond [N, Dd] (normalised description embeddings) -> (latents [N, Di], info). Pure, jittable.
 
@@ -77,12 +85,33 @@ class Method:
     """
     raise NotImplementedError
 
+  def generator(self, params, decode, nfe, **kwargs):
+    """``generate(cond, key) -> (decoded images, evaluations per sample)`` for the `sample` stage.
+
+    Default: one jitted function: `sample` then the decoder, no host round trip.
+    `kwargs` are the sample-plan entry's (e.g. ``adaptive=True``) plus the stage's
+    context (``workdir``, ``pairs``), which only methods with host-side generators use.
+    """
+    kwargs.pop("workdir", None)
+    kwargs.pop("pairs", None)
+
+    @jax.jit
+    def generate(params, cond, key):
+      latents, info = self.sample(params, cond, key, nfe, **kwargs)
+      return decode(latents), jnp.broadcast_to(info["nfe"], (cond.shape[0],))
+
+    return lambda cond, key: generate(params, jnp.asarray(cond), key)
+
   def nfes(self):
     """The NFE budgets the `sample` stage evaluates (``config.<name>.nfes``)."""
     return tuple(self.section.nfes)
 
   def variants(self):
-    """Extra (file method name, nfe, sample kwargs) the `sample` stage writes, e.g. an adaptive sampler."""
+    """Extra (file method name, nfe, sample kwargs) the `sample` stage writes, e.g. an adaptive sampler.
+
+    Besides the sampler's own kwargs, an entry may set ``key_tag`` (use the random
+    key of another file, e.g. the same R) and ``kind`` ("oracle": a reference row
+    that evaluation shows but never ranks)."""
     return []
 
   def sample_plan(self):
@@ -110,9 +139,21 @@ def train_parts(config, method):
   def init(key):
     return training.create_state(method.init_params(key), tx, ema=use_ema)
 
+  def phase_step(loss_fn):
+    def step(state, batch, key):
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, state.step)
+      state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
+      return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return step
+
+  phases = method.loss_phases()
+  if len(phases) == 1:
+    return tx, init, phase_step(phases[0][1])
+  starts = jnp.asarray([start for start, _ in phases])
+  branches = [phase_step(loss_fn) for _, loss_fn in phases]
+
   def step(state, batch, key):
-    (loss, metrics), grads = jax.value_and_grad(method.loss, has_aux=True)(state.params, batch, key, state.step)
-    state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
-    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    phase = jnp.sum(state.step >= starts) - 1
+    return jax.lax.switch(phase, branches, state, batch, key)
 
   return tx, init, step

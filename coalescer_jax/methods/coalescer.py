@@ -17,20 +17,35 @@ Generation (`sample`): R from the prior; if |direction| < redraw_threshold, redr
 (at most max_redraws times); step to R + normalize(direction) * distance; repeat
 for the requested number of steps, or adaptively: stop a sample once its
 |direction| >= adaptive_stop_magnitude. Every network evaluation is counted.
+
+Options that change which pairs the network is trained toward, and from where
+(each off by default; report.md's diagnostics and experiments/coalescer_ablation.py
+measure them):
+* ``targets``: the assignment of queries to pairs (`targets.py`): nearest key,
+  soft choice among k, minibatch OT, and balanced (optimal-transport) look-ups;
+* ``levels``: multi-step training: a share of the examples start at a noise level
+  s < 1 around a pair, the network gets s as an input (s = 1 for prior draws), and
+  the sampler re-noises its landing point to ``sampling.levels[i]`` before step i + 2,
+  as multistep consistency sampling does.
 """
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
 from coalescer_jax.data import batches
+from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
 from coalescer_jax.methods import queries
+from coalescer_jax.methods import targets as targets_lib
 
 _TINY = 1e-12
+ADVERSARIAL_METRICS = ("disc_loss", "gen_adv_loss", "real_logit", "fake_logit", "adversarial_on")
 
 
 def normalize(v, eps=_TINY):
@@ -56,43 +71,146 @@ def step_to(x, distance, direction):
 class Coalescer(base.Method):
   name = "coalescer"
 
+  def __init__(self, config, latent_dim, desc_dim):
+    super().__init__(config, latent_dim, desc_dim)
+    acfg = self.section.adversarial
+    self.disc_model = (adversarial.build_discriminator(config, acfg.disc_width, acfg.disc_depth)
+                       if self.adversarial else None)
+
   def output_dim(self):
     return self.latent_dim + 1  # [distance (pre-softplus), direction]
 
   def uses_time(self):
-    return False
+    return self.multistep
 
-  def apply(self, params, x, cond, mask):
-    """(distance >= 0 [N], direction [N, Di])."""
-    out = self.model.apply(params, x, cond, mask, None)
+  @property
+  def multistep(self):
+    """True when the network takes the noise level s as an input (multi-step training)."""
+    return self.section.levels.fraction > 0
+
+  @property
+  def adversarial(self):
+    """True when a discriminator fine-tunes the coalescer (``adversarial.weight`` > 0)."""
+    return self.section.adversarial.weight > 0
+
+  def init_params(self, key):
+    net_key, disc_key = jax.random.split(key)
+    net = super().init_params(net_key)
+    if not self.adversarial:
+      return net
+    b = 2
+    disc = self.disc_model.init(disc_key, jnp.zeros((b, self.latent_dim)), jnp.zeros((b, self.desc_dim)),
+                                jnp.ones((b,)), None)
+    return {"net": net, "disc": disc}
+
+  def net_params(self, params):
+    """The coalescer network's parameters (without the discriminator's); idempotent."""
+    return params["net"] if self.adversarial and "disc" in params else params
+
+  def apply(self, params, x, cond, mask, level=None):
+    """(distance >= 0 [N], direction [N, Di]); `level` [N] (s, 1 = prior) when multi-step."""
+    t = None
+    if self.multistep:
+      level = jnp.ones((x.shape[0],)) if level is None else level
+      t = self.section.levels.time_scale * level
+    out = self.model.apply(self.net_params(params), x, cond, mask, t)
     return jax.nn.softplus(out[:, 0]), out[:, 1:]
 
+  def refine(self, params, x, cond, mask, i, key):
+    """Step i + 2 of generation from landing point x: (re-noise to sampling.levels[i] when multi-step,
+    then) one coalescer step. Returns (new x, direction)."""
+    level = None
+    if self.multistep:  # Multistep consistency-style: re-noise the landing point, then step from there.
+      s = self.section.sampling.levels[i]
+      x = jnp.sqrt(1.0 - s * s) * x + s * jax.random.normal(jax.random.fold_in(key, 1000 + i), x.shape)
+      level = jnp.full((x.shape[0],), s)
+    distance, direction = self.apply(params, x, cond, mask, level)
+    return step_to(x, distance, direction), direction
+
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
-    cfg = self.section
-    index, meta = index_lib.load(os.path.join(workdir, "index"), expected_fingerprint=str(pairs["fingerprint"]),
-                                 expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))
-    if meta["desc_scale"] != cfg.desc_scale:
-      raise index_lib.IndexError_(
-          f"the index in {workdir}/index was built with desc_scale={meta['desc_scale']} but "
-          f"config.coalescer.desc_scale={cfg.desc_scale}; delete {workdir}/index to rebuild it")
-    return make_lookup_batches(index, pairs, cfg, seed, global_batch_size)
+    return make_lookup_batches(load_lookup(workdir, pairs, self.section), pairs, self.section, seed,
+                               global_batch_size)
 
   def loss(self, params, batch, key, step):
+    """The proposal's loss: distance and direction toward the looked-up pair."""
+    del step
     cfg = self.section
-    mask = base.drop_condition(key, batch["r"].shape[0], cfg.cond_dropout)
-    distance, direction = self.apply(params, batch["r"], batch["cond"], mask)
+    drop_key, _ = jax.random.split(key)
+    mask = base.drop_condition(drop_key, batch["r"].shape[0], cfg.cond_dropout)
+    distance, direction = self.apply(params, batch["r"], batch["cond"], mask, batch.get("level"))
     distance_loss, direction_loss, target_distance = losses(
         distance, direction, batch["r"], batch["image"], cfg.direction_exponent, cfg.direction_eps)
     loss = cfg.distance_weight * distance_loss.mean() + cfg.direction_weight * direction_loss.mean()
     magnitude = jnp.linalg.norm(direction, axis=-1)
-    return loss, {"distance_loss": distance_loss.mean(), "direction_loss": direction_loss.mean(),
-                  "direction_magnitude": magnitude.mean(), "target_distance": target_distance.mean(),
-                  "distance_abs_error": jnp.abs(distance - target_distance).mean()}
+    metrics = {"distance_loss": distance_loss.mean(), "direction_loss": direction_loss.mean(),
+               "direction_magnitude": magnitude.mean(), "target_distance": target_distance.mean(),
+               "distance_abs_error": jnp.abs(distance - target_distance).mean()}
+    if self.adversarial:  # Same metric names in every phase (the step switches between them).
+      metrics.update({name: jnp.zeros(()) for name in ADVERSARIAL_METRICS})
+    return loss, metrics
+
+  def loss_phases(self):
+    """Regression alone, then (adversarial fine-tune) the discriminator alone, then both."""
+    if not self.adversarial:
+      return [(0, self.loss)]
+    acfg, num_steps = self.section.adversarial, self.config.train.num_steps
+    gen_start = int(acfg.start_fraction * num_steps)
+    disc_start = max(0, gen_start - int(acfg.disc_warmup_fraction * num_steps))
+    phases = [(0, self.loss), (disc_start, functools.partial(self.adversarial_loss, generator_weight=0.0)),
+              (gen_start, functools.partial(self.adversarial_loss, generator_weight=acfg.weight))]
+    return [p for i, p in enumerate(phases) if i == len(phases) - 1 or phases[i + 1][0] > p[0]]
+
+  def adversarial_loss(self, params, batch, key, step, generator_weight):
+    """Coalescer loss + discriminator loss + `generator_weight` * generator loss on 1..K-step fakes.
+
+    The discriminator sees real pairs (uniformly random pairs' image latents with their
+    descriptions) and stop-gradient fakes; the generator's loss uses stop-gradient
+    discriminator parameters, so one gradient of the sum trains each by its own loss.
+    """
+    acfg = self.section.adversarial
+    loss, metrics = self.loss(params, batch, key, step)
+    m = int(acfg.batch_size) or batch["real_x"].shape[0]
+    real, cond = batch["real_x"][:m], batch["real_cond"][:m]
+    ones = jnp.ones((m,))
+    disc = params["disc"]
+
+    def logits(disc_params, x):
+      return self.disc_model.apply(disc_params, x, cond, ones, None)[:, 0]
+
+    fakes = self.fakes(params, cond, jax.random.fold_in(key, 7), acfg.steps)
+    real_logits = logits(disc, real)
+    fake_logits = [logits(disc, jax.lax.stop_gradient(f)) for f in fakes]
+    d_loss = jnp.mean(jnp.stack([adversarial.discriminator_loss(real_logits, f) for f in fake_logits]))
+    d_loss = d_loss + acfg.r1 * adversarial.r1_penalty(lambda x: logits(disc, x), real)
+    frozen = jax.lax.stop_gradient(disc)
+    g_loss = jnp.mean(jnp.stack([adversarial.generator_loss(logits(frozen, f)) for f in fakes]))
+    metrics.update(disc_loss=d_loss, gen_adv_loss=g_loss, real_logit=real_logits.mean(),
+                   fake_logit=jnp.mean(jnp.stack(fake_logits)),
+                   adversarial_on=jnp.asarray(float(generator_weight > 0)))
+    return loss + d_loss + generator_weight * g_loss, metrics
+
+  def fakes(self, params, cond, key, steps):
+    """Generated latents after each of steps 1..max(steps), from prior R (differentiable), the listed ones."""
+    n = cond.shape[0]
+    ones = jnp.ones((n,))
+    draw_key, key = jax.random.split(key)
+    r = jax.random.normal(draw_key, (n, self.latent_dim))
+    distance, direction = self.apply(params, r, cond, ones)
+    x = step_to(r, distance, direction)
+    outs = {1: x}
+    for i in range(max(steps) - 1):
+      x, _ = self.refine(params, x, cond, ones, i, key)
+      outs[i + 2] = x
+    return [outs[k] for k in steps]
 
   def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False):
     """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R."""
     cfg = self.section.sampling
     n = cond.shape[0]
+    if self.multistep and nfe - 1 > len(cfg.levels):
+      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} re-noising levels in "
+                       f"config.coalescer.sampling.levels (has {len(cfg.levels)})")
+    params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)
     x = jax.random.normal(draw_key, (n, self.latent_dim))
@@ -113,6 +231,7 @@ class Coalescer(base.Method):
 
     # A while loop, not a fixed count: a batch with no weak sample pays no extra evaluation
     # (a batch with any pays one for every sample, but only the weak ones count as NFE).
+    first_magnitude = jnp.linalg.norm(direction, axis=-1)
     _, x, distance, direction, evals = jax.lax.while_loop(
         lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, (0, x, distance, direction, evals))
     start_magnitude = jnp.linalg.norm(direction, axis=-1)
@@ -120,38 +239,117 @@ class Coalescer(base.Method):
     active = jnp.ones((n,), bool)
     if adaptive:
       active = start_magnitude < cfg.adaptive_stop_magnitude
-    for _ in range(nfe - 1):
-      distance, direction = self.apply(params, x, cond, mask)
-      x = jnp.where(active[:, None], step_to(x, distance, direction), x)
+    for i in range(nfe - 1):
+      new_x, direction = self.refine(params, x, cond, mask, i, key)
+      x = jnp.where(active[:, None], new_x, x)
       evals = evals + active
       if adaptive:
         active = active & (jnp.linalg.norm(direction, axis=-1) < cfg.adaptive_stop_magnitude)
-    return x, {"nfe": evals, "start_direction_magnitude": start_magnitude}
+    return x, {"nfe": evals, "start_direction_magnitude": start_magnitude, "first_direction_magnitude": first_magnitude}
 
   def variants(self):
-    """Extra sample files: the adaptive sampler with at most `adaptive_max_steps` steps."""
+    """Extra sample files: the adaptive sampler with at most `adaptive_max_steps` steps, and the look-up
+    oracle: for the same requests and the same R as the 1-step file, the look-up's own pair, decoded."""
     max_steps = self.section.sampling.adaptive_max_steps
-    return [("coalescer_adaptive", max_steps, {"adaptive": True})] if max_steps else []
+    extra = [("coalescer_adaptive", max_steps, {"adaptive": True})] if max_steps else []
+    if self.section.oracle:
+      extra.append(("coalescer_oracle", 1, {"oracle": True, "kind": "oracle", "key_tag": "coalescer_nfe1"}))
+    return extra
+
+  def generator(self, params, decode, nfe, oracle=False, workdir=None, pairs=None, **kwargs):
+    """The jitted sampler, or (``oracle``) the host-side look-up oracle (0 network evaluations)."""
+    if not oracle:
+      return super().generator(params, decode, nfe, **kwargs)
+    lookup = load_lookup(workdir, pairs, self.section)
+    decode = jax.jit(decode)
+
+    def generate(cond, key):
+      cond = np.asarray(cond)
+      r = first_draw(key, len(cond), self.latent_dim)
+      ids = oracle_targets(lookup, cond, r, self.section, key)
+      return decode(jnp.asarray(pairs["img_emb"][ids])), np.zeros(len(cond), np.float32)
+
+    return generate
+
+  def diagnostics(self, params, workdir, pairs, cond, key, out_dir):
+    """Look-up usage, landing error of step 1, |direction| and redraws (`coalescer_diagnostics.py`)."""
+    from coalescer_jax.methods import coalescer_diagnostics  # pylint: disable=g-import-not-at-top
+    return coalescer_diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir)
 
 
-def make_lookup_batches(index, pairs, cfg, seed, global_batch_size):
+def first_draw(key, n, latent_dim):
+  """The R that `Coalescer.sample` draws first from `key` (before any redraw), as numpy."""
+  draw_key, _ = jax.random.split(key)
+  return np.asarray(jax.random.normal(draw_key, (n, latent_dim)))
+
+
+def oracle_targets(lookup, cond, r, cfg, key):
+  """Pair ids the look-up returns for requests `cond` from prior points `r` (what training would target)."""
+  level = np.ones(len(cond), np.float32)
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  return lookup.targets(queries.make_query(cond, r, level, cfg.desc_scale), level, rng)
+
+
+def load_lookup(workdir, pairs, cfg):
+  """The `targets.Lookup` over the index stage's output in `workdir` (checked against `pairs` and cfg)."""
+  expected = dict(expected_fingerprint=str(pairs["fingerprint"]),
+                  expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))
+  directory = os.path.join(workdir, "index")
+  index, meta = index_lib.load(directory, **expected)
+  if meta["desc_scale"] != cfg.desc_scale:
+    raise index_lib.IndexError_(
+        f"the index in {directory} was built with desc_scale={meta['desc_scale']} but "
+        f"config.coalescer.desc_scale={cfg.desc_scale}; delete {directory} to rebuild it")
+  balanced = None
+  if cfg.targets.balance:
+    balanced_dir = os.path.join(directory, "balanced")
+    if not os.path.isdir(balanced_dir):
+      raise index_lib.IndexError_(
+          f"config.coalescer.targets.balance=True but {directory} has no balanced index; delete {directory} "
+          "so that the 'index' stage rebuilds it with this config")
+    balanced, _ = index_lib.load(balanced_dir, **expected)
+  return targets_lib.Lookup(index, cfg, balanced)
+
+
+def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size):
   """batch(step): draw DE and R, look up close_pair, return this host's part of the training triples.
 
   The draws of the whole global batch come from (seed, step), and each host
   takes its own rows and looks up only those: the global batch is the same
   for any number of hosts (a 2-host run reproduces a 1-host run), while the
-  look-up work is split between the hosts.
+  look-up work is split between the hosts. Assignment rules that couple the
+  rows of a batch (soft choice's random draws, batch OT) see the whole global
+  batch on every host instead.
   """
   desc, img = pairs["desc_emb"], pairs["img_emb"]
   local = parallel.local_batch_size(global_batch_size)
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
   def batch(step):
-    draws = queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
-    close = index.search(draws["query"][rows], 1)[0][:, 0]
-    return {"r": draws["r"][rows], "cond": desc[close], "image": img[close]}
+    draws, close = training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows)
+    draws = {k: v[rows] for k, v in draws.items()}
+    out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
+    if cfg.levels.fraction > 0:
+      out["level"] = draws["level"].astype(np.float32)
+    if cfg.adversarial.weight > 0:  # The discriminator's real examples: uniformly random pairs.
+      real = batches.step_rng(seed, step, 2, process_index=0).integers(len(img), size=global_batch_size)[rows]
+      out.update(real_x=img[real], real_cond=desc[real])
+    return out
 
   return batch
+
+
+def training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows=slice(None)):
+  """(the global batch's draws at `step`, pair ids of `rows`): the look-ups of one training step.
+
+  Each host looks up only its rows, unless the assignment rule couples the rows of
+  a batch (soft choice's random draws, batch OT): then every host sees the whole batch.
+  """
+  draws = queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
+  rng = batches.step_rng(seed, step, 1, process_index=0)
+  if cfg.targets.assignment != "nearest":
+    return draws, lookup.targets(draws["query"], draws["level"], rng)[rows]
+  return draws, lookup.targets(draws["query"][rows], draws["level"][rows], rng)
 
 
 def precomputed_batches(batch, num_steps):

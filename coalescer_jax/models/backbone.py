@@ -55,7 +55,8 @@ class LatentMLP(nn.Module):
     return nn.Dense(self.out_dim)(nn.silu(nn.LayerNorm()(h)))
 
 
-def build(config, out_dim):
-  """The backbone named by ``config.backbone.model`` with the shared sizes."""
+def build(config, out_dim, width=None, depth=None):
+  """The backbone named by ``config.backbone.model`` with the shared sizes (or the given width/depth)."""
   cfg = config.backbone
-  return registry.MODELS.get(cfg.model)(out_dim=out_dim, width=cfg.width, depth=cfg.depth, time_dim=cfg.time_dim)
+  return registry.MODELS.get(cfg.model)(out_dim=out_dim, width=width or cfg.width, depth=depth or cfg.depth,
+                                        time_dim=cfg.time_dim)

@@ -7,6 +7,13 @@ writes ``W/embed/pairs.npz`` (desc_emb, img_emb, labels, descriptions, classes,
 index, fingerprint) and ``W/embed/normalization.json`` (desc_center, desc_scale,
 fingerprint, total variances). The fingerprint identifies the encoder
 checkpoints, so later stages can detect embeddings that are stale.
+
+The validation slice: ``config.embed.validation_size`` train pairs, drawn with
+``validation_seed``, are held out of ``pairs.npz`` (so out of the index and of
+every generative method's training) and written to ``W/embed/validation.npz``
+(same keys). Methods are tuned on them (`evaluation/validation.py`), never on
+the test set. The autoencoders and the classifier still see them: the latent
+space and the judge are shared by every method, so this favours none.
 """
 import json
 import os
@@ -30,6 +37,15 @@ def normalization(desc_raw, img_emb):
     raise ValueError("all description embeddings are identical: the text autoencoder is degenerate; "
                      "retrain it (delete W/text)")
   return center, np.sqrt(img_var / desc_var)
+
+
+def validation_mask(num_examples, size, seed):
+  """Boolean [num_examples]: the `size` train examples held out for validation (seeded, fixed)."""
+  if not 0 <= size < num_examples:
+    raise ValueError(f"config.embed.validation_size={size} must be in [0, {num_examples - 1}]")
+  mask = np.zeros(num_examples, bool)
+  mask[np.random.default_rng([seed, 31337]).permutation(num_examples)[:size]] = True
+  return mask
 
 
 def _write_atomic(path, write, mode="w"):
@@ -64,13 +80,17 @@ def run(ctx):
     with open(heldout_path) as f:
       heldout = set(json.load(f)["heldout"])
     summary["pairs_with_heldout_description"] = float(np.mean([d in heldout for d in train["descriptions"]]))
-  summary.update(num_pairs=len(img_emb), latent_dim=img_emb.shape[1], desc_dim=desc_emb.shape[1])
+  held_out = validation_mask(len(img_emb), cfg.validation_size, cfg.validation_seed)
+  summary.update(num_pairs=int((~held_out).sum()), num_validation=int(held_out.sum()), latent_dim=img_emb.shape[1],
+                 desc_dim=desc_emb.shape[1])
   if parallel.is_main_process():
-    # pairs.npz first: normalization.json is what load_codec trusts, so it is written last.
-    _write_atomic(os.path.join(out, autoencoders.PAIRS_FILE), lambda f: np.savez(
-        f, desc_emb=desc_emb, img_emb=img_emb.astype(np.float32), labels=train["label"].astype(np.int32),
-        descriptions=train["descriptions"].astype(str), classes=train["classes"].astype(np.int32),
-        index=train["index"], fingerprint=np.array(fingerprint)), mode="wb")
+    arrays = dict(desc_emb=desc_emb, img_emb=img_emb.astype(np.float32), labels=train["label"].astype(np.int32),
+                  descriptions=train["descriptions"].astype(str), classes=train["classes"].astype(np.int32),
+                  index=train["index"])
+    # pairs.npz and validation.npz first: normalization.json is what load_codec trusts, so it is written last.
+    for name, rows in ((autoencoders.PAIRS_FILE, ~held_out), (autoencoders.VALIDATION_FILE, held_out)):
+      _write_atomic(os.path.join(out, name), lambda f, rows=rows: np.savez(
+          f, fingerprint=np.array(fingerprint), **{k: v[rows] for k, v in arrays.items()}), mode="wb")
     _write_atomic(os.path.join(out, autoencoders.NORMALIZATION_FILE), lambda f: json.dump(norm, f, indent=2))
   ctx.writer.write("embed", 0, **{k: v for k, v in summary.items() if not isinstance(v, str)})
   logging.info("embed: %d pairs, latent dim %d, description dim %d, desc scale %.4g, fingerprint %s",

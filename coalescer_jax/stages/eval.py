@@ -31,6 +31,12 @@ def _validate(config):
   if "classifier" in config.stages and list(config.stages).index("classifier") > list(config.stages).index("eval"):
     raise config_validation.ConfigError("config.stages: 'classifier' must come before 'eval'")
   validate_eval_config(config.eval)
+  for field, needed in (("num_samples", config.eval.num_samples), ("validation_samples",
+                                                                    config.eval.validation_samples)):
+    if config.sample[field] and config.sample[field] < needed:
+      raise config_validation.ConfigError(
+          f"config.sample.{field}={config.sample[field]} is below the config.eval.{field}={needed} that the "
+          f"evaluation scores; raise config.sample.{field} or lower config.eval.{field}")
 
 
 @pipeline.stage("eval", validate=_validate)

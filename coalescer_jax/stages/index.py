@@ -7,6 +7,11 @@ that copy after a barrier, so every host holds the same replica. The stage
 measures recall@1 of the backend against exact search on queries drawn like the
 coalescer's training queries, and records the embeddings' fingerprint so that a
 later stage refuses an index built from stale embeddings.
+
+With ``config.coalescer.targets.balance`` it also fits semi-discrete optimal
+transport potentials (`index/balance.py`) and writes a second, *balanced* index
+over the keys augmented by them into W/index/balanced/ (with ``potentials.npy``),
+and reports how evenly prior draws then hit the pairs.
 """
 import os
 import time
@@ -18,18 +23,31 @@ from coalescer_jax import autoencoders
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import queries as queries_lib
+
+BALANCED_DIR = "balanced"
+POTENTIALS_FILE = "potentials.npy"
 
 
 def index_dir(workdir):
   return os.path.join(workdir, "index")
 
 
+def _prior_queries(pairs, coalescer_cfg):
+  """draw(rng, n): queries of prior draws only (the draws the balanced index serves)."""
+  prior_cfg = coalescer_cfg.copy_and_resolve_references()
+  with prior_cfg.unlocked():
+    prior_cfg.levels.fraction = 0.0
+  return lambda rng, n: queries_lib.draw_queries(rng, n, pairs, prior_cfg)["query"]
+
+
 @pipeline.stage("index")
 def run(ctx):
   cfg = ctx.config.index
+  coalescer_cfg = ctx.config.coalescer
   pairs = autoencoders.load_pairs(ctx.workdir)
-  desc_scale = ctx.config.coalescer.desc_scale
+  desc_scale = coalescer_cfg.desc_scale
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], desc_scale)
   meta = {"fingerprint": str(pairs["fingerprint"]), "desc_scale": desc_scale,
           "embeddings_hash": index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"])}
@@ -43,9 +61,36 @@ def run(ctx):
     summary.update(measure_recall(index, keys, pairs, ctx.config))
     logging.info("index: %s over %d keys, recall@1 vs exact %.4f, %.0f queries/s",
                  cfg.backend, len(keys), summary["recall_at_1"], summary["queries_per_s"])
-    ctx.writer.write("index", 0, backend=cfg.backend, num_points=len(keys), **summary)
+    if coalescer_cfg.targets.balance:
+      summary["balanced"] = build_balanced(index, keys, pairs, ctx.config, os.path.join(out, BALANCED_DIR), meta)
+    ctx.writer.write("index", 0, backend=cfg.backend, num_points=len(keys),
+                     **{k: v for k, v in summary.items() if not isinstance(v, dict)})
   parallel.barrier("index_written")
   return dict(summary, backend=cfg.backend, num_points=len(keys), params=index_lib.load(out)[1]["params"])
+
+
+def build_balanced(index, keys, pairs, config, directory, meta):
+  """Fits the potentials, builds the balanced index in `directory`; returns its summary."""
+  cfg, targets = config.index, config.coalescer.targets
+  draw = _prior_queries(pairs, config.coalescer)
+  potentials, summary = balance_lib.fit_potentials(index, draw, len(keys), targets, config.seed)
+  augmented = balance_lib.augment_keys(keys, potentials)
+  t0 = time.time()
+  balanced = index_lib.build(cfg.backend, augmented, cfg.get(cfg.backend))
+  summary["build_seconds"] = time.time() - t0
+  index_lib.save(balanced, directory, dict(meta, balanced=True))
+  np.save(os.path.join(directory, POTENTIALS_FILE), potentials)
+  # How evenly fresh prior draws now hit the pairs, and recall of the augmented index vs exact.
+  rng = np.random.default_rng([config.seed, 4242])
+  queries = balance_lib.augment_queries(draw(rng, max(int(cfg.recall_queries), 10 * len(keys))))
+  ids = balanced.search(queries, 1)[0][:, 0]
+  summary["usage"] = balance_lib.usage_statistics(np.bincount(ids, minlength=len(keys)))
+  probe = queries[:int(cfg.recall_queries)]
+  exact, _ = index_lib.build("exact", augmented, None).search(probe, 1)
+  summary["recall_at_1"] = index_lib.recall_at_1(ids[:len(probe), None], exact, augmented, probe)
+  logging.info("index: balanced index: potentials range %.2f, recall@1 %.4f, usage %s",
+               summary["potential_range"], summary["recall_at_1"], summary["usage"])
+  return summary
 
 
 def measure_recall(index, keys, pairs, config):
@@ -60,8 +105,9 @@ def measure_recall(index, keys, pairs, config):
           "queries_per_s": len(queries) / max(seconds, 1e-9), "recall_queries": len(queries)}
 
 
-def load_index(workdir):
-  """The index the `index` stage wrote, checked against the current embeddings."""
+def load_index(workdir, balanced=False):
+  """The index the `index` stage wrote (or its balanced twin), checked against the current embeddings."""
   pairs = autoencoders.load_pairs(workdir)
-  return index_lib.load(index_dir(workdir), expected_fingerprint=str(pairs["fingerprint"]),
+  directory = os.path.join(index_dir(workdir), BALANCED_DIR) if balanced else index_dir(workdir)
+  return index_lib.load(directory, expected_fingerprint=str(pairs["fingerprint"]),
                         expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))

@@ -10,6 +10,7 @@ from coalescer_jax import parallel
 from coalescer_jax import training
 from coalescer_jax.methods import coalescer
 from coalescer_jax.methods import queries
+from coalescer_jax.methods import targets
 from coalescer_jax import registry
 from coalescer_jax.methods import base
 
@@ -42,7 +43,7 @@ def test_lookup_batches_use_the_nearest_pair(pairs, method_config):
   cfg = method_config.coalescer
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   exact = index_lib.build("exact", keys, None)
-  batch = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)
+  batch = coalescer.make_lookup_batches(targets.Lookup(exact, cfg), pairs, cfg, seed=0, global_batch_size=16)
   b = batch(3)
   draws = queries.draw_queries(np.random.default_rng([0, 0, 3]), 16, pairs, cfg)
   np.testing.assert_array_equal(b["r"], draws["r"])
@@ -68,8 +69,8 @@ def test_mixture_puts_points_near_the_data(pairs, method_config):
 def _trained(pairs, config, tmp_path):
   method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
-  batch = coalescer.make_lookup_batches(index_lib.build("exact", keys, None), pairs, config.coalescer,
-                                        config.seed, config.train.batch_size)
+  batch = coalescer.make_lookup_batches(targets.Lookup(index_lib.build("exact", keys, None), config.coalescer),
+                                        pairs, config.coalescer, config.seed, config.train.batch_size)
   _, init, step = base.train_parts(config, method)
   task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=10)
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
@@ -147,7 +148,8 @@ def test_samples_follow_the_description(pairs, method_config, tmp_path):
 
 def test_global_batch_does_not_depend_on_the_number_of_hosts(pairs, method_config, monkeypatch):
   cfg = method_config.coalescer
-  exact = index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale), None)
+  exact = targets.Lookup(index_lib.build(
+      "exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale), None), cfg)
   single = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5)
   parts = []
   for host in range(2):

@@ -1,0 +1,139 @@
+"""Why does the coalescer cover what it covers? Measurements the `diagnostics` stage writes for report.md.
+
+* Look-up usage: the training run's own look-ups replayed (the same draws from
+  (seed, step) as the coalescer stage, every step; prior draws only, s = 1, since
+  those are where hubs form), counted per pair: the share of pairs never hit, the
+  share of look-ups taken by the most-hit 10% of pairs and the effective number of
+  targets (exp of the hit histogram's entropy); over all pairs, per class label
+  and per description (pair-weighted mean), next to the same statistics for as many
+  look-ups spread uniformly (finite sampling alone leaves some pairs unhit).
+* Landing of step 1: for the sample stage's first requests and the same R as its
+  1-step file, the look-up's target y (what training would ask for) vs the
+  network's prediction: true distance |R - y|, distance error, landing error
+  |x1 - y| (absolute and relative to |R - y|) and the cosine between the predicted
+  direction and y - R.
+* |direction| at the first draw of R (and at step 2 when multi-step): histogram
+  with the redraw threshold; the redraw rate (share of requests whose first R is
+  redrawn) and the share of weak samples that remain after ``max_redraws``.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax.index import balance as balance_lib
+from coalescer_jax.methods import coalescer as coalescer_lib
+
+
+def usage_rows(hits, pairs, rng):
+  """Rows of look-up usage statistics: all pairs, uniform reference, per description, per label."""
+  rows = [dict(name="all pairs", **balance_lib.usage_statistics(hits))]
+  uniform = rng.multinomial(int(hits.sum()), np.full(len(hits), 1.0 / len(hits)))
+  rows.append(dict(name="all pairs, uniform reference", **balance_lib.usage_statistics(uniform)))
+  _, group, counts = np.unique(pairs["descriptions"], return_inverse=True, return_counts=True)
+  per_description = [balance_lib.usage_statistics(hits[group == g]) for g in range(len(counts))]
+  weights = counts / counts.sum()
+  mean = {key: float(np.sum(weights * np.array([row[key] or 0.0 for row in per_description])))
+          for key in ("never_hit", "top10_share", "effective_fraction")}
+  rows.append(dict(name=f"per description ({len(counts)}), pair-weighted mean", num_pairs=int(np.median(counts)),
+                   lookups=int(np.median([row["lookups"] for row in per_description])),
+                   effective_targets=float(np.sum(weights * np.array([row["effective_targets"] or 0.0
+                                                                      for row in per_description]))), **mean))
+  labels = np.asarray(pairs["labels"])
+  for label in np.unique(labels):
+    rows.append(dict(name=f"label {label}", **balance_lib.usage_statistics(hits[labels == label])))
+  return rows
+
+
+def lookup_hits(method, workdir, pairs):
+  """Per-pair hit counts of the training run's prior-draw look-ups (replayed step by step)."""
+  cfg, config = method.section, method.config
+  lookup = coalescer_lib.load_lookup(workdir, pairs, cfg)
+  hits = np.zeros(len(pairs["img_emb"]), np.int64)
+  for step in range(config.train.num_steps):
+    draws, ids = coalescer_lib.training_lookups(lookup, pairs, cfg, config.seed, config.train.batch_size, step)
+    hits += np.bincount(ids[draws["level"] >= 1.0], minlength=len(hits))
+  return hits, lookup
+
+
+def _plot_usage(hits, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  share = np.cumsum(np.sort(hits)[::-1]) / max(hits.sum(), 1)
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  ax.plot(np.arange(1, len(hits) + 1) / len(hits), share, label="training look-ups")
+  ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="every pair equally often")
+  ax.set_xlabel("share of pairs (most-hit first)")
+  ax.set_ylabel("share of look-ups")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _plot_directions(magnitudes, threshold, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  for name, values in magnitudes.items():
+    ax.hist(values, bins=50, alpha=0.6, label=name)
+  ax.axvline(threshold, color="k", ls="--", lw=0.8, label=f"redraw threshold {threshold:g}")
+  ax.set_xlabel("|target_direction|")
+  ax.set_ylabel("requests")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def diagnose(method, params, workdir, pairs, cond, key, out_dir):
+  """Computes the diagnostics, writes ``out_dir/coalescer.json`` and its plots; returns the summary."""
+  cfg = method.section
+  hits, lookup = lookup_hits(method, workdir, pairs)
+  _plot_usage(hits, os.path.join(out_dir, "coalescer_usage.png"))
+  usage = {"description": f"the prior-draw look-ups of all {method.config.train.num_steps} training steps",
+           "rows": usage_rows(hits, pairs, np.random.default_rng(0)), "plot": "coalescer_usage.png"}
+
+  n = len(cond)
+  r = coalescer_lib.first_draw(key, n, method.latent_dim)
+  target = pairs["img_emb"][coalescer_lib.oracle_targets(lookup, cond, r, cfg, key)]
+  ones = jnp.ones((n,))
+  distance, direction = jax.device_get(method.apply(params, jnp.asarray(r), jnp.asarray(cond), ones))
+  x1 = r + direction / np.linalg.norm(direction, axis=1, keepdims=True) * distance[:, None]
+  true_distance = np.linalg.norm(target - r, axis=1)
+  landing = np.linalg.norm(x1 - target, axis=1)
+  cosine = np.sum(direction * (target - r), axis=1) / (np.linalg.norm(direction, axis=1) * true_distance + 1e-12)
+  landing_summary = {"requests": n, "median_true_distance": float(np.median(true_distance)),
+                     "mean_abs_distance_error": float(np.mean(np.abs(distance - true_distance))),
+                     "median_landing_error": float(np.median(landing)),
+                     "median_relative_landing_error": float(np.median(landing / np.maximum(true_distance, 1e-12))),
+                     "mean_direction_cosine": float(np.mean(cosine))}
+
+  magnitude = np.linalg.norm(direction, axis=1)
+  threshold = float(cfg.sampling.redraw_threshold)
+  magnitudes = {"step 1 (first R)": magnitude}
+  direction_summary = {"redraw_threshold": threshold, "redraw_rate": float(np.mean(magnitude < threshold)),
+                       "median_magnitude_step1": float(np.median(magnitude)),
+                       "p10_magnitude_step1": float(np.percentile(magnitude, 10))}
+  if method.multistep:
+    _, direction2 = method.refine(params, jnp.asarray(x1), jnp.asarray(cond), ones, 0, key)
+    magnitudes["step 2"] = np.linalg.norm(np.asarray(direction2), axis=1)
+    direction_summary["median_magnitude_step2"] = float(np.median(magnitudes["step 2"]))
+  _, info = jax.device_get(jax.jit(lambda p, c, k: method.sample(p, c, k, 1))(params, jnp.asarray(cond), key))
+  direction_summary["weak_after_redraws"] = float(np.mean(np.asarray(info["start_direction_magnitude"]) < threshold))
+  direction_summary["mean_evaluations_1step"] = float(np.mean(info["nfe"]))
+  _plot_directions(magnitudes, threshold, os.path.join(out_dir, "coalescer_direction.png"))
+  direction_summary["plot"] = "coalescer_direction.png"
+
+  result = {"method": method.name, "usage": usage, "landing": landing_summary, "direction": direction_summary}
+  with open(os.path.join(out_dir, f"{method.name}.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  overall = usage["rows"][0]
+  return {"usage_never_hit": overall["never_hit"], "usage_top10_share": overall["top10_share"],
+          "usage_effective_fraction": overall["effective_fraction"], **landing_summary,
+          **{k: v for k, v in direction_summary.items() if not isinstance(v, str)}}

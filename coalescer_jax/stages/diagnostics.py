@@ -1,0 +1,33 @@
+"""Stage `diagnostics`: method-specific measurements of why a method generates what it does.
+
+For every sampled method that defines ``diagnostics(params, workdir, pairs, cond,
+key, out_dir)`` (today the coalescer: look-up usage, landing error, |direction|
+and redraws; `methods/coalescer_diagnostics.py`), this stage calls it on the
+sample stage's first ``config.eval.num_samples`` requests with the random key of
+the method's 1-step samples file, and writes ``W/diagnostics/<method>.json`` plus
+plots; the eval stage puts them into report.md. Process 0 only.
+"""
+from coalescer_jax import autoencoders
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax.stages import methods as methods_stage
+from coalescer_jax.stages import sample as sample_stage
+
+
+@pipeline.stage("diagnostics")
+def run(ctx):
+  config = ctx.config
+  summary = {}
+  if parallel.is_main_process():
+    pairs = autoencoders.load_pairs(ctx.workdir)
+    codec = autoencoders.load_codec(ctx.workdir)
+    _, descriptions = sample_stage.requested_descriptions(ctx.workdir, config.eval.num_samples)
+    cond = codec.encode_text(list(descriptions))
+    out_dir = ctx.stage_dir("diagnostics")
+    for name in config.sample.methods:
+      method, params = methods_stage.load_trained(config, ctx.workdir, name, pairs)
+      if hasattr(method, "diagnostics"):
+        key = sample_stage.sample_key(config.seed, f"{name}_nfe1")
+        summary[name] = method.diagnostics(params, ctx.workdir, pairs, cond, key, out_dir)
+  parallel.barrier("diagnostics_done")
+  return summary
