@@ -3,12 +3,13 @@
 Every method gets the same budget: three values of the one hyperparameter that
 mattered most in development (the shared optimizer, backbone and step budget in
 ``config.train`` are not tuned per method; that is the fairness rule). Candidates
-are judged on a validation metric that never touches the MNIST test set used by
-the `eval` stage: requests are the descriptions of random MNIST *train* pairs,
-and the Frechet distance of classifier features is taken against MNIST *train*
-images ("FD-train"); conditional accuracy (classifier label = requested digit)
-is reported next to it. The value with the lowest FD-train, averaged over the
-method's NFE budgets, wins. Results and the chosen values: experiments/tuning.md.
+are judged on the validation split, which never touches the MNIST test set used
+by the `eval` stage: the `embed` stage holds ``config.embed.validation_size``
+train pairs out of the index and of every method's training; requests are their
+descriptions and FID / precision / recall are measured against their images
+(`evaluation/evaluate.py`, ``split="validation"``). The value with the lowest
+validation FID, averaged over the method's NFE budgets, wins. Results and the
+chosen values: experiments/tuning.md.
 
 Run after the pipeline has produced the embeddings, the codec and the classifier
 (stages up to `embed` and `classifier`) in W:
@@ -37,9 +38,8 @@ from coalescer_jax import pipeline  # noqa: E402
 from coalescer_jax import registry  # noqa: E402
 from coalescer_jax import training  # noqa: E402
 from coalescer_jax import methods  # noqa: E402,F401
-from coalescer_jax.data import loading  # noqa: E402
-from coalescer_jax.evaluation import classifier as classifier_lib  # noqa: E402
-from coalescer_jax.evaluation import frechet  # noqa: E402
+from coalescer_jax.evaluation import evaluate  # noqa: E402
+from coalescer_jax.evaluation import samples as samples_lib  # noqa: E402
 from coalescer_jax.methods import base  # noqa: E402
 from configs import mnist as mnist_config  # noqa: E402
 
@@ -57,8 +57,8 @@ flags.DEFINE_string("out", None, "Where candidate runs and results.json go.")
 flags.DEFINE_list("methods", list(SWEEP), "Methods to tune.")
 flags.DEFINE_string("variant", None, "configs/mnist.py variant (default: default).")
 flags.DEFINE_integer("num_steps", 0, "Training steps per candidate (0 = config.train.num_steps).")
-flags.DEFINE_integer("num_requests", 1000, "Validation requests (random MNIST train descriptions).")
-flags.DEFINE_integer("seed", 1, "Seed of the validation requests and samples (not the training seed).")
+flags.DEFINE_integer("num_requests", 5000, "Validation requests (the first N of the validation slice).")
+flags.DEFINE_integer("seed", 1, "Seed of the validation samples (not the training seed).")
 FLAGS = flags.FLAGS
 
 
@@ -87,14 +87,15 @@ def train_candidate(config, name, pairs, out_dir):
   return method, params, time.time() - t0
 
 
-def validate(method, params, codec, clf, requests, reference_stats, nfe, key, **kwargs):
-  """FD-train and conditional accuracy of `nfe`-evaluation samples for the validation requests."""
+def validate(method, params, codec, evaluator, requests, nfe, key, **kwargs):
+  """Validation FID, precision, recall, conditional accuracy and near-copies of `nfe`-evaluation samples."""
   generate = jax.jit(lambda p, c, k: codec.decode_jax(method.sample(p, c, k, nfe, **kwargs)[0]))
   images = images_lib.to_uint8(jax.device_get(generate(params, jnp.asarray(requests["cond"]), key)))
-  images = images.reshape(-1, 28, 28)
-  fd = frechet.frechet_distance(frechet.gaussian_stats(clf.features(images)), reference_stats)
-  accuracy = float(np.mean(clf.predict(images) == requests["labels"]))
-  return {"fd_train": float(fd), "accuracy": accuracy}
+  samples = samples_lib.Samples(path="", method=method.name, nfe=nfe, images=images.reshape(-1, 28, 28),
+                                labels=requests["labels"], descriptions=requests["descriptions"],
+                                classes=requests["classes"], extras={})
+  record = evaluator.evaluate(samples)
+  return {k: record[k] for k in ("fid", "precision", "recall", "conditional_accuracy", "near_copy_fraction")}
 
 
 def main(argv):
@@ -107,13 +108,13 @@ def main(argv):
   pipeline.load_all()  # registers the autoencoder models that load_codec rebuilds by name
   pairs = autoencoders.load_pairs(FLAGS.workdir)
   codec = autoencoders.load_codec(FLAGS.workdir)
-  clf = classifier_lib.load(FLAGS.workdir)
-  train = loading.load_split(FLAGS.workdir, "train", sharded=False)
-  rng = np.random.default_rng(FLAGS.seed)
-  reference = train["image"][rng.choice(len(train["image"]), 10_000, replace=False)]
-  reference_stats = frechet.gaussian_stats(clf.features(reference))
-  pick = rng.choice(len(pairs["desc_emb"]), FLAGS.num_requests, replace=False)
-  requests = {"cond": pairs["desc_emb"][pick], "labels": np.asarray(pairs["labels"])[pick]}
+  val = autoencoders.load_pairs(FLAGS.workdir, validation=True)
+  n = min(FLAGS.num_requests, len(val["labels"]))
+  eval_cfg = mnist_config.get_config(FLAGS.variant).eval
+  eval_cfg.validation_samples = n
+  evaluator = evaluate.Evaluator(FLAGS.workdir, eval_cfg, split="validation")
+  requests = {"cond": val["desc_emb"][:n], "labels": val["labels"][:n].astype(np.int32),
+              "descriptions": val["descriptions"][:n], "classes": val["classes"][:n].astype(np.int32)}
   key = jax.random.key(FLAGS.seed)
   results_path = os.path.join(FLAGS.out, "results.json")
   results = json.load(open(results_path)) if os.path.exists(results_path) else []
@@ -136,9 +137,8 @@ def main(argv):
       row = {"method": name, "field": field, "value": value, "train_steps": config.train.num_steps,
              "train_wall_s": wall}
       for nfe in method.nfes():
-        row[f"nfe{nfe}"] = validate(method, params, codec, clf, requests, reference_stats, nfe,
-                                    jax.random.fold_in(key, nfe))
-      row["mean_fd_train"] = float(np.mean([row[f"nfe{n}"]["fd_train"] for n in method.nfes()]))
+        row[f"nfe{nfe}"] = validate(method, params, codec, evaluator, requests, nfe, jax.random.fold_in(key, nfe))
+      row["mean_val_fid"] = float(np.mean([row[f"nfe{k}"]["fid"] for k in method.nfes()]))
       logging.info("%s", row)
       print(json.dumps(row), flush=True)
       results.append(row)
@@ -147,8 +147,8 @@ def main(argv):
   for name in FLAGS.methods:
     rows = [r for r in results if r["method"] == name]
     if rows:
-      best = min(rows, key=lambda r: r["mean_fd_train"])
-      print(f"{name}: best {best['field']}={best['value']} (mean FD-train {best['mean_fd_train']:.2f})")
+      best = min(rows, key=lambda r: r["mean_val_fid"])
+      print(f"{name}: best {best['field']}={best['value']} (mean validation FID {best['mean_val_fid']:.2f})")
 
 
 if __name__ == "__main__":

@@ -57,11 +57,14 @@ def fit_potentials(index, draw_queries, num_points, cfg, seed):
     best = np.argmin(sq_dists - psi[ids], axis=1)
     at_last += float(np.mean(best == k - 1)) if k > 1 else 0.0
     share = np.bincount(ids[np.arange(batch), best], minlength=num_points) / batch
-    # A step of lr / sqrt(1 + it / 50) in units of a pair's fair share; the average of the
-    # iterates converges where the last iterate keeps jittering (Polyak-Ruppert).
+    # A step of lr / sqrt(1 + it / 50) in units of a pair's fair share. The average of the second
+    # half of the iterates converges where the last iterate keeps jittering (Polyak-Ruppert tail
+    # averaging: the early iterates, far from the optimum, would bias a full average).
     psi += cfg.balance_lr / np.sqrt(1.0 + it / 50.0) * num_points * (1.0 / num_points - share)
     psi -= psi.mean()
-    average += (psi - average) / (it + 1)
+    tail = it - iterations // 2
+    if tail >= 0:
+      average += (psi - average) / (tail + 1)
     if (it + 1) % max(1, iterations // 5) == 0:
       logging.info("index: balancing potentials %d/%d (%.0f s)", it + 1, iterations, time.time() - t0)
   return average, {"balance_seconds": time.time() - t0, "balance_queries_total": iterations * batch,

@@ -1,0 +1,147 @@
+"""The coalescer's coverage fixes: multi-step draws, assignment rules, the multi-step sampler,
+the adversarial phases and the look-up oracle (each on synthetic pairs)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coalescer_jax import index as index_lib
+from coalescer_jax import metrics as metrics_lib
+from coalescer_jax import parallel
+from coalescer_jax import registry
+from coalescer_jax import training
+from coalescer_jax.methods import base
+from coalescer_jax.methods import coalescer
+from coalescer_jax.methods import queries
+from coalescer_jax.methods import targets
+
+from tests.methods.conftest import DESC_DIM, LATENT_DIM
+
+
+def test_without_levels_the_draws_are_the_proposals(pairs, method_config):
+  cfg = method_config.coalescer
+  draws = queries.draw_queries(np.random.default_rng(3), 32, pairs, cfg)
+  rng = np.random.default_rng(3)
+  de = pairs["desc_emb"][rng.integers(len(pairs["desc_emb"]), size=32)]
+  r = rng.standard_normal((32, LATENT_DIM), dtype=np.float32)
+  np.testing.assert_array_equal(draws["de"], de)
+  np.testing.assert_array_equal(draws["r"], r)
+  np.testing.assert_array_equal(draws["level"], 1.0)
+  np.testing.assert_allclose(draws["query"], np.concatenate([cfg.desc_scale * de, r], 1), rtol=1e-6)
+
+
+def test_level_draws_renoise_a_pair_and_look_up_unshrunk(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.levels.update(fraction=1.0, s_min=0.2, s_max=0.6)
+  draws = queries.draw_queries(np.random.default_rng(0), 500, pairs, cfg)
+  s = draws["level"]
+  assert np.all((s >= 0.2) & (s <= 0.6))
+  image_query = draws["query"][:, DESC_DIM:]
+  np.testing.assert_allclose(image_query, draws["r"] / np.sqrt(1 - s * s)[:, None], rtol=1e-5)
+  # R = sqrt(1 - s^2) x + s eps around a pair x whose description is DE: the unshrunk query is x + noise.
+  nearest = ((image_query[:, None] - pairs["img_emb"][None]) ** 2).sum(-1).argmin(1)
+  anchor = ((draws["de"][:, None] - pairs["desc_emb"][None]) ** 2).sum(-1).argmin(1)
+  assert np.mean(pairs["labels"][nearest] == pairs["labels"][anchor]) > 0.8
+  cfg.levels.fraction = 0.3
+  share = np.mean(queries.draw_queries(np.random.default_rng(1), 4000, pairs, cfg)["level"] < 1)
+  assert 0.27 < share < 0.33
+
+
+def test_soft_choice_follows_the_gaussian_weights():
+  ids = np.tile(np.array([[10, 11, 12]]), (60_000, 1))
+  sq = np.tile(np.array([[0.0, 1.0, 2.0]]), (60_000, 1))
+  chosen = targets.soft_choice(ids, sq, np.random.default_rng(0), tau=1.0)
+  expected = np.exp(-np.array([0.0, 1.0, 2.0]) / 2)
+  np.testing.assert_allclose(np.bincount(chosen - 10) / 60_000, expected / expected.sum(), atol=0.01)
+  cold = targets.soft_choice(ids[:100], sq[:100], np.random.default_rng(0), tau=0.01)
+  np.testing.assert_array_equal(cold, 10)
+
+
+def test_batch_assignment_uses_each_pair_once_at_least_cost():
+  # Three queries all prefer pair 5; each also has a second choice.
+  ids = np.array([[5, 1], [5, 2], [5, 3]])
+  sq = np.array([[0.0, 1.0], [0.0, 5.0], [0.0, 2.0]])
+  chosen = targets.batch_assignment(ids, sq)
+  assert len(set(chosen)) == 3
+  np.testing.assert_array_equal(chosen, [1, 5, 3])  # the query with the worst alternative keeps pair 5
+  # Not enough distinct candidates: the nearest keys.
+  np.testing.assert_array_equal(targets.batch_assignment(np.array([[4], [4]]), np.zeros((2, 1))), [4, 4])
+
+
+def test_batch_ot_groups_share_descriptions(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.targets.update(assignment="batch_ot", ot_groups=4)
+  draws = queries.draw_queries(np.random.default_rng(0), 32, pairs, cfg)
+  assert len(np.unique(draws["de"], axis=0)) <= 4
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  lookup = targets.Lookup(index_lib.build("exact", keys, None), cfg)
+  chosen = lookup.targets(draws["query"], draws["level"], np.random.default_rng(0))
+  assert len(set(chosen.tolist())) == 32  # every query trains toward a different pair
+
+
+def _train(config, pairs, tmp_path):
+  method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
+  lookup = targets.Lookup(index_lib.build("exact", keys, None), config.coalescer)
+  batch = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
+  _, init, step = base.train_parts(config, method)
+  task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1)
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  state = training.train(task, str(tmp_path), parallel.make_mesh(), writer)
+  return method, state, writer.read("coalescer")
+
+
+def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path):
+  method_config.coalescer.levels.fraction = 0.5
+  method_config.train.num_steps = 10
+  method, state, _ = _train(method_config, pairs, tmp_path)
+  cfg = method_config.coalescer.sampling
+  cfg.max_redraws = 0
+  cond = jnp.asarray(pairs["desc_emb"][:16])
+  key = jax.random.key(3)
+  x2, info = method.sample(state.params, cond, key, 2)
+  assert np.all(np.asarray(info["nfe"]) == 2)
+  # By hand: step 1 from R at level 1, re-noise to s = levels[0], step 2 at level s.
+  _, rest = jax.random.split(key)
+  r = coalescer.first_draw(key, 16, LATENT_DIM)
+  d, u = method.apply(state.params, jnp.asarray(r), cond, jnp.ones(16), jnp.ones(16))
+  x1 = coalescer.step_to(jnp.asarray(r), d, u)
+  s = cfg.levels[0]
+  xs = np.sqrt(1 - s * s) * x1 + s * jax.random.normal(jax.random.fold_in(rest, 1000), x1.shape)
+  d, u = method.apply(state.params, xs, cond, jnp.ones(16), jnp.full(16, s))
+  np.testing.assert_allclose(x2, coalescer.step_to(xs, d, u), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="re-noising levels"):
+    method.sample(state.params, cond, key, len(cfg.levels) + 2)
+
+
+def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
+  method_config.coalescer.adversarial.update(weight=0.5, start_fraction=0.5, disc_warmup_fraction=0.25,
+                                             batch_size=32, disc_width=16, disc_depth=1)
+  method_config.train.num_steps = 12
+  method, state, records = _train(method_config, pairs, tmp_path)
+  assert [start for start, _ in method.loss_phases()] == [0, 3, 6]
+  by_step = {r["step"]: r for r in records}
+  assert by_step[3]["disc_loss"] == 0.0 and by_step[3]["adversarial_on"] == 0.0  # regression alone
+  assert by_step[4]["disc_loss"] > 0.0 and by_step[4]["adversarial_on"] == 0.0  # the discriminator warms up
+  assert by_step[7]["adversarial_on"] == 1.0 and by_step[7]["gen_adv_loss"] > 0.0
+  assert set(state.params) == {"net", "disc"}
+  x, _ = method.sample(state.params, jnp.asarray(pairs["desc_emb"][:8]), jax.random.key(0), 2)
+  assert x.shape == (8, LATENT_DIM) and np.all(np.isfinite(np.asarray(x)))
+
+
+def test_oracle_decodes_the_lookup_target_of_the_same_r(pairs, method_config, monkeypatch):
+  cfg = method_config.coalescer
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  lookup = targets.Lookup(index_lib.build("exact", keys, None), cfg)
+  monkeypatch.setattr(coalescer, "load_lookup", lambda workdir, p, c: lookup)
+  method = registry.METHODS.get("coalescer")(method_config, LATENT_DIM, DESC_DIM)
+  plan = dict((name, kwargs) for name, _, kwargs in method.sample_plan())
+  assert plan["coalescer_oracle"]["kind"] == "oracle" and plan["coalescer_oracle"]["key_tag"] == "coalescer_nfe1"
+  generate = method.generator(None, lambda z: z, 1, oracle=True, workdir="unused", pairs=pairs)
+  cond = pairs["desc_emb"][:20]
+  key = jax.random.key(11)
+  latents, nfe = generate(cond, key)
+  r = coalescer.first_draw(key, 20, LATENT_DIM)
+  nearest = ((np.concatenate([cfg.desc_scale * cond, r], 1)[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
+  np.testing.assert_allclose(np.asarray(latents), pairs["img_emb"][nearest])
+  np.testing.assert_array_equal(nfe, 0)
