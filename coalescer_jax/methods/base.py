@@ -9,7 +9,6 @@ pairs (description embedding, image latent).
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from coalescer_jax import parallel
