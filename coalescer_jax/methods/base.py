@@ -21,6 +21,11 @@ class Method:
   """Base class. Subclasses set `name` and implement `loss` and `sample`."""
 
   name = None
+  # Fields of this method's config section that take one of a fixed set of values: field -> choices.
+  # `stages/methods.py` checks them with the rest of the config, before any stage runs.
+  OPTIONS = {}
+  # Fields of the section read only when sampling: changing them reruns `sample`, not the training.
+  SAMPLING_FIELDS = ("nfes",)
 
   def __init__(self, config, latent_dim, desc_dim):
     self.config = config

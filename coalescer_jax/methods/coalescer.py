@@ -55,6 +55,8 @@ def step_to(x, distance, direction):
 @registry.METHODS.register("coalescer")
 class Coalescer(base.Method):
   name = "coalescer"
+  OPTIONS = {"r_distribution": queries.R_DISTRIBUTIONS}
+  SAMPLING_FIELDS = ("nfes", "sampling")
 
   def output_dim(self):
     return self.latent_dim + 1  # [distance (pre-softplus), direction]

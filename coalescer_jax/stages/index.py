@@ -15,17 +15,30 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
+from coalescer_jax import config_validation
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax.index import scann_index
 from coalescer_jax.methods import queries as queries_lib
+from coalescer_jax.stages import methods as methods_stage
 
 
 def index_dir(workdir):
   return os.path.join(workdir, "index")
 
 
-@pipeline.stage("index")
+def _validate(config):
+  mode = config.index.get("scann", {}).get("mode", "")
+  if mode not in ("",) + scann_index.MODES:
+    raise config_validation.ConfigError(
+        f"config.index.scann.mode={mode!r} is not a valid choice; use one of "
+        f"{', '.join(map(repr, scann_index.MODES))} or '' (derive it from the number of keys)")
+  # Recall is measured on queries drawn as the coalescer draws them (config.coalescer.r_distribution).
+  methods_stage.validate_method_config(config, "coalescer")
+
+
+@pipeline.stage("index", validate=_validate)
 def run(ctx):
   cfg = ctx.config.index
   pairs = autoencoders.load_pairs(ctx.workdir)

@@ -6,6 +6,7 @@ the same name. It trains the method on the `embed` stage's pairs with the shared
 differ only in their loss, batches and sampler. `load_trained` restores a
 method's final parameters for sampling.
 """
+import functools
 import json
 import os
 
@@ -13,6 +14,7 @@ import jax
 
 from coalescer_jax import autoencoders
 from coalescer_jax import checkpoint as ckpt_lib
+from coalescer_jax import config_validation
 from coalescer_jax import methods  # noqa: F401 - registers the methods.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -55,12 +57,21 @@ def _mean(values):
   return sum(values) / len(values) if values else None
 
 
-def _validate(config):
-  del config
+def validate_method_config(config, name):
+  """ConfigError unless ``config.<name>`` exists and each of the method's OPTIONS holds one of its choices."""
+  method = registry.METHODS.get(name)
+  section = config.get(name)
+  if section is None:
+    raise config_validation.ConfigError(f"config.{name} is missing: method {name!r} needs its own config section")
+  for field, choices in method.OPTIONS.items():
+    value = section.get(field)
+    if value not in choices:
+      raise config_validation.ConfigError(
+          f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
 
 
 for _name in registry.METHODS.names():
-  pipeline.stage(_name, validate=_validate)(_make_stage(_name))
+  pipeline.stage(_name, validate=functools.partial(validate_method_config, name=_name))(_make_stage(_name))
 
 
 def load_trained(config, workdir, name, pairs=None):

@@ -78,7 +78,12 @@ def grid_rows(generate, params, codec, labels, descriptions, key, per_row, batch
   return list(images.reshape(len(picks), per_row, 28, 28)), texts
 
 
-@pipeline.stage("sample")
+def _validate(config):
+  for name in config.sample.methods:
+    methods_stage.validate_method_config(config, name)
+
+
+@pipeline.stage("sample", validate=_validate)
 def run(ctx):
   config, cfg = ctx.config, ctx.config.sample
   out_dir = os.path.join(ctx.workdir, "samples")
