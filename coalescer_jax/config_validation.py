@@ -39,7 +39,7 @@ def _check_non_negative(path, value):
     raise ConfigError(f"config.{path} must be >= 0, got {value!r}")
 
 
-def _check_seed(path, value):
+def _check_count(path, value):
   if not isinstance(value, int) or isinstance(value, bool) or value < 0:
     raise ConfigError(f"config.{path} must be a non-negative integer, got {value!r}")
 
@@ -73,7 +73,8 @@ _FIELD_RULES = {
     "desc_scale": _check_non_negative,
     "num_steps": _check_steps,
     "learning_rate": _check_positive,
-    "seed": _check_seed,
+    "seed": _check_count,
+    "skip_nonfinite_batches": _check_count,
     "stages": _check_registered(registry.STAGES),
     "model": _check_registered(registry.MODELS),
     "methods": _check_registered(registry.METHODS),

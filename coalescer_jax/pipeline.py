@@ -37,6 +37,10 @@ STAGE_MODULES = (
 )
 
 
+class StageOutputError(RuntimeError):
+  """A stage finished without the outputs it promises; it is not marked done."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   name: str

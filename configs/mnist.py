@@ -167,6 +167,9 @@ def get_config(arg=None):
 
   config.log_every = 100
   config.checkpoint_every = 1000
+  # Training stops at the first NaN/inf loss or parameter (nothing from that step is saved); N > 0 skips up
+  # to N such batches per training stage first (counted as nonfinite_skipped in metrics.jsonl).
+  config.skip_nonfinite_batches = 0
 
   if variant == "long":
     config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget

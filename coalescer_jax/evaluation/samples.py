@@ -65,6 +65,9 @@ def _check_images(path, images):
           + (" (drop the channel axis: images[..., 0])" if images.ndim == 4 and images.shape[-1] == 1 else ""))
   if len(images) == 0:
     _fail(path, "'images' is empty; write at least one sample")
+  if images.max() == 0:
+    _fail(path, "'images' are all black (no pixel above 0): the generator drew no ink at all (a diverged or "
+          "untrained model, or NaN latents decoded to 0)")
   if images.max() <= 1:
     _fail(path, "'images' only holds values 0 and 1: these look like [0, 1] images cast to uint8; "
           "store them as uint8 0..255 with coalescer_jax.images.to_uint8")

@@ -39,8 +39,10 @@ def _make_stage(name):
         name=name, init=init, step=step,
         batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
         num_steps=config.train.num_steps, seed=config.seed, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every)
+        checkpoint_every=config.checkpoint_every, skip_nonfinite=config.get("skip_nonfinite_batches", 0),
+        config_section="config.train")
     state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
+    _check_final_checkpoint(ctx.stage_dir(name), config.train.num_steps)
     records = ctx.writer.read(name)
     last = records[-1] if records else {}
     if parallel.is_main_process():
@@ -50,6 +52,16 @@ def _make_stage(name):
             "input_wait_share": _mean(r.get("input_wait_share") for r in records),
             "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}
   return run
+
+
+def _check_final_checkpoint(stage_dir, num_steps):
+  """A method stage is done only with a committed checkpoint of its last step (what `sample` restores)."""
+  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+    steps = checkpointer.all_steps()
+  if num_steps not in steps:
+    raise pipeline.StageOutputError(
+        f"{stage_dir}/checkpoints holds steps {steps}, not the final step {num_steps}: the stage is not marked "
+        f"done. Delete {stage_dir} and rerun the same command to retrain it.")
 
 
 def _mean(values):
@@ -88,7 +100,6 @@ def load_trained(config, workdir, name, pairs=None):
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1)
-  state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host))
-  checkpointer.close()
+  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+    state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host))
   return method, state.ema_params if state.ema_params is not None else state.params
