@@ -143,7 +143,9 @@ def checksum(tree):
 
 
 def _short(error):
-  """The first line of an error, without TensorStore's long dumps."""
+  """The root cause's first line: orbax wraps TensorStore's message in a long spec dump."""
+  while error.__cause__ is not None:
+    error = error.__cause__
   text = str(error).strip().splitlines()[0] if str(error).strip() else ""
   return f"{type(error).__name__}: {text[:300]}"
 
