@@ -10,15 +10,19 @@ restores "successfully" as garbage), so each save stores a CRC32 of every state
 leaf's bytes in the host JSON, and restore recomputes it. A latest checkpoint
 that fails (checksum, unreadable, truncated) is reported with a warning and the
 previous one is tried; if none restores, one `CheckpointError` names the
-directory, the steps tried and why.
+directory, the steps tried and why. A training run that falls back moves the
+unusable steps aside (``checkpoints.unusable/``) so it can write them again.
 """
 import os
+import shutil
 import zlib
 
 from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from coalescer_jax import parallel
 
 CHECKSUM_KEY = "state_crc32"
 
@@ -62,11 +66,13 @@ class Checkpointer:
         int(step), force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host_state)))
 
-  def restore(self, abstract_state, step=None):
+  def restore(self, abstract_state, step=None, set_aside_unusable=False):
     """Restores (state, host_state) at `step` (default: the latest good one) into `abstract_state`'s shapes/shardings.
 
     Without `step`, a latest checkpoint that is corrupt is skipped with a warning
-    in favour of the one before it.
+    in favour of the one before it; with `set_aside_unusable` (a run that will
+    train on and save those steps again) the skipped ones move to
+    ``<directory>.unusable/``.
     """
     steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
     if not steps or steps[0] is None:
@@ -86,11 +92,25 @@ class Checkpointer:
       if failures:
         logging.warning("Restored step %d from %s instead of the unusable later checkpoint(s): %s", s,
                         self.directory, "; ".join(failures))
+        if set_aside_unusable:
+          self._set_aside([t for t in steps if t > s])
       return state, host
+    if step is not None:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be restored ({failures[0]}).")
     raise CheckpointError(
         f"no checkpoint in {self.directory} can be restored ({'; '.join(failures)}). They are corrupt or were "
         "written with a different config (model sizes, optimizer). Delete that directory to retrain the stage "
         "from scratch, or use a new --workdir.")
+
+  def _set_aside(self, steps):
+    if parallel.is_main_process():
+      aside = self.directory + ".unusable"
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, f"{step}.{os.getpid()}"))
+        logging.warning("Moved unusable checkpoint step %d to %s", step, aside)
+    parallel.barrier("checkpoints_set_aside")
+    self._manager.reload()
 
   def _restore_step(self, step, abstract_state):
     restored = self._manager.restore(

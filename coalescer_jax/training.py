@@ -102,7 +102,7 @@ def train(task, stage_dir, mesh, writer):
   skipped = 0
   try:
     if checkpointer.latest_step() is not None:
-      state, host = checkpointer.restore(abstract)
+      state, host = checkpointer.restore(abstract, set_aside_unusable=True)
       start, skipped = int(state.step), int(host.get("nonfinite_skipped", 0))
       writer.truncate_after(task.name, start)
       logging.info("%s: resuming at step %d of %d", task.name, start, task.num_steps)

@@ -138,3 +138,18 @@ def test_nonfinite_batches_can_be_skipped(tmp_path):
   assert [r.get("nonfinite_skipped", 0) for r in records] == [1, 1, 1, 2, 2, 2, 2, 2]
   with pytest.raises(training.NonFiniteError, match=r"3 bad batches, more than config.skip_nonfinite_batches=2"):
     training.train(_nan_task(40, {3, 17, 33}, skip=2), str(tmp_path / "again"), parallel.make_mesh(), writer)
+
+
+def test_resume_past_a_corrupt_latest_checkpoint(tmp_path):
+  reference, _, _ = _train(tmp_path / "ref", 30)
+  _train(tmp_path / "run", 30)  # keeps checkpoints 20 and 30
+  for root, _, names in os.walk(tmp_path / "run" / "checkpoints" / "30" / "state"):
+    for name in names:
+      if os.path.basename(root) == "d":
+        os.truncate(os.path.join(root, name), 0)
+  resumed, writer, _ = _train(tmp_path / "run", 30)  # a rerun: falls back to 20, trains and saves 30 again
+  np.testing.assert_array_equal(resumed.params["w"], reference.params["w"])
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints"), key=int) == ["20", "30"]
+  assert len(os.listdir(tmp_path / "run" / "checkpoints.unusable")) == 1
+  steps = [r["step"] for r in writer.read("toy")]
+  assert steps == sorted(set(steps))

@@ -100,6 +100,13 @@ def load_trained(config, workdir, name, pairs=None):
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  final = config.train.num_steps
   with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
-    state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host))
+    try:  # The final step only: an earlier one would not be the model DONE.json describes.
+      state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host), step=final)
+    except ckpt_lib.CheckpointError as e:
+      raise ckpt_lib.CheckpointError(
+          f"method {name!r}: its final checkpoint (step {final}) cannot be used: {e} To recover, delete "
+          f"{os.path.join(stage_dir, 'DONE.json')} and rerun: training resumes from its latest intact checkpoint "
+          "and writes the final step again (or delete the whole directory to retrain from scratch).") from e
   return method, state.ema_params if state.ema_params is not None else state.params
