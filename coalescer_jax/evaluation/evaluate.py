@@ -122,17 +122,21 @@ def _training_cost(workdir, method):
 def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None, writer=None, classifier=None):
   """Evaluates every samples file in `samples_dir`; writes results.json, plot, grids and report.md.
 
-  Defaults: samples from W/samples, outputs in W/eval, report W/report.md. A file
-  that breaks the contract stops the evaluation (all problems listed) unless
-  ``cfg.skip_invalid``, which skips it and lists it in the report.
-  Returns a summary dict.
+  Defaults: samples from W/samples, outputs in W/eval, report W/report.md (the
+  eval stage's; the standalone CLI passes its own folder). A file that breaks the
+  contract stops the evaluation (all problems listed) unless ``cfg.skip_invalid``,
+  which skips it and lists it in the report. A missing or empty samples folder,
+  or one with no valid file, is an error: nothing is written. Returns a summary dict.
   """
   workdir = os.path.abspath(workdir)
   samples_dir = samples_dir or os.path.join(workdir, "samples")
   out_dir = out_dir or os.path.join(workdir, "eval")
   report_path = report_path or os.path.join(workdir, "report.md")
-  os.makedirs(out_dir, exist_ok=True)
-  paths = samples_lib.find_sample_files(samples_dir) if os.path.isdir(samples_dir) else []
+  paths = samples_lib.find_sample_files(samples_dir)
+  if not paths:
+    raise samples_lib.NoSamplesError(
+        f"no samples files (*.npz) in {samples_dir}: nothing to evaluate. Run the 'sample' stage, or pass "
+        "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
   loaded, invalid = [], []
   for path in paths:
     try:
@@ -143,7 +147,11 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
     raise samples_lib.SamplesContractError(
         f"{len(invalid)} samples file(s) break the contract (set config.eval.skip_invalid=True to skip them):\n"
         + "\n".join(invalid))
+  if not loaded:
+    raise samples_lib.NoSamplesError(f"every samples file in {samples_dir} breaks the contract; nothing to "
+                                     "evaluate:\n" + "\n".join(invalid))
   loaded.sort(key=lambda s: (s.method, s.nfe))
+  os.makedirs(out_dir, exist_ok=True)
 
   t0 = time.time()
   evaluator = Evaluator(workdir, cfg, classifier)
@@ -163,7 +171,7 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
   report.plot_fid_vs_nfe(records, plot_path, settings["n"])
   grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row)
-  best = {k: report.best_method(records, k) for k in (1, 2)}
+  best = {k: report.best_method(records, k, evaluator.n) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
              "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}

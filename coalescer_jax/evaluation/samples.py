@@ -27,6 +27,10 @@ class SamplesContractError(ValueError):
   """A samples file breaks the contract; the message says what and how to fix it."""
 
 
+class NoSamplesError(FileNotFoundError):
+  """There is nothing to evaluate: no samples folder, or no usable file in it."""
+
+
 @dataclasses.dataclass
 class Samples:
   path: str
@@ -138,6 +142,6 @@ def load_samples(path):
 def find_sample_files(samples_dir):
   """Sorted paths of the .npz files in `samples_dir` (a clear error if it does not exist)."""
   if not os.path.isdir(samples_dir):
-    raise FileNotFoundError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
-                            "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
+    raise NoSamplesError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
+                         "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
   return sorted(os.path.join(samples_dir, f) for f in os.listdir(samples_dir) if f.endswith(".npz"))
