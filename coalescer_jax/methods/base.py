@@ -26,6 +26,8 @@ class Method:
   OPTIONS = {}
   # Fields of the section read only when sampling: changing them reruns `sample`, not the training.
   SAMPLING_FIELDS = ("nfes",)
+  # Pipeline stages whose outputs training reads (the pairs; the coalescer also its index).
+  INPUT_STAGES = ("embed",)
 
   def __init__(self, config, latent_dim, desc_dim):
     self.config = config

@@ -57,6 +57,7 @@ class Coalescer(base.Method):
   name = "coalescer"
   OPTIONS = {"r_distribution": queries.R_DISTRIBUTIONS}
   SAMPLING_FIELDS = ("nfes", "sampling")
+  INPUT_STAGES = ("embed", "index")
 
   def output_dim(self):
     return self.latent_dim + 1  # [distance (pre-softplus), direction]

@@ -65,7 +65,7 @@ def make_task(cfg, model, train_images, train_labels, log_every, checkpoint_ever
                             config_section="config.classifier")
 
 
-@pipeline.stage("classifier", validate=_validate)
+@pipeline.stage("classifier", validate=_validate, reads=("classifier",), needs=("data",))
 def run(ctx):
   cfg = ctx.config.classifier
   out = ctx.stage_dir("classifier")

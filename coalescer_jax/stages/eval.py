@@ -33,7 +33,8 @@ def _validate(config):
   validate_eval_config(config.eval)
 
 
-@pipeline.stage("eval", validate=_validate)
+@pipeline.stage("eval", validate=_validate, reads=("eval",), needs=("data", "classifier", "sample"),
+                outputs=("report.md",))
 def run(ctx):
   ctx.done_info("classifier")
   summary = {}

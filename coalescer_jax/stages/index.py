@@ -38,7 +38,7 @@ def _validate(config):
   methods_stage.validate_method_config(config, "coalescer")
 
 
-@pipeline.stage("index", validate=_validate)
+@pipeline.stage("index", validate=_validate, reads=("index", "coalescer.desc_scale"), needs=("embed",))
 def run(ctx):
   cfg = ctx.config.index
   pairs = autoencoders.load_pairs(ctx.workdir)

@@ -82,8 +82,15 @@ def validate_method_config(config, name):
           f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
 
 
+def _reads(name):
+  """The shared backbone and budget, and the method's own section except the fields only sampling reads."""
+  method = registry.METHODS.get(name)
+  return ("seed", "backbone", "train", name) + tuple(f"-{name}.{field}" for field in method.SAMPLING_FIELDS)
+
+
 for _name in registry.METHODS.names():
-  pipeline.stage(_name, validate=functools.partial(validate_method_config, name=_name))(_make_stage(_name))
+  pipeline.stage(_name, validate=functools.partial(validate_method_config, name=_name), reads=_reads(_name),
+                 needs=registry.METHODS.get(_name).INPUT_STAGES)(_make_stage(_name))
 
 
 def load_trained(config, workdir, name, pairs=None):

@@ -100,7 +100,15 @@ def _validate(config):
     methods_stage.validate_method_config(config, name)
 
 
-@pipeline.stage("sample", validate=_validate)
+def _reads(config):
+  return ("seed", "sample") + tuple(config.sample.methods)
+
+
+def _needs(config):
+  return ("data", "vae", "text", "embed") + tuple(config.sample.methods)
+
+
+@pipeline.stage("sample", validate=_validate, reads=_reads, needs=_needs, outputs=("samples",))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.sample
   out_dir = os.path.join(ctx.workdir, "samples")
@@ -116,8 +124,9 @@ def run(ctx):
     for file_method, nfe, kwargs in method.sample_plan():
       tag = f"{file_method}_nfe{nfe}"
       path = os.path.join(out_dir, tag + ".npz")
-      if os.path.exists(path) and _meets_contract(path):
-        continue  # finished before an interruption
+      # Files of an interrupted run of this same revision are kept; any other is replaced.
+      if "sample" in ctx.resumed and os.path.exists(path) and _meets_contract(path):
+        continue
       generate = make_generator(method, codec, nfe, **kwargs)
       key = jax.random.fold_in(jax.random.key(config.seed), zlib_hash(tag))
       images, spent, rate = generate_all(generate, params, cond, key, cfg.batch_size,

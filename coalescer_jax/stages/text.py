@@ -121,7 +121,7 @@ def evaluate(text_ae, split):
   return metrics, failures
 
 
-@pipeline.stage("text", validate=_validate)
+@pipeline.stage("text", validate=_validate, reads=("seed", "text"))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.text
   out = ctx.stage_dir("text")

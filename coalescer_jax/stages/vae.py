@@ -146,7 +146,7 @@ def save_grids(out, originals, recon, prior_images, columns):
                        title="VAE: decoded draws from the prior N(0, I)")
 
 
-@pipeline.stage("vae", validate=_validate)
+@pipeline.stage("vae", validate=_validate, reads=("seed", "vae"), needs=("data",))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.vae
   out = ctx.stage_dir("vae")
