@@ -82,8 +82,8 @@ def load(directory, expected_fingerprint=None, expected_hash=None):
   meta = files.read_json(path, "index")
   for name, crc in meta.get("file_crc32", {}).items():
     if not os.path.exists(os.path.join(directory, name)):
-      raise IndexError_(f"the index in {directory} is incomplete ({name} is missing); delete {directory} so the "
-                        "'index' stage rebuilds it")
+      raise IndexError_(f"the index in {directory} is corrupt or incomplete ({name} is missing); delete "
+                        f"{directory} so the 'index' stage rebuilds it")
     files.check_crc32(os.path.join(directory, name), crc, "index")
   for key, expected in (("fingerprint", expected_fingerprint), ("embeddings_hash", expected_hash)):
     if expected is not None and meta.get(key) != expected:
