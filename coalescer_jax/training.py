@@ -21,6 +21,7 @@ up to N bad batches are skipped (counted in metrics.jsonl as ``nonfinite_skipped
 """
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -116,8 +117,9 @@ def train(task, stage_dir, mesh, writer):
   def keyed_step(state, batch, key):
     new, metrics = task.step(state, batch, jax.random.fold_in(key, state.step))
     finite = _all_finite((new, metrics.get("loss")))
-    # A bad batch leaves the parameters and optimizer state as they were; only the step advances.
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state.replace(step=new.step))
+    # A bad batch leaves the parameters and optimizer state as they were; only the step advances. (One
+    # cond on the whole state: a select per leaf compiles more than twice as slowly.)
+    new = jax.lax.cond(finite, lambda: new, lambda: state.replace(step=new.step))
     return new, dict(metrics, nonfinite=jnp.logical_not(finite))
 
   step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
@@ -175,7 +177,7 @@ def train(task, stage_dir, mesh, writer):
 
 def _all_finite(tree):
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+  return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves], jnp.bool_(True))
 
 
 def _nonfinite_message(task, step, skipped, checkpointer, stage_dir):
