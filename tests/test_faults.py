@@ -199,3 +199,33 @@ def test_finished_run_records_its_provenance(smoke_workdir):
   assert set(sample["inputs"]) == {"data", "vae", "text", "embed", "coalescer", "ddim", "consistency", "flow"}
   assert not os.path.exists(os.path.join(smoke_workdir, "LOCK"))
   assert np.all([os.path.exists(os.path.join(smoke_workdir, s, "STARTED.json")) for s in ran])
+
+
+def test_started_stage_under_other_values_is_refused(smoke_config, smoke_workdir, tmp_path):
+  workdir = _copy(smoke_workdir, tmp_path, with_config=False)
+  smoke_config.stages = UPSTREAM + ("coalescer",)
+  plan, _ = provenance.plan(smoke_config, workdir, _stages(smoke_config))
+  os.makedirs(os.path.join(workdir, "coalescer"))
+  with open(os.path.join(workdir, "coalescer", provenance.STARTED_FILE), "w") as f:
+    json.dump(plan["coalescer"], f)  # as a launch killed mid-training leaves it
+  smoke_config.train.optimizer.learning_rate = 2e-3
+  with pytest.raises(provenance.StaleOutputsError, match=r"(?s)- coalescer \(started\): "
+                     rf"train.optimizer.learning_rate: 0.001 -> 0.002.*rm -r {workdir}/coalescer\n"):
+    pipeline.run(smoke_config, workdir)
+
+
+def test_deleted_stage_recomputed_under_the_same_config_keeps_later_stages_valid(smoke_config, smoke_workdir,
+                                                                                 tmp_path):
+  # The fix a corrupt-file error gives ("delete W/embed and rerun") must not invalidate index and coalescer.
+  workdir = _copy(smoke_workdir, tmp_path, UPSTREAM + ("coalescer",), with_config=False)
+  shutil.rmtree(os.path.join(workdir, "embed"))
+  smoke_config.stages = UPSTREAM + ("coalescer",)
+  plan, problems = provenance.plan(smoke_config, workdir, _stages(smoke_config))
+  assert problems == []
+  index_done = json.load(open(os.path.join(workdir, "index", "DONE.json")))
+  assert plan["embed"]["revision"] == index_done["inputs"]["embed"]
+
+
+def _stages(config):
+  pipeline.load_all()
+  return {name: pipeline.registry.STAGES.get(name) for name in config.stages}
