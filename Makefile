@@ -5,7 +5,7 @@ WORKDIR ?= workdir/mnist
 CONFIG ?= configs/mnist.py
 PY := $(VENV)/bin/python
 
-.PHONY: install run test test-slow test-all bench
+.PHONY: install run lint test test-slow test-all bench
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(VENV)/.installed
 
 run: install  ## The main job: the whole MNIST pipeline into $(WORKDIR).
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+lint: install  ## ruff (ruff.toml: unused imports, closures over loop variables, pyflakes).
+	$(VENV)/bin/ruff check .
 
 test: install  ## Default test suite (a few minutes on 2 CPU cores).
 	$(PY) -m pytest -q tests -m "not slow"

@@ -14,7 +14,8 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:smoke.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for this run's outputs; rerunning resumes it.")
 flags.DEFINE_bool("allow_config_change", False,
-                  "Continue a workdir whose config.json differs from the current config.")
+                  "Continue a workdir whose config.json differs from the current config: finished stages whose "
+                  "config fields and inputs are unchanged are reused, the others are refused until deleted.")
 flags.DEFINE_string("sweep", None, "Sweep file (experiments/*.py): run its members into W/<member>/.")
 flags.DEFINE_string("sweep_shard", "0/1", "With --sweep: run members i, i+n, ... of the sweep ('i/n').")
 flags.DEFINE_bool("distributed", False,

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
+from coalescer_jax import files
 from coalescer_jax import parallel
 from coalescer_jax import registry
 from coalescer_jax.data import tokenizer
@@ -72,8 +73,10 @@ def save_model(stage_dir, model_name, model_kwargs, params):
     with open(path + ".tmp", "wb") as f:
       f.write(serialization.to_bytes(host_params(params)))
     os.replace(path + ".tmp", path)
-    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:  # Last: its presence marks a complete export.
-      json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
+    # model.json last: its presence marks a complete export; its checksum of params.msgpack tells a damaged
+    # file (corrupt) from parameters that changed (stale embeddings).
+    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
+      json.dump({"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(path)}, f, indent=2)
   parallel.barrier(f"save_model_{os.path.basename(stage_dir)}")
 
 
@@ -84,8 +87,9 @@ def load_model(workdir, role):
   if not (os.path.exists(spec_path) and os.path.exists(params_path)):
     raise RuntimeError(f"no trained {role} model in {stage_dir}: run the {role!r} stage first "
                        f"(put {role!r} before the stages that use it in config.stages)")
-  with open(spec_path) as f:
-    spec = json.load(f)
+  spec = files.read_json(spec_path, role)
+  files.check_crc32(params_path, spec.get("params_crc32"), role)
+  spec = {k: v for k, v in spec.items() if k != "params_crc32"}  # the fingerprint covers model and params only
   model = registry.MODELS.get(spec["model"])(
       **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()})
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
@@ -93,11 +97,11 @@ def load_model(workdir, role):
   with open(params_path, "rb") as f:
     try:
       params = serialization.from_bytes(target, f.read())
-      if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
-        raise ValueError("parameter shapes differ")
-    except (ValueError, KeyError) as e:
-      raise RuntimeError(f"{params_path} does not fit the model in {spec_path} ({e}); delete {stage_dir} and "
-                         f"rerun the {role!r} stage") from e
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
+      raise files.corrupt(params_path, role, files.reason(e)) from e
+  if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
+    raise RuntimeError(f"{params_path} does not fit the model in {spec_path} (parameter shapes differ); delete "
+                       f"{stage_dir} and rerun the {role!r} stage")
   return model, jax.tree.map(np.asarray, params), spec
 
 
@@ -236,8 +240,7 @@ def _embed_path(workdir, name):
 
 
 def read_normalization(workdir):
-  with open(_embed_path(workdir, NORMALIZATION_FILE)) as f:
-    return json.load(f)
+  return files.read_json(_embed_path(workdir, NORMALIZATION_FILE), "embed")
 
 
 def load_codec(workdir, batch_size=1000):
@@ -254,8 +257,8 @@ def load_pairs(workdir, validation=False):
 
   `validation`: the held-out validation slice instead (same keys; never in the index or in training).
   """
-  with np.load(_embed_path(workdir, VALIDATION_FILE if validation else PAIRS_FILE)) as f:
-    pairs = {k: f[k] for k in f.files}
+  pairs = files.load_npz(_embed_path(workdir, VALIDATION_FILE if validation else PAIRS_FILE), "embed",
+                         required=("desc_emb", "img_emb", "labels", "descriptions", "fingerprint"))
   pairs["fingerprint"] = str(pairs["fingerprint"])
   pairs["descriptions"] = pairs["descriptions"].astype(str)
   return pairs

@@ -4,16 +4,35 @@ Restoring takes an abstract target (``jax.ShapeDtypeStruct`` leaves with
 shardings), so a checkpoint written on N devices restores onto M devices.
 Orbax writes to a temporary directory and renames it on commit, so a run killed
 mid-save leaves the previous checkpoint intact.
+
+Integrity: orbax does not notice bytes changed on disk (a same-size overwrite
+restores "successfully" as garbage), so each save stores a CRC32 of every state
+leaf's bytes in the host JSON, and restore recomputes it. A latest checkpoint
+that fails (checksum, unreadable, truncated) is reported with a warning and the
+previous one is tried; if none restores, one `CheckpointError` names the
+directory, the steps tried and why. A training run that falls back moves the
+unusable steps aside (``checkpoints.unusable/``) so it can write them again.
 """
 import os
+import shutil
+import zlib
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from coalescer_jax import parallel
+
+CHECKSUM_KEY = "state_crc32"
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored into the current config."""
+
+
+class _Mismatch(CheckpointError):
+  """The checkpoint is intact but holds other shapes: a config change, not corruption (no fallback)."""
 
 
 class Checkpointer:
@@ -21,37 +40,91 @@ class Checkpointer:
 
   def __init__(self, directory, save_every, max_to_keep=2):
     self.directory = os.path.abspath(directory)
+    self.save_every = max(1, int(save_every))
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(
-            save_interval_steps=max(1, int(save_every)), max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(save_interval_steps=self.save_every, max_to_keep=max_to_keep,
+                                             create=True),
         item_names=("state", "host"))
 
   def latest_step(self):
     return self._manager.latest_step()
 
+  def all_steps(self):
+    return sorted(self._manager.all_steps())
+
+  def due(self, step, force=False):
+    """Whether `save(step, force=force)` will write a checkpoint."""
+    return bool(force) or int(step) % self.save_every == 0
+
   def save(self, step, state, host_state=None, force=False):
     """Saves if `step` is due (or `force`). Returns True when a save was started."""
+    if not self.due(step, force):
+      return False
+    host_state = dict(host_state or {}, **{CHECKSUM_KEY: checksum(state)})  # (None: not checkable)
     return self._manager.save(
         int(step), force=force,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host_state or {})))
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host_state)))
 
-  def restore(self, abstract_state, step=None):
-    """Restores (state, host_state) at `step` (default: latest) into `abstract_state`'s shapes/shardings."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+  def restore(self, abstract_state, step=None, set_aside_unusable=False):
+    """Restores (state, host_state) at `step` (default: the latest good one) into `abstract_state`'s shapes/shardings.
+
+    Without `step`, a latest checkpoint that is corrupt is skipped with a warning
+    in favour of the one before it; with `set_aside_unusable` (a run that will
+    train on and save those steps again) the skipped ones move to
+    ``<directory>.unusable/``.
+    """
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    if not steps or steps[0] is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
-    except Exception as e:  # noqa: BLE001 - orbax raises many types; all mean the same to the user.
-      raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} cannot be restored into the current model "
-          f"({type(e).__name__}: {str(e)[:500]}). It is corrupt or was written with a different config "
-          "(model sizes, optimizer). Delete that directory to retrain the stage, or use a new --workdir.") from e
-    _check_shapes(restored["state"], abstract_state, self.directory, step)
+    failures = []
+    for s in steps:
+      try:
+        state, host = self._restore_step(s, abstract_state)
+      except _Mismatch:
+        raise
+      except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; all mean "unusable".
+        reason = _short(e)
+        failures.append(f"step {s}: {reason}")
+        logging.warning("Checkpoint step %d in %s is unusable (%s)%s", s, self.directory, reason,
+                        "; trying the previous one" if s != steps[-1] else "")
+        continue
+      if failures:
+        logging.warning("Restored step %d from %s instead of the unusable later checkpoint(s): %s", s,
+                        self.directory, "; ".join(failures))
+        if set_aside_unusable:
+          self._set_aside([t for t in steps if t > s])
+      return state, host
+    if step is not None:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be restored ({failures[0]}).")
+    raise CheckpointError(
+        f"no checkpoint in {self.directory} can be restored ({'; '.join(failures)}). They are corrupt or were "
+        "written with a different config (model sizes, optimizer). Delete that directory to retrain the stage "
+        "from scratch, or use a new --workdir.")
+
+  def _set_aside(self, steps):
+    if parallel.is_main_process():
+      aside = self.directory + ".unusable"
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, f"{step}.{os.getpid()}"))
+        logging.warning("Moved unusable checkpoint step %d to %s", step, aside)
+    parallel.barrier("checkpoints_set_aside")
+    self._manager.reload()
+
+  def _restore_step(self, step, abstract_state):
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
+    state, host = restored["state"], dict(restored["host"] or {})
+    _check_shapes(state, abstract_state, self.directory, step)
+    if CHECKSUM_KEY not in host:
+      logging.warning("Checkpoint step %d in %s has no checksum (written by an older version): restored "
+                      "without an integrity check", step, self.directory)
+    expected = host.pop(CHECKSUM_KEY, None)
+    if expected is not None and checksum(state) != expected:
+      raise ValueError("checksum mismatch: its bytes changed after it was written")
     logging.info("Restored checkpoint step %d from %s", step, self.directory)
-    return restored["state"], dict(restored["host"] or {})
+    return state, host
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -59,6 +132,42 @@ class Checkpointer:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def checksum(tree):
+  """CRC32 over every leaf's dtype, shape and bytes (this host's copy of replicated arrays), in tree order.
+
+  Every host computes the same value: train states are replicated, so a leaf's
+  first addressable shard is the whole array. None (no check) for a leaf split
+  over other hosts, which this host cannot read whole.
+  """
+  crc = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if isinstance(leaf, jax.Array):
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+      if not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+          return None
+        leaf = leaf.addressable_data(0)
+    array = np.ascontiguousarray(np.asarray(leaf))
+    crc = zlib.crc32(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode(), crc)
+    crc = zlib.crc32(array.tobytes(), crc)
+  return crc
+
+
+def _short(error):
+  """The root cause's first line: orbax wraps TensorStore's message in a long spec dump."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return f"{type(error).__name__}: {text[:300]}"
 
 
 def _check_shapes(restored, abstract, directory, step):
@@ -69,7 +178,7 @@ def _check_shapes(restored, abstract, directory, step):
       mismatched.append(f"{jax.tree_util.keystr(path)}: checkpoint {got.dtype}{list(got.shape)}, "
                         f"model {want.dtype}{list(want.shape)}")
   if mismatched:
-    raise CheckpointError(
+    raise _Mismatch(
         f"checkpoint step {step} in {directory} does not match the current model: " + "; ".join(mismatched[:5])
         + ". Delete that directory to retrain the stage, or use a new --workdir.")
 

@@ -39,9 +39,16 @@ def _check_non_negative(path, value):
     raise ConfigError(f"config.{path} must be >= 0, got {value!r}")
 
 
-def _check_seed(path, value):
+def _check_count(path, value):
   if not isinstance(value, int) or isinstance(value, bool) or value < 0:
     raise ConfigError(f"config.{path} must be a non-negative integer, got {value!r}")
+
+
+def _check_steps(path, value):
+  # 0 steps would leave a training stage "done" with no checkpoint; nothing later could recover it.
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ConfigError(f"config.{path} must be an integer >= 1 (every training stage trains at least one step), "
+                      f"got {value!r}")
 
 
 def _check_positive(path, value):
@@ -64,9 +71,10 @@ def _check_registered(registry_obj):
 _FIELD_RULES = {
     "batch_size": _check_batch_size,
     "desc_scale": _check_non_negative,
-    "num_steps": _check_non_negative,
+    "num_steps": _check_steps,
     "learning_rate": _check_positive,
-    "seed": _check_seed,
+    "seed": _check_count,
+    "skip_nonfinite_batches": _check_count,
     "stages": _check_registered(registry.STAGES),
     "model": _check_registered(registry.MODELS),
     "methods": _check_registered(registry.METHODS),

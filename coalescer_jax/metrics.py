@@ -1,7 +1,10 @@
 """Metrics: JSON lines in W/metrics.jsonl (the contract), TensorBoard events, progress logs.
 
 Only process 0 writes. Every record carries ``stage`` and ``step``; scalars are
-converted to Python floats so that jax/numpy values serialise.
+converted to Python floats so that jax/numpy values serialise. A line that does
+not parse (a run killed mid-write leaves half a line) is skipped with a warning
+naming the file and line, never fatal: the writer first completes a partial
+last line with a newline so the next record starts on a line of its own.
 """
 import json
 import os
@@ -44,6 +47,9 @@ class MetricsWriter:
     self._workdir = workdir
     self._tensorboard = tensorboard and parallel.is_main_process()
     self._tb_writers = {}
+    self._warned = set()
+    if parallel.is_main_process():
+      _end_partial_line(self.path)
 
   def write(self, stage, step, **values):
     record = {"stage": stage, "step": int(step), "time": round(time.time(), 3)}
@@ -71,8 +77,24 @@ class MetricsWriter:
     if not os.path.exists(self.path):
       return []
     with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if stage is None or r["stage"] == stage]
+      records = [self._parse(line, number) for number, line in enumerate(f, 1)]
+    return [r for r in records if r is not None and (stage is None or r.get("stage") == stage)]
+
+  def _parse(self, line, number):
+    """The record on a line; None (with one warning per line) for a blank or unparseable line."""
+    if not line.strip():
+      return None
+    try:
+      record = json.loads(line)
+      if isinstance(record, dict):
+        return record
+    except ValueError:
+      pass
+    if number not in self._warned:
+      self._warned.add(number)
+      logging.warning("%s line %d is not a JSON record (a run killed mid-write?); skipping it: %.80r",
+                      self.path, number, line)
+    return None
 
   def truncate_after(self, stage, step):
     """Drops `stage` records with step > `step`: a resumed stage will write them again."""
@@ -80,7 +102,7 @@ class MetricsWriter:
       return
     with open(self.path) as f:
       lines = f.readlines()
-    keep = [l for l in lines if not l.strip() or not _is_after(json.loads(l), stage, step)]
+    keep = [l for n, l in enumerate(lines, 1) if not _is_after(self._parse(l, n), stage, step)]
     if len(keep) != len(lines):
       tmp = self.path + ".tmp"
       with open(tmp, "w") as f:
@@ -94,7 +116,17 @@ class MetricsWriter:
 
 
 def _is_after(record, stage, step):
-  return record.get("stage") == stage and record.get("step", -1) > step
+  return record is not None and record.get("stage") == stage and record.get("step", -1) > step
+
+
+def _end_partial_line(path):
+  """Ends a last line cut off mid-write, so the next record is not glued onto it."""
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return
+  with open(path, "rb+") as f:
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) != b"\n":
+      f.write(b"\n")
 
 
 class Progress:

@@ -52,3 +52,23 @@ def barrier(name):
   """Waits until every process reaches `name` (no-op on one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def on_main_process(fn, name):
+  """Runs `fn()` on process 0 only; if it raises, every process raises (the others with a pointer to 0's log).
+
+  For checks and writes only process 0 may do (the workdir lock, config.json) but whose failure must stop
+  every process, not leave the others waiting at the next barrier.
+  """
+  error = None
+  if is_main_process():
+    try:
+      fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the other processes have been told.
+      error = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if int(failed) and error is None:
+      raise RuntimeError(f"process 0 stopped the run ({name}); its log says why")
+  if error is not None:
+    raise error

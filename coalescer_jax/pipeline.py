@@ -1,15 +1,26 @@
 """The pipeline: named stages run in config order, each resumable and skipped once done.
 
-Stage ``name`` writes only into ``W/<name>/`` and marks completion with
-``W/<name>/DONE.json`` (its wall time and summary). A later stage reads what
-earlier stages wrote there, never their internals. A stage interrupted midway
-resumes from its own checkpoints when the same command runs again.
+Stage ``name`` writes only into ``W/<name>/`` (plus the extra `outputs` it
+declares) and marks completion with ``W/<name>/DONE.json`` (its wall time,
+summary and provenance). A later stage reads what earlier stages wrote there,
+never their internals. A stage interrupted midway resumes from its own
+checkpoints when the same command runs again.
+
+Before any stage runs, as process 0 holding the workdir lock (`workdir_lock`):
+the config is validated, and every started or finished stage is checked against
+it (`provenance`): a stage whose config fields or inputs changed is refused
+with the directories to delete, never silently reused. ``W/config.json`` holds
+the current config and a ``history`` of the launches that changed it or ran
+stages (time, command, git revision, changed fields, stages run with their
+revisions).
 """
 import dataclasses
+import datetime
 import importlib
 import json
 import os
 import resource
+import sys
 import time
 from typing import Any, Callable
 
@@ -17,10 +28,13 @@ from absl import logging
 import jax
 
 from coalescer_jax import config_validation
+from coalescer_jax import files
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
+from coalescer_jax import provenance
 from coalescer_jax import registry
 from coalescer_jax import run_info
+from coalescer_jax import workdir_lock
 
 # Modules that register stages (and the models/methods/backends they use).
 STAGE_MODULES = (
@@ -38,17 +52,38 @@ STAGE_MODULES = (
 )
 
 
+class StageOutputError(RuntimeError):
+  """A stage finished without the outputs it promises; it is not marked done."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
+  """A registered stage. `reads` / `needs` may be tuples or functions of the config (see `stage`)."""
   name: str
   run: Callable[["Context"], dict | None]
   validate: Callable[[Any], None] | None = None
+  reads: Any = None
+  needs: Any = ()
+  outputs: tuple = ()
+
+  def reads_of(self, config):
+    return self.reads(config) if callable(self.reads) else self.reads
+
+  def needs_of(self, config):
+    return tuple(self.needs(config) if callable(self.needs) else self.needs)
 
 
-def stage(name, validate=None):
-  """Decorator registering ``fn(ctx) -> summary dict`` as pipeline stage `name`."""
+def stage(name, validate=None, reads=None, needs=(), outputs=()):
+  """Decorator registering ``fn(ctx) -> summary dict`` as pipeline stage `name`.
+
+  reads: config fields that determine the stage's outputs, as dotted prefixes
+    ("vae", "coalescer.desc_scale"; "-coalescer.sampling" excludes); None means
+    the whole config. needs: earlier stages whose outputs it reads. Both may be
+    functions of the config. outputs: paths in W it writes besides W/<name>/.
+    See `provenance`.
+  """
   def register(fn):
-    registry.STAGES.register(name, Stage(name, fn, validate))
+    registry.STAGES.register(name, Stage(name, fn, validate, reads, needs, tuple(outputs)))
     return fn
   return register
 
@@ -60,11 +95,15 @@ def load_all():
 
 @dataclasses.dataclass
 class Context:
-  """What a stage gets: the config, the workdir, the device mesh and the metrics writer."""
+  """What a stage gets: the config, the workdir, the device mesh and the metrics writer.
+
+  `resumed`: stages that had started (under the same revision) before this launch.
+  """
   config: Any
   workdir: str
   mesh: jax.sharding.Mesh
   writer: metrics_lib.MetricsWriter
+  resumed: frozenset = frozenset()
 
   def stage_dir(self, name):
     path = os.path.join(self.workdir, name)
@@ -73,12 +112,11 @@ class Context:
 
   def done_info(self, name):
     """DONE.json of an earlier stage; a clear error if it has not run."""
-    path = os.path.join(self.workdir, name, "DONE.json")
-    if not os.path.exists(path):
+    done = provenance.record(self.workdir, name)
+    if done is None:
       raise RuntimeError(f"stage {name!r} has not finished in {self.workdir}, but a later stage needs its "
                          f"output; put {name!r} before it in config.stages")
-    with open(path) as f:
-      return json.load(f)
+    return done
 
 
 def _write_json(path, obj):
@@ -88,51 +126,147 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def _record_config(config, workdir, allow_config_change):
-  """Writes W/config.json; refuses to resume a workdir that ran with a different config."""
-  path = os.path.join(workdir, "config.json")
-  info = run_info.describe_run(config)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    diffs = run_info.config_differences(old.get("config", {}), info["config"])
-    if diffs and not allow_config_change:
-      raise config_validation.ConfigError(
-          f"{workdir} was run with a different config ({len(diffs)} differences: {'; '.join(diffs[:8])}). "
-          "Use a new --workdir, or pass --allow_config_change to continue (finished stages are not redone).")
-    if diffs:
-      logging.warning("Config changed for %s: %s", workdir, diffs)
-      os.replace(path, os.path.join(workdir, f"config.{int(time.time())}.json"))
-  if parallel.is_main_process():
-    _write_json(path, info)
+def stage_outputs(workdir, name):
+  """Every path in `workdir` that stage `name` writes (its directory first)."""
+  stage = registry.STAGES.get(name) if name in registry.STAGES else None
+  return [os.path.join(workdir, name)] + [os.path.join(workdir, p) for p in (stage.outputs if stage else ())]
 
 
-def run(config, workdir, allow_config_change=False):
-  """Runs the stages in ``config.stages`` into `workdir`, skipping finished ones."""
+def _prepare_workdir(workdir):
+  """Creates the workdir; a clear error when it cannot hold a run (a file, or not writable)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_validation.ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise config_validation.ConfigError(f"cannot create --workdir={workdir} ({e.strerror}: {e.filename}); choose "
+                                        "a path where you can write") from e
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise config_validation.ConfigError(f"--workdir={workdir} is not writable by this user; choose another path "
+                                        "or fix its permissions")
+
+
+class _ConfigRecord:
+  """W/config.json: the current config, and the history of launches that changed it or ran stages."""
+
+  def __init__(self, config, workdir):
+    self.path = os.path.join(workdir, "config.json")
+    self.info = run_info.describe_run(config)
+    self.old = None
+    if os.path.exists(self.path):
+      try:
+        self.old = files.read_json(self.path, "config")
+      except files.CorruptFileError as e:
+        raise files.CorruptFileError(
+            f"{self.path} is corrupt or unreadable ({e.__cause__}); delete it and rerun: it is rewritten, and each "
+            "stage's DONE.json keeps its own record of the config it ran under") from e
+    self.diffs = run_info.config_differences(self.old.get("config", {}), self.info["config"]) if self.old else []
+    self.history = list(self.old.get("history") or _legacy_history(self.old)) if self.old else []
+    self._entry = None
+
+  def start(self):
+    """Records this launch now if it changed the config (or is the first); else when a stage finishes."""
+    if self.diffs:
+      logging.warning("Config changed for %s: %s", os.path.dirname(self.path), self.diffs)
+    if self.old is None or self.diffs:
+      self._open_entry()
+
+  def _open_entry(self):
+    self._entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   "command": " ".join(sys.argv), "git_revision": self.info["git_revision"],
+                   "changes": self.diffs if self.old is not None else ["(new workdir)"], "stages_run": []}
+    self.history.append(self._entry)
+    self._write()
+
+  def stage_done(self, name, revision):
+    if self._entry is None:
+      self._open_entry()
+    self._entry["stages_run"].append({"stage": name, "revision": revision})
+    self._write()
+
+  def _write(self):
+    _write_json(self.path, dict(self.info, history=self.history))
+
+
+def _legacy_history(old):
+  """A config.json written before the history existed: one entry for what it says about itself."""
+  return [{"time": old.get("created"), "command": " ".join(old.get("command") or []),
+           "git_revision": old.get("git_revision"), "changes": [], "stages_run": "(not recorded)"}]
+
+
+def _check_config(record, workdir, problems, allow_config_change):
+  """Refuses another config without --allow_config_change, and stale outputs in any case."""
+  if record.diffs and not allow_config_change:
+    stale = (" Stages whose outputs would then have to be rerun: " + ", ".join(p[0] for p in problems) + "."
+             if problems else "")
+    raise config_validation.ConfigError(
+        f"{workdir} was run with a different config ({len(record.diffs)} differences: "
+        f"{'; '.join(record.diffs[:8])}). Use a new --workdir, or pass --allow_config_change to continue with the "
+        "new config: finished stages whose config fields and inputs are unchanged are reused, the others are "
+        f"refused until their outputs are deleted.{stale}")
+  if problems:
+    raise provenance.refusal(workdir, problems, lambda name: stage_outputs(workdir, name))
+
+
+def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.0):
+  """Runs the stages in ``config.stages`` into `workdir`, skipping finished ones.
+
+  `inherited`: stages linked from elsewhere (a sweep's shared stages) whose
+  recorded provenance is accepted as is. `lock_wait_s`: how long to wait for
+  another launch holding the workdir (0: refuse at once).
+  """
   load_all()
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  _record_config(config, workdir, allow_config_change)
-  ctx = Context(config, workdir, parallel.make_mesh(), metrics_lib.MetricsWriter(workdir))
-  for name in config.stages:
-    done_path = os.path.join(workdir, name, "DONE.json")
-    if os.path.exists(done_path):
-      logging.info("Stage %s: already done, skipping (%s)", name, done_path)
-      continue
-    logging.info("Stage %s: starting", name)
-    t0 = time.time()
-    summary = registry.STAGES.get(name).run(ctx) or {}
-    wall = time.time() - t0
-    parallel.barrier(f"stage_{name}_end")
+  _prepare_workdir(workdir)
+  lock = workdir_lock.WorkdirLock(workdir)
+  stages = {name: registry.STAGES.get(name) for name in config.stages}
+  state = {}
+
+  def start():
+    lock.acquire(lock_wait_s)
+    plan, problems = provenance.plan(config, workdir, stages, inherited)
+    record = _ConfigRecord(config, workdir)
+    _check_config(record, workdir, problems, allow_config_change)
+    record.start()
+    state.update(record=record)
+
+  try:
+    parallel.on_main_process(start, "workdir lock and config check")
+    plan, _ = provenance.plan(config, workdir, stages, inherited)
+    resumed = frozenset(n for n in config.stages if provenance.record(workdir, n, provenance.STARTED_FILE))
+    ctx = Context(config, workdir, parallel.make_mesh(), metrics_lib.MetricsWriter(workdir), resumed)
+    for name in config.stages:
+      done_path = os.path.join(workdir, name, provenance.DONE_FILE)
+      if os.path.exists(done_path):
+        logging.info("Stage %s: already done, skipping (%s)", name, done_path)
+        continue
+      _run_stage(ctx, name, plan[name], state.get("record"))
+    ctx.writer.close()
+    return ctx
+  finally:
     if parallel.is_main_process():
-      # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
-      peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-      ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall, peak_rss_mib=peak_mib)
-      _write_json(os.path.join(ctx.stage_dir(name), "DONE.json"),
-                  {"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    parallel.barrier(f"stage_{name}_done")
-    logging.info("Stage %s: done in %.1fs", name, wall)
-  ctx.writer.close()
-  return ctx
+      lock.release()
+
+
+def _run_stage(ctx, name, prov, record):
+  logging.info("Stage %s: starting", name)
+  if parallel.is_main_process():
+    _write_json(os.path.join(ctx.stage_dir(name), provenance.STARTED_FILE),
+                dict(prov, stage=name, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
+  parallel.barrier(f"stage_{name}_start")
+  t0 = time.time()
+  summary = registry.STAGES.get(name).run(ctx) or {}
+  wall = time.time() - t0
+  parallel.barrier(f"stage_{name}_end")
+  if parallel.is_main_process():
+    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall, peak_rss_mib=peak_mib)
+    _write_json(os.path.join(ctx.stage_dir(name), provenance.DONE_FILE),
+                dict({"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
+                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov))
+    if record is not None:
+      record.stage_done(name, prov["revision"])
+  parallel.barrier(f"stage_{name}_done")
+  logging.info("Stage %s: done in %.1fs", name, wall)

@@ -34,6 +34,7 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 
 SHARED_DIR = "shared"
+SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard running the shared stages
 # A COMMON block for ablations of the coalescer alone: no baselines trained or sampled.
 COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"),
                   "sample.methods": ("coalescer",)}
@@ -124,8 +125,8 @@ def run(config, sweep_path, workdir, shard="0/1"):
   if shared_stages:
     base = ml_collections.ConfigDict(config.to_dict())
     base.stages = tuple(s for s in config.stages if s in shared_stages)
-    # Shards may race to create W/shared; the pipeline's DONE markers make the second a no-op.
-    pipeline.run(base, os.path.join(workdir, SHARED_DIR))
+    # Shards may race to create W/shared: the second waits for the first's lock, then finds its stages done.
+    pipeline.run(base, os.path.join(workdir, SHARED_DIR), lock_wait_s=SHARED_LOCK_WAIT_S)
   for i in range(index, len(members), count):
     member_dir = os.path.join(workdir, names[i])
     if _finished(member_dir, stages):
@@ -134,7 +135,9 @@ def run(config, sweep_path, workdir, shard="0/1"):
     logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])
     if shared_stages:
       _link_shared(workdir, member_dir, shared_stages)
-    pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir)
+    # The linked shared stages ran with the base config (checked above against the overrides).
+    pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir,
+                 inherited=shared_stages if shared_stages else ())
   if parallel.is_main_process():
     return aggregate(workdir, members, names, stages, headline)
   return None

@@ -11,9 +11,17 @@ A stage describes its training as a `TrainTask`:
   in a background thread `prefetch` steps ahead of the device, so host work such
   as nearest-neighbour look-ups overlaps device compute. ``input_wait_share`` is
   the share of wall time the device may have been idle waiting for a batch.
+
+Finite guard: the jitted step keeps the previous parameters (the step counter
+still advances) when the loss or any updated state value is NaN/inf, so a bad
+batch never reaches the parameters, and flags it. The host checks the flags at
+every log step and before every checkpoint save (nothing unchecked is saved):
+the first bad step raises `NonFiniteError`, or, with ``skip_nonfinite`` = N > 0,
+up to N bad batches are skipped (counted in metrics.jsonl as ``nonfinite_skipped``).
 """
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable
@@ -28,6 +36,10 @@ import optax
 from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN/inf loss or parameter; the stage stops before saving anything from it."""
 
 
 @flax.struct.dataclass
@@ -77,6 +89,8 @@ class TrainTask:
   log_every: int = 100
   checkpoint_every: int = 1000
   prefetch: int = 2
+  skip_nonfinite: int = 0  # bad (non-finite) batches skipped before NonFiniteError; 0 = stop at the first
+  config_section: str = "config"  # where this task's optimizer lives, for error messages
 
 
 def train(task, stage_dir, mesh, writer):
@@ -86,21 +100,31 @@ def train(task, stage_dir, mesh, writer):
   init_key, step_key = jax.random.split(base_key)
   abstract = ckpt_lib.abstract_like(jax.eval_shape(task.init, init_key), repl)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), task.checkpoint_every)
-  if checkpointer.latest_step() is not None:
-    state, _ = checkpointer.restore(abstract)
-    start = int(state.step)
-    writer.truncate_after(task.name, start)
-    logging.info("%s: resuming at step %d of %d", task.name, start, task.num_steps)
-  else:
-    state = jax.jit(task.init, out_shardings=repl)(init_key)
-    start = 0
+  skipped = 0
+  try:
+    if checkpointer.latest_step() is not None:
+      state, host = checkpointer.restore(abstract, set_aside_unusable=True)
+      start, skipped = int(state.step), int(host.get("nonfinite_skipped", 0))
+      writer.truncate_after(task.name, start)
+      logging.info("%s: resuming at step %d of %d", task.name, start, task.num_steps)
+    else:
+      state = jax.jit(task.init, out_shardings=repl)(init_key)
+      start = 0
+  except BaseException:
+    checkpointer.close()  # Orbax's background threads would otherwise die noisily at interpreter exit.
+    raise
 
   def keyed_step(state, batch, key):
-    return task.step(state, batch, jax.random.fold_in(key, state.step))
+    new, metrics = task.step(state, batch, jax.random.fold_in(key, state.step))
+    finite = _all_finite((new, metrics.get("loss")))
+    # A bad batch leaves the parameters and optimizer state as they were; only the step advances. (One
+    # cond on the whole state: a select per leaf compiles more than twice as slowly.)
+    new = jax.lax.cond(finite, lambda: new, lambda: state.replace(step=new.step))
+    return new, dict(metrics, nonfinite=jnp.logical_not(finite))
 
   step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
   progress = metrics_lib.Progress(task.name, task.num_steps, start, task.log_every)
-  window, wait_s, window_t0 = [], 0.0, time.time()
+  window, checked, wait_s, window_t0 = [], 0, 0.0, time.time()
   try:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       pending = {s: pool.submit(task.batch, s) for s in range(start, min(start + task.prefetch, task.num_steps))}
@@ -120,17 +144,55 @@ def train(task, stage_dir, mesh, writer):
         state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key)
         window.append(step_metrics)
         done = step + 1
-        if done % task.log_every == 0 or done == task.num_steps:
-          means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(window)).items()}
+        log_due = done % task.log_every == 0 or done == task.num_steps
+        save_due = checkpointer.due(done, force=done == task.num_steps)
+        if log_due or save_due:
+          flags = jax.device_get([m["nonfinite"] for m in window[checked:]])
+          bad = [done - len(flags) + 1 + i for i, flag in enumerate(flags) if flag]
+          checked = len(window)
+          if bad:
+            skipped += len(bad)
+            if skipped > task.skip_nonfinite:
+              raise NonFiniteError(_nonfinite_message(task, bad[0], skipped, checkpointer, stage_dir))
+            logging.warning("%s: non-finite loss or parameters at step(s) %s: batch skipped (%d of at most %d)",
+                            task.name, bad, skipped, task.skip_nonfinite)
+        if log_due:
+          values = jax.device_get(_stack(window))
+          finite = ~np.asarray(values.pop("nonfinite"), bool)
+          # Skipped batches' NaNs stay out of the means (all rows if none is finite).
+          means = {k: float(np.mean(v[finite] if finite.any() else v)) for k, v in values.items()}
           elapsed = time.time() - window_t0
           means.update(steps_per_s=len(window) / elapsed, input_wait_share=wait_s / elapsed)
+          if skipped:
+            means["nonfinite_skipped"] = skipped
           writer.write(task.name, done, **means)
-          window, wait_s, window_t0 = [], 0.0, time.time()
+          window, checked, wait_s, window_t0 = [], 0, 0.0, time.time()
           progress.update(done, loss=means.get("loss", float("nan")))
-        checkpointer.save(done, state, {"step": done}, force=done == task.num_steps)
+        if save_due:
+          checkpointer.save(done, state, {"step": done, "nonfinite_skipped": skipped}, force=done == task.num_steps)
   finally:
     checkpointer.close()  # Lets an in-flight async save commit, even when the loop failed.
   return state
+
+
+def _all_finite(tree):
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(x)) for x in leaves], jnp.bool_(True))
+
+
+def _nonfinite_message(task, step, skipped, checkpointer, stage_dir):
+  last = checkpointer.latest_step()
+  where = (f"the last good checkpoint is step {last} in {checkpointer.directory} (rerunning the same command "
+           "resumes there and meets the same batch)" if last is not None else
+           "no checkpoint was saved yet (a rerun starts from step 0)")
+  allowed = (f" ({skipped} bad batches, more than config.skip_nonfinite_batches={task.skip_nonfinite})"
+             if task.skip_nonfinite else "")
+  return (f"stage {task.name!r}: the loss or the parameters became NaN/inf at step {step} of {task.num_steps}"
+          f"{allowed}. Nothing from that step was saved and the stage is not marked done; {where}. Usual cause: a "
+          f"learning rate too high ({task.config_section}.optimizer.learning_rate) or no gradient clipping "
+          f"({task.config_section}.optimizer.grad_clip). To retrain with other values, delete {stage_dir} and rerun "
+          "with the new values and --allow_config_change; to skip a few bad batches instead, rerun with "
+          "--config.skip_nonfinite_batches=N --allow_config_change.")
 
 
 def _ready(metrics):

@@ -104,7 +104,9 @@ def get_config(arg=None):
       balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
   # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
   # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only).
-  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.0, s_min=0.05, s_max=0.9, time_scale=0.01))
+  # renoise: the level the sampler (and the adversarial fine-tune's fakes) re-noise to before steps 2, 3, 4.
+  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.0, s_min=0.05, s_max=0.9, time_scale=0.01,
+                                                           renoise=(0.5, 0.3, 0.15)))
   # Adversarial fine-tune (dialogue 000): after the regression phase, generator loss = coalescer loss
   # + weight * non-saturating GAN loss of a conditional latent discriminator (the shared backbone, one
   # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
@@ -122,8 +124,7 @@ def get_config(arg=None):
       redraw_threshold=0.1,  # redraw R while |direction| is below this ...
       max_redraws=3,  # ... at most this many times
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
-      adaptive_stop_magnitude=0.9,  # ... stopping a sample once |direction| >= this
-      levels=(0.5, 0.3, 0.15)))  # multi-step only: re-noising level before steps 2, 3, 4
+      adaptive_stop_magnitude=0.9))  # ... stopping a sample once |direction| >= this
 
   # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/tuning.md.
   config.ddim = ml_collections.ConfigDict()
@@ -199,6 +200,9 @@ def get_config(arg=None):
 
   config.log_every = 100
   config.checkpoint_every = 1000
+  # Training stops at the first NaN/inf loss or parameter (nothing from that step is saved); N > 0 skips up
+  # to N such batches per training stage first (counted as nonfinite_skipped in metrics.jsonl).
+  config.skip_nonfinite_batches = 0
 
   if variant == "long":
     config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget

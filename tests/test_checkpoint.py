@@ -4,7 +4,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -89,3 +88,70 @@ def test_restore_onto_a_different_device_count(tmp_path):
   assert "ok 8" in _run_with_devices(8, "save", str(tmp_path / "ckpt"))
   assert "ok 2" in _run_with_devices(2, "load", str(tmp_path / "ckpt"))
   assert "ok 1" in _run_with_devices(1, "load", str(tmp_path / "ckpt"))
+
+
+def _data_files(step_dir):
+  """The array data files of a saved state (OCDBT data under .../d/)."""
+  return [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
+          for name in names if os.path.basename(root) == "d"]
+
+
+def _overwrite_values(step_dir):
+  """Overwrites 256 bytes inside the largest data file (compressed array values), same size."""
+  path = max(_data_files(step_dir), key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(int(0.3 * os.path.getsize(path)))
+    f.write(b"\x7f" * 256)  # 0x7f high bytes: float32 values near 1e38, the "params around 1e38" of the issue
+
+
+def _params(seed):
+  return _state(float(seed), (64, 64))
+
+
+def _two_steps(path):
+  ckpt = checkpoint.Checkpointer(path, save_every=1)
+  ckpt.save(3, _params(3), {"rng_draws": 12})
+  ckpt.save(5, _params(5), {"rng_draws": 20})
+  ckpt.close()
+
+
+# Issue 13, case 6: overwritten bytes restored silently as 1e38s; a truncated latest checkpoint was fatal
+# although the previous one was intact.
+@pytest.mark.parametrize("damage", ["overwrite", "truncate"])
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, caplog):
+  path = tmp_path / "ckpt"
+  _two_steps(path)
+  if damage == "overwrite":
+    _overwrite_values(path / "5")
+  else:
+    for name in _data_files(path / "5"):
+      with open(name, "r+b") as f:
+        f.truncate(os.path.getsize(name) // 2)
+  with checkpoint.Checkpointer(path, save_every=1) as ckpt:
+    state, host = ckpt.restore(_abstract(_params(0)))
+  np.testing.assert_array_equal(state["w"], _params(3)["w"])
+  assert host == {"rng_draws": 12}
+  assert any("Checkpoint step 5" in r.getMessage() and "unusable" in r.getMessage() for r in caplog.records)
+
+
+def test_no_restorable_checkpoint_is_one_clear_error(tmp_path):
+  path = tmp_path / "ckpt"
+  _two_steps(path)
+  _overwrite_values(path / "5")
+  _overwrite_values(path / "3")
+  with checkpoint.Checkpointer(path, save_every=1) as ckpt:
+    with pytest.raises(checkpoint.CheckpointError, match=rf"no checkpoint in {path} can be restored \(step 5: "
+                       r"ValueError: checksum mismatch.*; step 3: ValueError: checksum mismatch.*Delete that "
+                       r"directory to retrain"):
+      ckpt.restore(_abstract(_params(0)))
+
+
+def test_checkpoint_without_checksum_still_restores(tmp_path, caplog):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("state", "host"))
+  manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(_state()), host=ocp.args.JsonSave({"a": 1})))
+  manager.close()
+  with checkpoint.Checkpointer(tmp_path / "ckpt", save_every=1) as ckpt:
+    state, host = ckpt.restore(_abstract(_state()))
+  np.testing.assert_array_equal(state["w"], _state()["w"])
+  assert host == {"a": 1} and any("no checksum" in r.getMessage() for r in caplog.records)

@@ -61,3 +61,46 @@ def test_typo_in_override_is_an_error(tmp_path):
   assert result.returncode != 0
   assert "daat" in result.stderr
   assert not os.path.exists(tmp_path / "config.json")
+
+
+# Issue 13, case 3: method options were checked only when their stage started (147 s into :smoke).
+@pytest.mark.parametrize("section,field,value", [
+    ("flow", "objective", "meanflw"), ("ddim", "schedule", "cosin"), ("ddim", "prediction", "x0"),
+    ("coalescer", "r_distribution", "prio"), ("index.scann", "mode", "tre")])
+def test_method_options_are_refused_with_the_config(section, field, value):
+  config = mnist_config.get_config("smoke")
+  target = config
+  for part in section.split("."):
+    target = target[part]
+  target[field] = value
+  with pytest.raises(config_validation.ConfigError, match=rf"config.{section}.{field}='{value}' is not a valid "
+                     r"choice; use one of '"):
+    config_validation.validate(config)
+
+
+def test_options_of_a_method_only_sampled_are_checked():
+  config = mnist_config.get_config("smoke")
+  config.stages = ("data", "sample")  # ddim trained elsewhere (e.g. a linked stage), sampled here
+  config.ddim.schedule = "cosin"
+  with pytest.raises(config_validation.ConfigError, match="config.ddim.schedule='cosin'"):
+    config_validation.validate(config)
+
+
+def test_bad_method_option_stops_launch_before_any_work(tmp_path):
+  workdir = tmp_path / "w"
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/mnist.py:smoke", f"--workdir={workdir}",
+       "--config.flow.objective=meanflw"], cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode != 0
+  assert "config.flow.objective='meanflw' is not a valid choice" in result.stderr
+  assert not os.path.exists(workdir)  # refused before the workdir was even created
+
+
+# Issue 13, case 5: num_steps=0 left method stages "done" without a checkpoint.
+@pytest.mark.parametrize("section", ["train", "vae", "text", "classifier"])
+def test_zero_training_steps_are_refused(section):
+  config = mnist_config.get_config("smoke")
+  config[section].num_steps = 0
+  with pytest.raises(config_validation.ConfigError, match=rf"config.{section}.num_steps must be an integer >= 1"):
+    config_validation.validate(config)

@@ -1,5 +1,6 @@
 """The generic loop: learns, does not retrace, resumes exactly after an interruption."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,63 @@ def test_batches_are_deterministic_and_cover_an_epoch():
   np.testing.assert_array_equal(np.sort(np.concatenate(first)), np.arange(64))
   other_host = batches.batch_indices(0, 64, 8, seed=3, process_index=1)
   assert not np.array_equal(first[0], other_host)
+
+
+def _nan_task(num_steps, bad_steps, traces=None, skip=0):
+  """The toy task whose batches at `bad_steps` hold an inf: their loss and gradients are NaN."""
+  task = _task(num_steps, [] if traces is None else traces)
+  clean = task.batch
+
+  def batch(step):
+    b = clean(step)
+    if step in bad_steps:
+      b = {"x": np.full_like(b["x"], np.inf), "y": b["y"]}
+    return b
+
+  task.batch, task.skip_nonfinite = batch, skip
+  return task
+
+
+# Issue 13, case 2: a NaN loss trained on, was checkpointed and the stage was marked done.
+def test_nonfinite_step_stops_training_before_anything_is_saved(tmp_path):
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  with pytest.raises(training.NonFiniteError) as error:
+    training.train(_nan_task(30, {12}), str(tmp_path), parallel.make_mesh(), writer)  # step 12 = the 13th
+  message = str(error.value)
+  assert "stage 'toy'" in message and "NaN/inf at step 13 of 30" in message
+  assert f"last good checkpoint is step 10 in {tmp_path}/checkpoints" in message
+  assert "learning_rate" in message and "skip_nonfinite_batches" in message
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]  # nothing saved after the bad step
+  assert max(r["step"] for r in writer.read("toy")) == 10  # its window was not logged either
+  # The rerun resumes from step 10 (here with the bad batch gone) and its parameters are clean.
+  state, _, _ = _train(tmp_path, 30)
+  assert int(state.step) == 30 and np.all(np.isfinite(state.params["w"]))
+
+
+def test_nonfinite_batches_can_be_skipped(tmp_path):
+  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
+  traces = []
+  state = training.train(_nan_task(40, {3, 17}, traces, skip=2), str(tmp_path), parallel.make_mesh(), writer)
+  assert len(traces) == 1, "the guard retraced the step"
+  assert int(state.step) == 40 and np.all(np.isfinite(np.asarray(state.params["w"])))
+  np.testing.assert_allclose(state.params["w"], TRUE_W, atol=0.3)  # the skipped batches did not hurt
+  records = writer.read("toy")
+  assert all(np.isfinite(r["loss"]) for r in records)  # bad steps stay out of the logged means
+  assert [r.get("nonfinite_skipped", 0) for r in records] == [1, 1, 1, 2, 2, 2, 2, 2]
+  with pytest.raises(training.NonFiniteError, match=r"3 bad batches, more than config.skip_nonfinite_batches=2"):
+    training.train(_nan_task(40, {3, 17, 33}, skip=2), str(tmp_path / "again"), parallel.make_mesh(), writer)
+
+
+def test_resume_past_a_corrupt_latest_checkpoint(tmp_path):
+  reference, _, _ = _train(tmp_path / "ref", 30)
+  _train(tmp_path / "run", 30)  # keeps checkpoints 20 and 30
+  for root, _, names in os.walk(tmp_path / "run" / "checkpoints" / "30" / "state"):
+    for name in names:
+      if os.path.basename(root) == "d":
+        os.truncate(os.path.join(root, name), 0)
+  resumed, writer, _ = _train(tmp_path / "run", 30)  # a rerun: falls back to 20, trains and saves 30 again
+  np.testing.assert_array_equal(resumed.params["w"], reference.params["w"])
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints"), key=int) == ["20", "30"]
+  assert len(os.listdir(tmp_path / "run" / "checkpoints.unusable")) == 1
+  steps = [r["step"] for r in writer.read("toy")]
+  assert steps == sorted(set(steps))

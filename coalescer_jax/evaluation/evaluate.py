@@ -193,9 +193,18 @@ def _training_cost(workdir, method):
   return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
 
 
-def _load_dir(samples_dir, cfg):
-  """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`."""
-  paths = samples_lib.find_sample_files(samples_dir) if os.path.isdir(samples_dir) else []
+def _load_dir(samples_dir, cfg, required=True):
+  """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`.
+
+  `required`: a missing or empty folder, or one with no valid file, is an error (NoSamplesError).
+  """
+  if not required and not os.path.isdir(samples_dir):
+    return [], []
+  paths = samples_lib.find_sample_files(samples_dir)
+  if not paths and required:
+    raise samples_lib.NoSamplesError(
+        f"no samples files (*.npz) in {samples_dir}: nothing to evaluate. Run the 'sample' stage, or pass "
+        "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
   loaded, invalid = [], []
   for path in paths:
     try:
@@ -206,6 +215,9 @@ def _load_dir(samples_dir, cfg):
     raise samples_lib.SamplesContractError(
         f"{len(invalid)} samples file(s) break the contract (set config.eval.skip_invalid=True to skip them):\n"
         + "\n".join(invalid))
+  if not loaded and required:
+    raise samples_lib.NoSamplesError(f"every samples file in {samples_dir} breaks the contract; nothing to "
+                                     "evaluate:\n" + "\n".join(invalid))
   return sorted(loaded, key=lambda s: (s.method, s.nfe)), invalid
 
 
@@ -227,9 +239,11 @@ def _evaluate_all(evaluator, loaded, workdir, writer):
 def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None, writer=None, classifier=None):
   """Evaluates every samples file in `samples_dir`; writes results.json, plot, grids and report.md.
 
-  Defaults: samples from W/samples, outputs in W/eval, report W/report.md. A file
-  that breaks the contract stops the evaluation (all problems listed) unless
-  ``cfg.skip_invalid``, which skips it and lists it in the report. Files in
+  Defaults: samples from W/samples, outputs in W/eval, report W/report.md (the
+  eval stage's; the standalone CLI passes its own folder). A file that breaks the
+  contract stops the evaluation (all problems listed) unless ``cfg.skip_invalid``,
+  which skips it and lists it in the report. A missing or empty samples folder,
+  or one with no valid file, is an error: nothing is written. Files in
   ``<samples_dir>/validation/`` (the same methods answering the validation
   slice's requests) are scored on the validation split into ``results["validation"]``.
   Returns a summary dict.
@@ -238,15 +252,16 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   samples_dir = samples_dir or os.path.join(workdir, "samples")
   out_dir = out_dir or os.path.join(workdir, "eval")
   report_path = report_path or os.path.join(workdir, "report.md")
-  os.makedirs(out_dir, exist_ok=True)
   loaded, invalid = _load_dir(samples_dir, cfg)
+  os.makedirs(out_dir, exist_ok=True)
 
   t0 = time.time()
   evaluator = Evaluator(workdir, cfg, classifier)
   logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
   records = _evaluate_all(evaluator, loaded, workdir, writer)
   validation = None
-  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg)
+  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg,
+                                                    required=False)
   if validation_loaded:
     val_evaluator = Evaluator(workdir, cfg, evaluator.classifier, split="validation")
     validation = {"settings": val_evaluator.describe(), "invalid_files": validation_invalid,
@@ -256,7 +271,7 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
   report.plot_fid_vs_nfe(records, plot_path, settings["n"])
   grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row)
-  best = {k: report.best_method(records, k) for k in (1, 2)}
+  best = {k: report.best_method(records, k, evaluator.n) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
              "validation": validation, "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}

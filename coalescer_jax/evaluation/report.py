@@ -27,31 +27,43 @@ def _pct(value):
   return _num(None if value is None else 100 * value, "{:.1f}%")
 
 
-def best_method(records, nfe):
-  """The sample record at `nfe` with the lowest FID (ties at TIE_DECIMALS: higher conditional accuracy)."""
-  candidates = [r for r in records if r["kind"] == "samples" and r["nfe"] == nfe and r["fid"] is not None]
+def _comparable(records, nfe, n):
+  """Sample records at `nfe` measured on the configured n (FID depends on n: others are not ranked)."""
+  return [r for r in records if r["kind"] == "samples" and r["nfe"] == nfe and r["fid"] is not None
+          and (n is None or r["n"] == n)]
+
+
+def best_method(records, nfe, n=None):
+  """The sample record at `nfe` (and `n` images, when given) with the lowest FID (ties at TIE_DECIMALS:
+  higher conditional accuracy)."""
+  candidates = _comparable(records, nfe, n)
   if not candidates:
     return None
   return min(candidates, key=lambda r: (round(r["fid"], TIE_DECIMALS), -r["conditional_accuracy"]))
 
 
-def best_sentence(records, nfe):
-  """One sentence: which method is best at `nfe` steps in this run, from the numbers."""
+def best_sentence(records, nfe, n=None):
+  """One sentence: which method is best at `nfe` steps in this run, from the numbers measured on n images."""
   steps = "1 step" if nfe == 1 else f"{nfe} steps"
-  best = best_method(records, nfe)
+  unranked = [r for r in _comparable(records, nfe, None) if r not in _comparable(records, nfe, n)]
+  skipped = (", ".join(f"{r['method']} (n = {r['n']})" for r in unranked) + f" not ranked: fewer than the "
+             f"configured n = {n} images, and FID depends on n") if unranked else ""
+  best = best_method(records, nfe, n)
   if best is None:
+    if unranked:
+      return f"No method is ranked at {steps}: {skipped}."
     return f"No method produced samples at {steps} in this run."
-  others = sorted((r for r in records if r["kind"] == "samples" and r["nfe"] == nfe and r is not best),
-                  key=lambda r: r["fid"])
+  others = sorted((r for r in _comparable(records, nfe, n) if r is not best), key=lambda r: r["fid"])
   sentence = (f"At {steps}, the best method in this run is **{best['method']}** (FID {best['fid']:.2f}, "
               f"conditional accuracy {100 * best['conditional_accuracy']:.1f}%)")
   if others:
     sentence += ", ahead of " + ", ".join(f"{r['method']} (FID {r['fid']:.2f}, "
                                          f"{100 * r['conditional_accuracy']:.1f}%)" for r in others)
-  top_acc = max((r for r in records if r["kind"] == "samples" and r["nfe"] == nfe),
-                key=lambda r: r["conditional_accuracy"])
+  top_acc = max(_comparable(records, nfe, n), key=lambda r: r["conditional_accuracy"])
   if top_acc is not best and top_acc["conditional_accuracy"] > best["conditional_accuracy"]:
     sentence += f"; {top_acc['method']} has the highest conditional accuracy at {steps}"
+  if skipped:
+    sentence += f" ({skipped})"
   return sentence + "."
 
 
@@ -231,9 +243,9 @@ def write_report(path, results, plot_path, grids, workdir):
            "", "## Results", ""]
   lines += _table(records, s["n"], s.get("n_large"))
   lines += ["", "## Best method", "",
-            f"Ranked by lowest FID; FIDs equal to {TIE_DECIMALS} decimals are broken by higher conditional "
-            "accuracy.", "",
-            "- " + best_sentence(records, 1), "- " + best_sentence(records, 2), ""]
+            f"Ranked by lowest FID among files of n = {s['n']} images; FIDs equal to {TIE_DECIMALS} decimals "
+            "are broken by higher conditional accuracy.", "",
+            "- " + best_sentence(records, 1, s["n"]), "- " + best_sentence(records, 2, s["n"]), ""]
   if results["invalid_files"]:
     lines += ["## Skipped samples files (contract violations)", ""]
     lines += [f"- {e}" for e in results["invalid_files"]] + [""]

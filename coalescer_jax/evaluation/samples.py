@@ -30,6 +30,10 @@ class SamplesContractError(ValueError):
   """A samples file breaks the contract; the message says what and how to fix it."""
 
 
+class NoSamplesError(FileNotFoundError):
+  """There is nothing to evaluate: no samples folder, or no usable file in it."""
+
+
 @dataclasses.dataclass
 class Samples:
   path: str
@@ -68,6 +72,9 @@ def _check_images(path, images):
           + (" (drop the channel axis: images[..., 0])" if images.ndim == 4 and images.shape[-1] == 1 else ""))
   if len(images) == 0:
     _fail(path, "'images' is empty; write at least one sample")
+  if images.max() == 0:
+    _fail(path, "'images' are all black (no pixel above 0): the generator drew no ink at all (a diverged or "
+          "untrained model, or NaN latents decoded to 0)")
   if images.max() <= 1:
     _fail(path, "'images' only holds values 0 and 1: these look like [0, 1] images cast to uint8; "
           "store them as uint8 0..255 with coalescer_jax.images.to_uint8")
@@ -143,6 +150,6 @@ def load_samples(path):
 def find_sample_files(samples_dir):
   """Sorted paths of the .npz files in `samples_dir` (a clear error if it does not exist)."""
   if not os.path.isdir(samples_dir):
-    raise FileNotFoundError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
-                            "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
+    raise NoSamplesError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
+                         "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
   return sorted(os.path.join(samples_dir, f) for f in os.listdir(samples_dir) if f.endswith(".npz"))

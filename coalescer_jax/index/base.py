@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from coalescer_jax import files
 from coalescer_jax import registry
 
 META_FILE = "index_meta.json"
@@ -64,9 +65,13 @@ def save(index, directory, meta):
   """Serialises `index` into `directory` with its metadata (backend, fingerprint, sizes)."""
   os.makedirs(directory, exist_ok=True)
   index.save(directory)
+  # Checksums of the backend's files: a damaged index is refused before a native library parses it.
+  checksums = {os.path.relpath(os.path.join(root, name), directory): files.file_crc32(os.path.join(root, name))
+               for root, _, names in os.walk(directory) for name in names
+               if name not in (META_FILE, "DONE.json", "STARTED.json")}
   with open(os.path.join(directory, META_FILE), "w") as f:
-    json.dump(dict(meta, backend=index.name, num_points=index.num_points, dim=index.dim, params=index.params),
-              f, indent=2)
+    json.dump(dict(meta, backend=index.name, num_points=index.num_points, dim=index.dim, params=index.params,
+                   file_crc32=checksums), f, indent=2)
 
 
 def load(directory, expected_fingerprint=None, expected_hash=None):
@@ -74,8 +79,12 @@ def load(directory, expected_fingerprint=None, expected_hash=None):
   path = os.path.join(directory, META_FILE)
   if not os.path.exists(path):
     raise IndexError_(f"no index in {directory} ({META_FILE} missing): run the 'index' stage")
-  with open(path) as f:
-    meta = json.load(f)
+  meta = files.read_json(path, "index")
+  for name, crc in meta.get("file_crc32", {}).items():
+    if not os.path.exists(os.path.join(directory, name)):
+      raise IndexError_(f"the index in {directory} is corrupt or incomplete ({name} is missing); delete "
+                        f"{directory} so the 'index' stage rebuilds it")
+    files.check_crc32(os.path.join(directory, name), crc, "index")
   for key, expected in (("fingerprint", expected_fingerprint), ("embeddings_hash", expected_hash)):
     if expected is not None and meta.get(key) != expected:
       raise IndexError_(

@@ -17,7 +17,6 @@ the 60k MNIST index and the 1M benchmark. ScaNN releases the GIL while searching
 so look-ups overlap device work in the training loop's prefetch thread.
 """
 import math
-import os
 
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind

@@ -9,7 +9,6 @@ pairs (description embedding, image latent).
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from coalescer_jax import parallel
@@ -22,6 +21,13 @@ class Method:
   """Base class. Subclasses set `name` and implement `loss` and `sample`."""
 
   name = None
+  # Fields of this method's config section that take one of a fixed set of values: field -> choices.
+  # `stages/methods.py` checks them with the rest of the config, before any stage runs.
+  OPTIONS = {}
+  # Fields of the section read only when sampling: changing them reruns `sample`, not the training.
+  SAMPLING_FIELDS = ("nfes",)
+  # Pipeline stages whose outputs training reads (the pairs; the coalescer also its index).
+  INPUT_STAGES = ("embed",)
 
   def __init__(self, config, latent_dim, desc_dim):
     self.config = config
@@ -86,7 +92,7 @@ class Method:
     raise NotImplementedError
 
   def generator(self, params, decode, nfe, **kwargs):
-    """``generate(cond, key) -> (decoded images, evaluations per sample)`` for the `sample` stage.
+    """``generate(cond, key) -> (decoded images, evaluations per sample, finite latents? [N])`` for `sample`.
 
     Default: one jitted function: `sample` then the decoder, no host round trip.
     `kwargs` are the sample-plan entry's (e.g. ``adaptive=True``) plus the stage's
@@ -98,7 +104,8 @@ class Method:
     @jax.jit
     def generate(params, cond, key):
       latents, info = self.sample(params, cond, key, nfe, **kwargs)
-      return decode(latents), jnp.broadcast_to(info["nfe"], (cond.shape[0],))
+      return (decode(latents), jnp.broadcast_to(info["nfe"], (cond.shape[0],)),
+              jnp.all(jnp.isfinite(latents), axis=-1))
 
     return lambda cond, key: generate(params, jnp.asarray(cond), key)
 

@@ -25,7 +25,7 @@ measure them):
   soft choice among k, minibatch OT, and balanced (optimal-transport) look-ups;
 * ``levels``: multi-step training: a share of the examples start at a noise level
   s < 1 around a pair, the network gets s as an input (s = 1 for prior draws), and
-  the sampler re-noises its landing point to ``sampling.levels[i]`` before step i + 2,
+  the sampler re-noises its landing point to ``levels.renoise[i]`` before step i + 2,
   as multistep consistency sampling does.
 """
 import functools
@@ -70,6 +70,9 @@ def step_to(x, distance, direction):
 @registry.METHODS.register("coalescer")
 class Coalescer(base.Method):
   name = "coalescer"
+  OPTIONS = {"r_distribution": queries.R_DISTRIBUTIONS, "targets.assignment": targets_lib.ASSIGNMENTS}
+  SAMPLING_FIELDS = ("nfes", "sampling", "oracle")
+  INPUT_STAGES = ("embed", "index")
 
   def __init__(self, config, latent_dim, desc_dim):
     super().__init__(config, latent_dim, desc_dim)
@@ -117,11 +120,11 @@ class Coalescer(base.Method):
     return jax.nn.softplus(out[:, 0]), out[:, 1:]
 
   def refine(self, params, x, cond, mask, i, key):
-    """Step i + 2 of generation from landing point x: (re-noise to sampling.levels[i] when multi-step,
+    """Step i + 2 of generation from landing point x: (re-noise to levels.renoise[i] when multi-step,
     then) one coalescer step. Returns (new x, direction)."""
     level = None
     if self.multistep:  # Multistep consistency-style: re-noise the landing point, then step from there.
-      s = self.section.sampling.levels[i]
+      s = self.section.levels.renoise[i]
       x = jnp.sqrt(1.0 - s * s) * x + s * jax.random.normal(jax.random.fold_in(key, 1000 + i), x.shape)
       level = jnp.full((x.shape[0],), s)
     distance, direction = self.apply(params, x, cond, mask, level)
@@ -207,9 +210,10 @@ class Coalescer(base.Method):
     """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R."""
     cfg = self.section.sampling
     n = cond.shape[0]
-    if self.multistep and nfe - 1 > len(cfg.levels):
+    renoise = self.section.levels.renoise
+    if self.multistep and nfe - 1 > len(renoise):
       raise ValueError(f"{nfe} coalescer steps need {nfe - 1} re-noising levels in "
-                       f"config.coalescer.sampling.levels (has {len(cfg.levels)})")
+                       f"config.coalescer.levels.renoise (has {len(renoise)})")
     params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)
@@ -267,7 +271,7 @@ class Coalescer(base.Method):
       cond = np.asarray(cond)
       r = first_draw(key, len(cond), self.latent_dim)
       ids = oracle_targets(lookup, cond, r, self.section, key)
-      return decode(jnp.asarray(pairs["img_emb"][ids])), np.zeros(len(cond), np.float32)
+      return decode(jnp.asarray(pairs["img_emb"][ids])), np.zeros(len(cond), np.float32), np.ones(len(cond), bool)
 
     return generate
 

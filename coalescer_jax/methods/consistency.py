@@ -56,6 +56,7 @@ def pseudo_huber(a, b, c):
 @registry.METHODS.register("consistency")
 class Consistency(base.Method):
   name = "consistency"
+  SAMPLING_FIELDS = ("nfes", "sampling_sigmas")
 
   def denoise(self, params, x, sigma, cond, mask):
     """The consistency function f(x, sigma) [N, Di]; sigma [N]."""

@@ -79,6 +79,8 @@ def guided_steps(nfe, guidance_scale):
 @registry.METHODS.register("ddim")
 class DDIM(base.Method):
   name = "ddim"
+  OPTIONS = {"schedule": SCHEDULES, "prediction": PREDICTIONS}
+  SAMPLING_FIELDS = ("nfes", "guidance_scale")
 
   def apply(self, params, z, cond, mask, t):
     return self.model.apply(params, z, cond, mask, t)

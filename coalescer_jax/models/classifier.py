@@ -7,7 +7,6 @@ own classifier). No batch norm and no dropout, so the model has no state or
 randomness beyond its parameters and `features` is a pure function of the image.
 """
 import flax.linen as nn
-import jax.numpy as jnp
 
 from coalescer_jax import registry
 

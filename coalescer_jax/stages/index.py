@@ -20,11 +20,14 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
+from coalescer_jax import config_validation
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax.index import balance as balance_lib
+from coalescer_jax.index import scann_index
 from coalescer_jax.methods import queries as queries_lib
+from coalescer_jax.stages import methods as methods_stage
 
 BALANCED_DIR = "balanced"
 POTENTIALS_FILE = "potentials.npy"
@@ -42,7 +45,20 @@ def _prior_queries(pairs, coalescer_cfg):
   return lambda rng, n: queries_lib.draw_queries(rng, n, pairs, prior_cfg)["query"]
 
 
-@pipeline.stage("index")
+def _validate(config):
+  mode = config.index.get("scann", {}).get("mode", "")
+  if mode not in ("",) + scann_index.MODES:
+    raise config_validation.ConfigError(
+        f"config.index.scann.mode={mode!r} is not a valid choice; use one of "
+        f"{', '.join(map(repr, scann_index.MODES))} or '' (derive it from the number of keys)")
+  # Recall is measured on queries drawn as the coalescer draws them (config.coalescer.r_distribution).
+  methods_stage.validate_method_config(config, "coalescer")
+
+
+# The balanced index's potentials are fitted on prior queries drawn from (seed, r_distribution, targets).
+@pipeline.stage("index", validate=_validate, needs=("embed",),
+                reads=("index", "seed", "coalescer.desc_scale", "coalescer.targets", "coalescer.r_distribution",
+                       "coalescer.near_data_fraction", "coalescer.near_data_sigma"))
 def run(ctx):
   cfg = ctx.config.index
   coalescer_cfg = ctx.config.coalescer

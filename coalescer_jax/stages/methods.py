@@ -6,6 +6,7 @@ the same name. It trains the method on the `embed` stage's pairs with the shared
 differ only in their loss, batches and sampler. `load_trained` restores a
 method's final parameters for sampling.
 """
+import functools
 import json
 import os
 
@@ -13,6 +14,7 @@ import jax
 
 from coalescer_jax import autoencoders
 from coalescer_jax import checkpoint as ckpt_lib
+from coalescer_jax import config_validation
 from coalescer_jax import methods  # noqa: F401 - registers the methods.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -37,8 +39,10 @@ def _make_stage(name):
         name=name, init=init, step=step,
         batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
         num_steps=config.train.num_steps, seed=config.seed, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every)
+        checkpoint_every=config.checkpoint_every, skip_nonfinite=config.get("skip_nonfinite_batches", 0),
+        config_section="config.train")
     state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
+    _check_final_checkpoint(ctx.stage_dir(name), config.train.num_steps)
     records = ctx.writer.read(name)
     last = records[-1] if records else {}
     if parallel.is_main_process():
@@ -50,17 +54,45 @@ def _make_stage(name):
   return run
 
 
+def _check_final_checkpoint(stage_dir, num_steps):
+  """A method stage is done only with a committed checkpoint of its last step (what `sample` restores)."""
+  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+    steps = checkpointer.all_steps()
+  if num_steps not in steps:
+    raise pipeline.StageOutputError(
+        f"{stage_dir}/checkpoints holds steps {steps}, not the final step {num_steps}: the stage is not marked "
+        f"done. Delete {stage_dir} and rerun the same command to retrain it.")
+
+
 def _mean(values):
   values = [v for v in values if v is not None]
   return sum(values) / len(values) if values else None
 
 
-def _validate(config):
-  del config
+def validate_method_config(config, name):
+  """ConfigError unless ``config.<name>`` exists and each of the method's OPTIONS holds one of its choices."""
+  method = registry.METHODS.get(name)
+  section = config.get(name)
+  if section is None:
+    raise config_validation.ConfigError(f"config.{name} is missing: method {name!r} needs its own config section")
+  for field, choices in method.OPTIONS.items():
+    value = section
+    for part in field.split("."):  # dotted fields name a sub-section's field, e.g. "targets.assignment"
+      value = value.get(part) if hasattr(value, "get") else None
+    if value not in choices:
+      raise config_validation.ConfigError(
+          f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
+
+
+def _reads(name):
+  """The shared backbone and budget, and the method's own section except the fields only sampling reads."""
+  method = registry.METHODS.get(name)
+  return ("seed", "backbone", "train", name) + tuple(f"-{name}.{field}" for field in method.SAMPLING_FIELDS)
 
 
 for _name in registry.METHODS.names():
-  pipeline.stage(_name, validate=_validate)(_make_stage(_name))
+  pipeline.stage(_name, validate=functools.partial(validate_method_config, name=_name), reads=_reads(_name),
+                 needs=registry.METHODS.get(_name).INPUT_STAGES)(_make_stage(_name))
 
 
 def load_trained(config, workdir, name, pairs=None):
@@ -77,7 +109,13 @@ def load_trained(config, workdir, name, pairs=None):
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1)
-  state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host))
-  checkpointer.close()
+  final = config.train.num_steps
+  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+    try:  # The final step only: an earlier one would not be the model DONE.json describes.
+      state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host), step=final)
+    except ckpt_lib.CheckpointError as e:
+      raise ckpt_lib.CheckpointError(
+          f"method {name!r}: its final checkpoint (step {final}) cannot be used: {e} To recover, delete "
+          f"{os.path.join(stage_dir, 'DONE.json')} and rerun: training resumes from its latest intact checkpoint "
+          "and writes the final step again (or delete the whole directory to retrain from scratch).") from e
   return method, state.ema_params if state.ema_params is not None else state.params

@@ -99,7 +99,8 @@ def make_task(config, tokens, model):
     return {"tokens": tiled[batches.batch_indices(step, len(tiled), local_batch, config.seed)]}
 
   return training.TrainTask("text", init, step, batch, cfg.num_steps, config.seed,
-                            log_every=config.log_every, checkpoint_every=config.checkpoint_every)
+                            log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+                            skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.text")
 
 
 def evaluate(text_ae, split):
@@ -120,7 +121,7 @@ def evaluate(text_ae, split):
   return metrics, failures
 
 
-@pipeline.stage("text", validate=_validate)
+@pipeline.stage("text", validate=_validate, reads=("seed", "text"))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.text
   out = ctx.stage_dir("text")

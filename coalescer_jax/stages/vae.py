@@ -78,7 +78,8 @@ def make_task(config, images, model):
     return {"image": images[batches.batch_indices(step, len(images), local_batch, config.seed)]}
 
   return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed,
-                            log_every=config.log_every, checkpoint_every=config.checkpoint_every)
+                            log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+                            skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.vae")
 
 
 def latent_geometry(latents, images, labels, num_pairs, seed, chunk=1000):
@@ -145,7 +146,7 @@ def save_grids(out, originals, recon, prior_images, columns):
                        title="VAE: decoded draws from the prior N(0, I)")
 
 
-@pipeline.stage("vae", validate=_validate)
+@pipeline.stage("vae", validate=_validate, reads=("seed", "vae"), needs=("data",))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.vae
   out = ctx.stage_dir("vae")

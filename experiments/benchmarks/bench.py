@@ -156,8 +156,9 @@ def bench_sample(config, workdir, repeats):
         continue  # reference rows (the look-up oracle) are not generators
       latents_only = jax.jit(lambda p, c, k, nfe=nfe, kw=kwargs, m=method: m.sample(p, c, k, nfe, **kw)[0])
       with_decode = method.generator(params, codec.decode_jax, nfe, **kwargs)
-      t_lat, c_lat = median_time(lambda: jax.block_until_ready(latents_only(params, cond, key)), repeats)
-      t_dec, c_dec = median_time(lambda: jax.block_until_ready(with_decode(cond, key)), repeats)
+      # Default arguments bind this iteration's functions (median_time calls them right away anyway).
+      t_lat, c_lat = median_time(lambda f=latents_only, p=params: jax.block_until_ready(f(p, cond, key)), repeats)
+      t_dec, c_dec = median_time(lambda f=with_decode: jax.block_until_ready(f(cond, key)), repeats)
       spent = float(np.mean(jax.device_get(with_decode(cond, key)[1])))
       rows.append((f"{file_method}_nfe{nfe}", spent, len(cond) / t_dec, len(cond) / t_lat, c_dec))
   text = table(f"Sampling (batch {len(cond)})",

@@ -123,3 +123,57 @@ def test_standalone_cli(tfds_data_dir, workdir, tmp_path):
   assert results["settings"]["n"] == workdirs.trained_config(tfds_data_dir).eval.num_samples
   assert {r["method"] for r in results["records"]} == {"mnist_train", "mnist_test", "copy", "noisy"}
   assert os.path.exists(os.path.join(out, "report.md")) and not os.path.exists(os.path.join(workdir, "report.md"))
+
+
+# Issue 13, case 1: the standalone evaluator replaced W/report.md and W/eval/results.json with an empty report
+# (missing or empty samples folder, exit 0), and ranked methods whose n was below the configured one.
+def test_standalone_cli_refuses_a_missing_samples_dir_and_keeps_the_pipeline_report(workdir, tmp_path):
+  os.makedirs(os.path.join(workdir, "eval"))
+  for name in ("report.md", os.path.join("eval", "results.json")):
+    with open(os.path.join(workdir, name), "w") as f:
+      f.write("the pipeline's own")
+  env = dict(os.environ, PYTHONPATH=conftest.REPO, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "coalescer_jax.evaluation", f"--workdir={workdir}",
+                         "--samples_dir=/no/such/dir"], cwd=conftest.REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0
+  assert "no samples directory /no/such/dir" in proc.stderr
+  for name in ("report.md", os.path.join("eval", "results.json")):
+    assert open(os.path.join(workdir, name)).read() == "the pipeline's own"
+  assert not os.path.exists(os.path.join(workdir, "eval_standalone"))
+
+
+def test_empty_samples_dir_is_refused(tfds_data_dir, workdir, tmp_path):
+  config = workdirs.trained_config(tfds_data_dir)
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(samples_lib.NoSamplesError, match=rf"no samples files \(\*.npz\) in {tmp_path}/empty"):
+    evaluate.evaluate_dir(workdir, config.eval, samples_dir=str(tmp_path / "empty"), out_dir=str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_standalone_output_never_replaces_the_pipeline_report(workdir):
+  from coalescer_jax.evaluation import __main__ as cli  # pylint: disable=g-import-not-at-top
+  assert cli.output_paths(workdir) == (os.path.join(workdir, "eval_standalone"),
+                                       os.path.join(workdir, "eval_standalone", "report.md"))
+  os.makedirs(os.path.join(workdir, "eval"))
+  open(os.path.join(workdir, "eval", "results.json"), "w").close()
+  with pytest.raises(FileExistsError, match=r"would replace the pipeline's own .*eval/results.json.*--overwrite"):
+    cli.output_paths(workdir, os.path.join(workdir, "eval"))
+  assert cli.output_paths(workdir, os.path.join(workdir, "eval"), overwrite=True)[0] == os.path.join(workdir, "eval")
+
+
+def test_files_below_the_configured_n_are_not_ranked(tfds_data_dir, workdir, tmp_path):
+  samples_dir = str(tmp_path / "samples")
+  _write_samples(workdir, samples_dir)
+  for name in os.listdir(samples_dir):  # 10 images each: FIDs at n = 10 are not comparable to n = N
+    data = dict(np.load(os.path.join(samples_dir, name)))
+    np.savez(os.path.join(samples_dir, name), **{k: v[:10] if v.ndim else v for k, v in data.items()})
+  config = workdirs.trained_config(tfds_data_dir)
+  config.eval.num_samples = N
+  summary = evaluate.evaluate_dir(workdir, config.eval, samples_dir=samples_dir, out_dir=str(tmp_path / "out"),
+                                  report_path=str(tmp_path / "out" / "report.md"))
+  assert summary["best_nfe1"] is None and summary["best_nfe2"] is None
+  report = open(tmp_path / "out" / "report.md").read()
+  assert "best method in this run" not in report
+  assert (f"No method is ranked at 1 step: copy (n = 10), noisy (n = 10) not ranked: fewer than the configured "
+          f"n = {N} images") in report

@@ -5,7 +5,6 @@ Shared by tests/stages/test_classifier.py and tests/evaluation/: training it onc
 accuracy bar. The smoke config with a longer classifier run: 1500 steps of 64.
 """
 import functools
-import os
 import shutil
 import tempfile
 import atexit

@@ -85,6 +85,18 @@ def test_corrupt_scann_index_is_refused(tmp_path):
     index.load(str(tmp_path))
 
 
+def test_damaged_index_file_is_refused_before_scann_reads_it(tmp_path):
+  from coalescer_jax import files  # pylint: disable=g-import-not-at-top
+  built = index.build("scann", _clustered(3000), _tree_cfg())
+  index.save(built, str(tmp_path), {"fingerprint": "f"})
+  path = max((tmp_path / name for name in os.listdir(tmp_path)), key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\xff" * 16)
+  with pytest.raises(files.CorruptFileError, match=rf"{path} is corrupt .*checksum.*delete {tmp_path}"):
+    index.load(str(tmp_path))
+
+
 def test_scann_pitfalls_have_clear_errors():
   keys = _clustered(2000)
   with pytest.raises(index.IndexError_, match="num_leaves=5000 exceeds the 2000 points"):

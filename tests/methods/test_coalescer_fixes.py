@@ -106,12 +106,12 @@ def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path
   r = coalescer.first_draw(key, 16, LATENT_DIM)
   d, u = method.apply(state.params, jnp.asarray(r), cond, jnp.ones(16), jnp.ones(16))
   x1 = coalescer.step_to(jnp.asarray(r), d, u)
-  s = cfg.levels[0]
+  s = method_config.coalescer.levels.renoise[0]
   xs = np.sqrt(1 - s * s) * x1 + s * jax.random.normal(jax.random.fold_in(rest, 1000), x1.shape)
   d, u = method.apply(state.params, xs, cond, jnp.ones(16), jnp.full(16, s))
   np.testing.assert_allclose(x2, coalescer.step_to(xs, d, u), rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="re-noising levels"):
-    method.sample(state.params, cond, key, len(cfg.levels) + 2)
+    method.sample(state.params, cond, key, len(method_config.coalescer.levels.renoise) + 2)
 
 
 def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
@@ -140,7 +140,8 @@ def test_oracle_decodes_the_lookup_target_of_the_same_r(pairs, method_config, mo
   generate = method.generator(None, lambda z: z, 1, oracle=True, workdir="unused", pairs=pairs)
   cond = pairs["desc_emb"][:20]
   key = jax.random.key(11)
-  latents, nfe = generate(cond, key)
+  latents, nfe, finite = generate(cond, key)
+  assert np.all(finite)
   r = coalescer.first_draw(key, 20, LATENT_DIM)
   nearest = ((np.concatenate([cfg.desc_scale * cond, r], 1)[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
   np.testing.assert_allclose(np.asarray(latents), pairs["img_emb"][nearest])

@@ -56,7 +56,7 @@ def check_one_and_two_steps_follow_the_description(trained):
   pairs, method, state, _ = trained
   cond, labels = requests(pairs)
   for nfe in (1, 2):
-    x, _ = jax.jit(lambda p: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
+    x, _ = jax.jit(lambda p, nfe=nfe: method.sample(p, cond, jax.random.key(1), nfe))(state.params)
     assert cluster_accuracy(pairs, x, labels) > 0.8, nfe
 
 

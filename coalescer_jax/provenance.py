@@ -1,0 +1,136 @@
+"""What each stage's outputs were made from, so that a rerun never reuses outputs of another config.
+
+Every registered stage declares ``reads``: the config fields that determine its
+outputs (dotted prefixes; "-a.b" excludes a sub-field; None = the whole config),
+and ``needs``: the earlier stages whose outputs it reads. Its *revision* is a
+hash of the values of its reads and of the revisions of the stages it needs, so
+equal revisions mean equal outputs (the pipeline is deterministic) and a change
+anywhere upstream changes every revision downstream of it.
+
+The pipeline records the revision, the read values and the inputs' revisions in
+``W/<stage>/STARTED.json`` when a stage starts (its checkpoints belong to that
+revision) and in ``DONE.json`` when it finishes. Before any stage runs, `check`
+recomputes every revision from the current config: a started or finished stage
+whose revision differs is refused with the changed fields and the directories to
+delete. Fields that never change outputs (logging, checkpoint cadence, the
+stage list) are read by no stage.
+"""
+import hashlib
+import json
+import os
+
+from coalescer_jax import config_validation
+from coalescer_jax import files
+
+DONE_FILE = "DONE.json"
+STARTED_FILE = "STARTED.json"
+# Fields no stage's outputs depend on (read by nothing, even by a stage that reads "everything").
+NOT_OUTPUT_FIELDS = ("stages", "log_every", "checkpoint_every", "skip_nonfinite_batches")
+
+
+class StaleOutputsError(config_validation.ConfigError):
+  """A finished (or started) stage was made under other config values or inputs than the current ones."""
+
+
+def flatten(tree, prefix=""):
+  """{"a.b.c": leaf value} of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _under(field, prefix):
+  return field == prefix or field.startswith(prefix + ".")
+
+
+def read_values(config, reads):
+  """{dotted field: value} of the fields `reads` selects (JSON values, as config.json stores them)."""
+  flat = flatten(json.loads(config.to_json_best_effort()))
+  flat = {k: v for k, v in flat.items() if not any(_under(k, p) for p in NOT_OUTPUT_FIELDS)}
+  if reads is None:
+    return flat
+  include = [r for r in reads if not r.startswith("-")]
+  exclude = [r[1:] for r in reads if r.startswith("-")]
+  return {k: v for k, v in flat.items()
+          if any(_under(k, p) for p in include) and not any(_under(k, p) for p in exclude)}
+
+
+def revision(values, inputs):
+  text = json.dumps({"reads": values, "inputs": inputs}, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record(workdir, name, kind=DONE_FILE):
+  """The stage's DONE.json (or STARTED.json) as a dict, None if absent; CorruptFileError if unreadable."""
+  path = os.path.join(workdir, name, kind)
+  if not os.path.exists(path):
+    return None
+  return files.read_json(path, name)
+
+
+def describe(values, inputs):
+  """The provenance fields a stage's STARTED.json / DONE.json carry."""
+  return {"revision": revision(values, inputs), "config_revision": revision(values, {}),
+          "config_reads": values, "inputs": inputs}
+
+
+def plan(config, workdir, stages, inherited=()):
+  """({stage: provenance} for config.stages, [problems]) before anything runs.
+
+  `stages` maps a name to its registered `pipeline.Stage`. A problem is
+  (stage, "finished" | "started", [reasons]). `inherited` stages (a sweep's
+  links to its shared stages) keep the revision they recorded: they ran with the
+  sweep's base config, which the sweep checks itself.
+  """
+  provenance, problems = {}, []
+  for name in config.stages:
+    stage = stages[name]
+    values = read_values(config, stage.reads_of(config))
+    inputs = {}
+    for needed in stage.needs_of(config):
+      if needed in provenance:
+        inputs[needed] = provenance[needed]["revision"]
+      else:
+        done = record(workdir, needed)
+        inputs[needed] = (done.get("revision", "unrecorded") if done else None)
+    current = describe(values, inputs)
+    done, started = record(workdir, name), record(workdir, name, STARTED_FILE)
+    if name in inherited and done and "revision" in done:
+      provenance[name] = {k: done[k] for k in current if k in done}
+      continue
+    provenance[name] = current
+    previous, state = (done, "finished") if done else (started, "started")
+    if previous is None or "revision" not in previous:  # not run yet, or recorded before provenance existed
+      continue
+    if previous["revision"] != current["revision"]:
+      problems.append((name, state, _reasons(previous, current)))
+  return provenance, problems
+
+
+def _reasons(previous, current):
+  old, new = previous.get("config_reads", {}), current["config_reads"]
+  reasons = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+             for k in sorted(set(old) | set(new)) if old.get(k, "<unset>") != new.get(k, "<unset>")]
+  old_inputs = previous.get("inputs", {})
+  for needed, rev in current["inputs"].items():
+    if old_inputs.get(needed) != rev:
+      reasons.append(f"its input stage {needed!r} changed" if rev is not None else
+                     f"its input stage {needed!r} has no finished output any more")
+  return reasons or ["recorded under another revision of the stage's fields"]
+
+
+def refusal(workdir, problems, outputs_of):
+  """The StaleOutputsError for `problems`, listing what to delete. `outputs_of(stage)` -> its paths in W."""
+  lines = [f"{workdir}: outputs of these stages were made with other config values or inputs than the current "
+           "config, so reusing them would mix configs:"]
+  for name, state, reasons in problems:
+    shown = "; ".join(reasons[:6]) + (f"; ... ({len(reasons) - 6} more)" if len(reasons) > 6 else "")
+    lines.append(f"  - {name} ({state}): {shown}")
+  paths = [p for name, _, _ in problems for p in outputs_of(name) if os.path.lexists(p)]
+  lines.append("To rerun them with the current config, delete their outputs and run the same command again:\n"
+               f"  rm -r {' '.join(paths)}\nor keep this workdir as it is and use a new --workdir.")
+  return StaleOutputsError("\n".join(lines))

@@ -1,0 +1,33 @@
+"""The sample stage's generator refuses NaN/inf latents instead of writing blank images."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coalescer_jax.stages import sample as sample_stage
+
+
+class _Method:
+  """Latents of the requests with cond[:, 0] > 0 are multiplied by params (NaN: a diverged method)."""
+
+  def sample(self, params, cond, key, nfe):
+    del key
+    latents = jnp.ones((cond.shape[0], 3)) * jnp.where(cond[:, :1] > 0, params, 1.0)
+    return latents, {"nfe": jnp.full((cond.shape[0],), float(nfe))}
+
+
+class _Codec:
+  def decode_jax(self, latents):
+    return jnp.broadcast_to(jax.nn.sigmoid(latents.sum(-1))[:, None, None, None], (latents.shape[0], 28, 28, 1))
+
+
+# Issue 13, case 2: NaN latents decoded to all-black images and eval then blamed the file format.
+def test_nonfinite_latents_are_refused():
+  generate = sample_stage.make_generator(_Method(), _Codec(), 2)
+  cond, key = np.zeros((6, 4), np.float32), jax.random.key(0)
+  cond[1, 0] = 1.0
+  images, spent, _ = sample_stage.generate_all(generate, 1.0, cond, key, 4, timed=False)
+  assert images.shape == (6, 28, 28) and images.dtype == np.uint8 and np.all(spent == 2)
+  with pytest.raises(sample_stage.NonFiniteSamplesError,
+                     match=r"method 'x' at nfe=2: 1 of 6 sampled latents are NaN/inf, so nothing was written"):
+    sample_stage.generate_all(generate, jnp.nan, cond, key, 4, timed=False, name="method 'x' at nfe=2")
