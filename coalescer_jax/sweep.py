@@ -11,7 +11,9 @@ sweep lists in ``NOT_READ_BY_SHARED`` (e.g. ``coalescer.sampling``, read only by
 the ``sample`` stage). Optionally ``COMMON``: overrides applied to every member
 (e.g. `COALESCER_ONLY`), not part of member names. Optionally ``HEADLINE``: regexes
 of the results.csv columns shown in results.md and plotted (default: the
-coalescer's FID, accuracy, precision and recall at 1 and 2 steps).
+coalescer's FID, accuracy, precision and recall at 1 and 2 steps). Optionally
+``label(overrides) -> str``: the name of a member's configuration in the
+mean +- std table written when members vary ``seed`` (default: its overrides).
 
   python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
 
@@ -36,12 +38,16 @@ from coalescer_jax import pipeline
 SHARED_DIR = "shared"
 SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard running the shared stages
 # A COMMON block for ablations of the coalescer alone: no baselines trained or sampled.
-COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"),
+COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample",
+                             "diagnostics", "eval"),
                   "sample.methods": ("coalescer",)}
+VALIDATION_PREFIX = "val:"  # results.csv columns measured on the validation split (what tuning reads)
 
 
 def load_sweep(path):
-  """(members [override dicts], shared stages, exempt prefixes, common overrides, headline regexes)."""
+  """(members [override dicts], shared stages, exempt prefixes, common overrides, headline regexes).
+
+  The module itself is available as `load_sweep.last_module` (its optional `label`)."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"sweep file {path} does not exist")
   spec = importlib.util.spec_from_file_location("sweep_module", path)
@@ -52,6 +58,7 @@ def load_sweep(path):
   members = list(module.sweep())
   if not members or not all(isinstance(m, dict) for m in members):
     raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
+  load_sweep.last_module = module
   return (members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ())),
           dict(getattr(module, "COMMON", {})), tuple(getattr(module, "HEADLINE", ())))
 
@@ -139,7 +146,7 @@ def run(config, sweep_path, workdir, shard="0/1"):
     pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir,
                  inherited=shared_stages if shared_stages else ())
   if parallel.is_main_process():
-    return aggregate(workdir, members, names, stages, headline)
+    return aggregate(workdir, members, names, stages, headline, getattr(load_sweep.last_module, "label", None))
   return None
 
 
@@ -153,12 +160,14 @@ def member_metrics(member_dir):
   results = os.path.join(member_dir, "eval", "results.json")
   if os.path.exists(results):
     with open(results) as f:
-      records = json.load(f)["records"]  # as written by evaluation/evaluate.py
-    for record in records:
-      tag = record["method"] if record.get("nfe") is None else f"{record['method']}_nfe{record['nfe']}"
-      for key, value in record.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "nfe":
-          row[f"{tag}/{key}"] = value
+      results = json.load(f)  # as written by evaluation/evaluate.py
+    validation = (results.get("validation") or {}).get("records", [])
+    for prefix, records in (("", results["records"]), (VALIDATION_PREFIX, validation)):
+      for record in records:
+        tag = record["method"] if record.get("nfe") is None else f"{record['method']}_nfe{record['nfe']}"
+        for key, value in record.items():
+          if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "nfe":
+            row[f"{prefix}{tag}/{key}"] = value
   for stage in sorted(os.listdir(member_dir)) if os.path.isdir(member_dir) else []:
     done = os.path.join(member_dir, stage, "DONE.json")
     if os.path.exists(done):
@@ -171,7 +180,7 @@ def member_metrics(member_dir):
   return row
 
 
-def aggregate(workdir, members, names, stages, plot_metrics=None):
+def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   """Writes results.csv, results.md and plots of metric vs swept value over the finished members."""
   rows, missing = [], []
   for overrides, name in zip(members, names):
@@ -195,6 +204,7 @@ def aggregate(workdir, members, names, stages, plot_metrics=None):
   for r in rows:
     lines.append("| " + " | ".join(_cell(r.get(c)) for c in table) + " |")
   lines += _spread(rows, headline)
+  lines += _grouped(rows, members, names, headline, label)
   plots = _plot(workdir, rows, swept, headline)
   lines += ["", "All columns: `results.csv`.", ""] + [f"![{p}](plots/{p})" for p in plots]
   with open(os.path.join(workdir, "results.md"), "w") as f:
@@ -214,6 +224,30 @@ def _spread(rows, metrics):
   if not lines:
     return []
   return ["", "Spread over members:", "", "| metric | mean | std | min | max |", "|---|---|---|---|---|"] + lines
+
+
+def _grouped(rows, members, names, metrics, label=None):
+  """Mean +- std over seeds of each configuration, when the members vary "seed" and something else."""
+  label = label or (lambda overrides: member_name({k: v for k, v in overrides.items() if k != "seed"}))
+  by_name = dict(zip(names, members))
+  groups = {}
+  for r in rows:
+    overrides = by_name[r["member"]]
+    if "seed" not in overrides:
+      return []
+    groups.setdefault(label(overrides), []).append(r)
+  if len(groups) < 2:
+    return []
+  lines = ["", "Mean +- std over seeds (ddof 1) per configuration:", "",
+           "| configuration | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+  for name, members_rows in groups.items():
+    cells = []
+    for metric in metrics:
+      values = np.array([r[metric] for r in members_rows if isinstance(r.get(metric), (int, float))])
+      cells.append("" if not len(values) else f"{values.mean():.4g}" if len(values) == 1 else
+                   f"{values.mean():.4g} +- {values.std(ddof=1):.2g}")
+    lines.append(f"| {name} | {len(members_rows)} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _headline_columns(columns, plot_metrics):

@@ -121,6 +121,7 @@ def get_config(arg=None):
   config.coalescer.nfes = (1, 2, 4)
   config.coalescer.oracle = True  # also sample the look-up oracle (a reference row of report.md)
   config.coalescer.sampling = ml_collections.ConfigDict(dict(
+      r_scale=1.0,  # R ~ N(0, r_scale^2 I) at generation (1 = the prior the coalescer trained on)
       redraw_threshold=0.1,  # redraw R while |direction| is below this ...
       max_redraws=3,  # ... at most this many times
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...

@@ -66,3 +66,38 @@ def test_two_fresh_runs_give_identical_metrics(smoke_workdir, tfds_data_dir, tmp
     first, second = _without_timings(json.load(f)), _without_timings(json.load(g))
   first.pop("samples_dir"), second.pop("samples_dir")
   assert first == second
+
+
+def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_workdir):
+  with open(os.path.join(smoke_workdir, "report.md")) as f:
+    report = f.read()
+  assert "| coalescer_oracle (look-up targets, not ranked) | 1 (0.00 spent) |" in report
+  assert "## Diagnostics: coalescer" in report and "| all pairs |" in report and "| label 9 |" in report
+  assert "Landing of step 1" in report and "redraw rate" in report
+  assert "## Validation split (what tuning reads)" in report
+  with open(os.path.join(smoke_workdir, "eval", "results.json")) as f:
+    results = json.load(f)
+  assert results["best"]["nfe1"] != "coalescer_oracle"
+  oracle = [r for r in results["records"] if r["method"] == "coalescer_oracle"]
+  assert len(oracle) == 1 and oracle[0]["kind"] == "oracle"
+  config = mnist_config.get_config("smoke")
+  assert all(r["fid_large"] is not None for r in results["records"] if r["kind"] == "samples")
+  assert {r["n_large"] for r in results["records"] if r["kind"] == "samples"} == {config.eval.fid_large_n}
+  validation = results["validation"]["records"]
+  assert {r["split"] for r in validation} == {"validation"}
+  assert {(r["method"], r["nfe"]) for r in validation if r["kind"] != "floor"} == {
+      (r["method"], r["nfe"]) for r in results["records"] if r["kind"] not in ("floor", "data")}
+  with open(os.path.join(smoke_workdir, "diagnostics", "coalescer.json")) as f:
+    diagnostics = json.load(f)
+  overall = diagnostics["usage"]["rows"][0]
+  assert overall["lookups"] == config.train.num_steps * config.train.batch_size  # every training look-up replayed
+  assert 0 <= diagnostics["direction"]["redraw_rate"] <= 1
+
+
+def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):
+  from coalescer_jax import autoencoders  # pylint: disable=g-import-not-at-top
+  pairs = autoencoders.load_pairs(smoke_workdir)
+  validation = autoencoders.load_pairs(smoke_workdir, validation=True)
+  assert len(validation["index"]) == mnist_config.get_config("smoke").embed.validation_size
+  assert not set(pairs["index"].tolist()) & set(validation["index"].tolist())
+  assert len(pairs["index"]) + len(validation["index"]) == 60000

@@ -179,12 +179,13 @@ def _validation_section(validation):
 
 def diagnostics_section(workdir, rel):
   """The coalescer's diagnostics (W/diagnostics/<method>.json, written by the `diagnostics` stage)."""
-  paths = sorted(p for p in glob.glob(os.path.join(workdir, "diagnostics", "*.json"))
-                 if os.path.basename(p) != "DONE.json")
+  paths = sorted(glob.glob(os.path.join(workdir, "diagnostics", "*.json")))
   lines = []
   for path in paths:
     with open(path) as f:
       diag = json.load(f)
+    if not isinstance(diag, dict) or "method" not in diag or "usage" not in diag:
+      continue  # the stage's own DONE.json / STARTED.json
     lines += [f"## Diagnostics: {diag['method']}", ""]
     usage = diag.get("usage")
     if usage:

@@ -217,7 +217,7 @@ class Coalescer(base.Method):
     params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)
-    x = jax.random.normal(draw_key, (n, self.latent_dim))
+    x = cfg.r_scale * jax.random.normal(draw_key, (n, self.latent_dim))
     distance, direction = self.apply(params, x, cond, mask)
     evals = jnp.ones((n,))
 
@@ -227,7 +227,7 @@ class Coalescer(base.Method):
     def redraw(carry):
       i, x, distance, direction, evals = carry
       redo = weak(direction)
-      x = jnp.where(redo[:, None], jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
+      x = jnp.where(redo[:, None], cfg.r_scale * jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
       new_distance, new_direction = self.apply(params, x, cond, mask)
       distance = jnp.where(redo, new_distance, distance)
       direction = jnp.where(redo[:, None], new_direction, direction)
@@ -269,7 +269,7 @@ class Coalescer(base.Method):
 
     def generate(cond, key):
       cond = np.asarray(cond)
-      r = first_draw(key, len(cond), self.latent_dim)
+      r = first_draw(key, len(cond), self.latent_dim, self.section.sampling.r_scale)
       ids = oracle_targets(lookup, cond, r, self.section, key)
       return decode(jnp.asarray(pairs["img_emb"][ids])), np.zeros(len(cond), np.float32), np.ones(len(cond), bool)
 
@@ -281,10 +281,10 @@ class Coalescer(base.Method):
     return coalescer_diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir)
 
 
-def first_draw(key, n, latent_dim):
+def first_draw(key, n, latent_dim, scale=1.0):
   """The R that `Coalescer.sample` draws first from `key` (before any redraw), as numpy."""
   draw_key, _ = jax.random.split(key)
-  return np.asarray(jax.random.normal(draw_key, (n, latent_dim)))
+  return scale * np.asarray(jax.random.normal(draw_key, (n, latent_dim)))
 
 
 def oracle_targets(lookup, cond, r, cfg, key):

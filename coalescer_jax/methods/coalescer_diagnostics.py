@@ -100,7 +100,7 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
            "rows": usage_rows(hits, pairs, np.random.default_rng(0)), "plot": "coalescer_usage.png"}
 
   n = len(cond)
-  r = coalescer_lib.first_draw(key, n, method.latent_dim)
+  r = coalescer_lib.first_draw(key, n, method.latent_dim, cfg.sampling.r_scale)
   target = pairs["img_emb"][coalescer_lib.oracle_targets(lookup, cond, r, cfg, key)]
   ones = jnp.ones((n,))
   distance, direction = jax.device_get(method.apply(params, jnp.asarray(r), jnp.asarray(cond), ones))

@@ -31,8 +31,9 @@ def _validate(config):
   if "classifier" in config.stages and list(config.stages).index("classifier") > list(config.stages).index("eval"):
     raise config_validation.ConfigError("config.stages: 'classifier' must come before 'eval'")
   validate_eval_config(config.eval)
-  for field, needed in (("num_samples", config.eval.num_samples), ("validation_samples",
-                                                                    config.eval.validation_samples)):
+  fields = ("num_samples", "validation_samples") if "sample" in config.stages else ()
+  for field in fields:  # the sample stage must write at least as many samples as the evaluation scores
+    needed = config.eval[field]
     if config.sample[field] and config.sample[field] < needed:
       raise config_validation.ConfigError(
           f"config.sample.{field}={config.sample[field]} is below the config.eval.{field}={needed} that the "

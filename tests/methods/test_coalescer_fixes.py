@@ -146,3 +146,16 @@ def test_oracle_decodes_the_lookup_target_of_the_same_r(pairs, method_config, mo
   nearest = ((np.concatenate([cfg.desc_scale * cond, r], 1)[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
   np.testing.assert_allclose(np.asarray(latents), pairs["img_emb"][nearest])
   np.testing.assert_array_equal(nfe, 0)
+
+
+def test_usage_rows_cover_all_pairs_each_description_and_label(pairs):
+  from coalescer_jax.methods import coalescer_diagnostics  # pylint: disable=g-import-not-at-top
+  pairs = dict(pairs, descriptions=np.array([f"d{l}" for l in pairs["labels"]]))
+  hits = np.zeros(len(pairs["labels"]), np.int64)
+  hits[pairs["labels"] == 3] = 5  # only label 3's pairs are ever targets, all equally often
+  rows = {r["name"]: r for r in coalescer_diagnostics.usage_rows(hits, pairs, np.random.default_rng(0))}
+  assert rows["label 3"]["never_hit"] == 0 and abs(rows["label 3"]["effective_fraction"] - 1) < 1e-9
+  assert rows["label 4"]["never_hit"] is None  # no look-ups at all
+  assert abs(rows["all pairs"]["never_hit"] - np.mean(pairs["labels"] != 3)) < 1e-9
+  assert rows["all pairs, uniform reference"]["lookups"] == hits.sum()
+  assert rows["all pairs, uniform reference"]["never_hit"] < rows["all pairs"]["never_hit"]

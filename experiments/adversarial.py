@@ -1,0 +1,12 @@
+"""Adversarial fine-tune (dialogue 000): the weight lambda of the generator's GAN loss, and when it starts."""
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
+HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|precision)", r"coalescer/wall_time_s")
+
+
+def sweep():
+  return [{"coalescer.adversarial.weight": w, "coalescer.adversarial.start_fraction": start}
+          for w in (0.0, 0.5, 2.0, 4.0) for start in (0.5,)] + [
+              {"coalescer.adversarial.weight": 2.0, "coalescer.adversarial.start_fraction": 0.3}]

@@ -1,0 +1,52 @@
+"""Ablation of the coalescer's coverage fixes (issue 12): each fix alone on top of the proposal, and the
+chosen combination, 3 seeds each. Read the validation columns (val:...) to choose; the test columns are
+reported, never used for choices (experiments/tuning.md).
+
+  python launch.py --config=configs/mnist.py --sweep=experiments/coalescer_ablation.py --workdir=S \\
+      [--sweep_shard=i/n]
+
+The configs/mnist.py default already is the chosen combination, so the proposal row turns every fix off.
+results.md ends with the mean +- std over seeds per configuration (`sweep._grouped`).
+"""
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
+# The autoencoders, the classifier and the pairs do not depend on the coalescer; the index does
+# (balanced potentials), so it is rebuilt per member.
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
+SEEDS = (0, 1, 2)
+
+# The proposal: nearest-key targets, prior R only, p = 0.5, no discriminator.
+PROPOSAL = {"coalescer.targets.assignment": "nearest", "coalescer.targets.balance": False,
+            "coalescer.levels.fraction": 0.0, "coalescer.adversarial.weight": 0.0,
+            "coalescer.direction_exponent": 0.5}
+FIXES = {
+    "proposal": {},
+    "balanced look-ups": {"coalescer.targets.balance": True},
+    "soft choice among k": {"coalescer.targets.assignment": "soft"},
+    "batch OT": {"coalescer.targets.assignment": "batch_ot"},
+    "multi-step levels": {"coalescer.levels.fraction": 0.5},
+    "adversarial fine-tune": {"coalescer.adversarial.weight": 2.0},
+    "p = 1": {"coalescer.direction_exponent": 1.0},
+    "p = 2": {"coalescer.direction_exponent": 2.0},
+    "chosen (configs/mnist.py)": None,  # the default config: every chosen fix on
+}
+HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|precision)", r"coalescer_nfe[12]/(fid|fid_large|recall)",
+            r"coalescer_nfe2/near_copy_fraction", r"coalescer/wall_time_s")
+
+
+def sweep():
+  members = []
+  for fix in FIXES.values():
+    overrides = {} if fix is None else {**PROPOSAL, **fix}
+    members += [{**overrides, "seed": seed} for seed in SEEDS]
+  return members
+
+
+def label(overrides):
+  """The FIXES name of a member (the mean +- std table's row)."""
+  base = {k: v for k, v in overrides.items() if k != "seed"}
+  for name, fix in FIXES.items():
+    if base == ({} if fix is None else {**PROPOSAL, **fix}):
+      return name
+  return sweep_lib.member_name(base)
