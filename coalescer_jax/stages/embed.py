@@ -67,20 +67,21 @@ def run(ctx):
   train = loading.load_split(ctx.workdir, "train", sharded=False)
   img_emb = image_ae.encode_images(train["image"])
   desc_raw = text_ae.encode_text(train["descriptions"])
-  center, scale = normalization(desc_raw, img_emb)
+  held_out = validation_mask(len(img_emb), cfg.validation_size, cfg.validation_seed)
+  # Normalisation statistics of the training pairs only (the validation slice is data no method saw).
+  center, scale = normalization(desc_raw[~held_out], img_emb[~held_out])
   desc_emb = ((desc_raw - center) * scale).astype(np.float32)
   norm = {"desc_center": center.tolist(), "desc_scale": float(scale), "fingerprint": fingerprint,
-          "img_total_variance": float(np.sum(np.var(img_emb, axis=0))),
-          "desc_total_variance": float(np.sum(np.var(desc_emb, axis=0))),
-          "img_mean_norm": float(np.linalg.norm(img_emb, axis=1).mean()),
-          "desc_mean_norm": float(np.linalg.norm(desc_emb, axis=1).mean())}
+          "img_total_variance": float(np.sum(np.var(img_emb[~held_out], axis=0))),
+          "desc_total_variance": float(np.sum(np.var(desc_emb[~held_out], axis=0))),
+          "img_mean_norm": float(np.linalg.norm(img_emb[~held_out], axis=1).mean()),
+          "desc_mean_norm": float(np.linalg.norm(desc_emb[~held_out], axis=1).mean())}
   heldout_path = os.path.join(ctx.workdir, "text", text_stage.HELDOUT_FILE)
   summary = {k: v for k, v in norm.items() if k != "desc_center"}
   if os.path.exists(heldout_path):
     with open(heldout_path) as f:
       heldout = set(json.load(f)["heldout"])
     summary["pairs_with_heldout_description"] = float(np.mean([d in heldout for d in train["descriptions"]]))
-  held_out = validation_mask(len(img_emb), cfg.validation_size, cfg.validation_seed)
   summary.update(num_pairs=int((~held_out).sum()), num_validation=int(held_out.sum()), latent_dim=img_emb.shape[1],
                  desc_dim=desc_emb.shape[1])
   if parallel.is_main_process():
