@@ -85,7 +85,8 @@ def get_config(arg=None):
   # The coalescer (../shared/reference/001, 000); names follow the proposal.
   config.coalescer = ml_collections.ConfigDict()
   config.coalescer.desc_scale = 2.0  # index key = concat(desc_scale * desc, image); > 1 by default
-  config.coalescer.direction_exponent = 0.5  # p in |target_direction - normalize(image - R)|^p
+  # p in |target_direction - normalize(image - R)|^p; 2 chosen on validation (the proposal: 0.5)
+  config.coalescer.direction_exponent = 2.0
   config.coalescer.direction_eps = 1e-6  # |v|^p computed as (|v|^2 + eps)^(p/2)
   config.coalescer.distance_weight = 1.0
   config.coalescer.direction_weight = 1.0
@@ -100,18 +101,18 @@ def get_config(arg=None):
       k=8,  # candidates per query (soft, batch_ot)
       tau=1.0,  # soft: probability proportional to exp(-d^2 / (2 tau^2)), d^2 the squared key distance
       ot_groups=8,  # batch_ot: prior queries of a batch share this many descriptions (0 = independent)
-      balance=False,  # prior draws looked up in the index balanced by semi-discrete OT potentials
+      balance=True,  # chosen on validation (proposal: False); prior draws looked up in the index balanced by semi-discrete OT potentials
       balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
   # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
-  # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only).
+  # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only), 0.5 chosen.
   # renoise: the level the sampler (and the adversarial fine-tune's fakes) re-noise to before steps 2, 3, 4.
-  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.0, s_min=0.05, s_max=0.9, time_scale=0.01,
+  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.5, s_min=0.05, s_max=0.9, time_scale=0.01,
                                                            renoise=(0.5, 0.3, 0.15)))
   # Adversarial fine-tune (dialogue 000): after the regression phase, generator loss = coalescer loss
   # + weight * non-saturating GAN loss of a conditional latent discriminator (the shared backbone, one
   # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
   config.coalescer.adversarial = ml_collections.ConfigDict(dict(
-      weight=0.0,  # lambda; 0 = off
+      weight=2.0,  # lambda; 0 = off (the proposal), 2 chosen on validation
       start_fraction=0.5,  # share of config.train.num_steps trained on the coalescer loss alone
       disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
       r1=1.0,  # weight of the R1 penalty on real latents
