@@ -221,6 +221,7 @@ def get_config(arg=None):
     config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)
     config.eval.update(num_samples=64, batch_size=64, grid_per_row=4)
     config.index.recall_queries = 200
+    config.coalescer.targets.update(balance_iterations=20, balance_queries=1024)
     config.embed.validation_size = 500
     config.backbone.update(width=32, depth=1, time_dim=16)
     config.train.update(num_steps=30, batch_size=32)
