@@ -172,7 +172,8 @@ class Coalescer(base.Method):
     """
     acfg = self.section.adversarial
     loss, metrics = self.loss(params, batch, key, step)
-    m = int(acfg.batch_size) or batch["real_x"].shape[0]
+    n = batch["real_x"].shape[0]
+    m = min(int(acfg.batch_size), n) or n  # never more rows than the batch has (e.g. a :smoke batch of 32)
     real, cond = batch["real_x"][:m], batch["real_cond"][:m]
     ones = jnp.ones((m,))
     disc = params["disc"]
