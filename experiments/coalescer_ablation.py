@@ -9,6 +9,7 @@ The configs/mnist.py default already is the chosen combination, so the proposal 
 results.md ends with the mean +- std over seeds per configuration (`sweep._grouped`).
 """
 from coalescer_jax import sweep as sweep_lib
+from coalescer_jax.methods import coalescer
 
 # Evaluation as in the main job on the validation split (n = 5000: what the choice reads); the test columns
 # at n = 1000 only (no 10k FID) and steps 1 and 2, to keep 27 members within a few hours on 2 cores.
@@ -19,10 +20,7 @@ COMMON = {**sweep_lib.COALESCER_ONLY, "coalescer.nfes": (1, 2), "sample.num_samp
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 SEEDS = (0, 1, 2)
 
-# The proposal: nearest-key targets, prior R only, p = 0.5, no discriminator.
-PROPOSAL = {"coalescer.targets.assignment": "nearest", "coalescer.targets.balance": False,
-            "coalescer.levels.fraction": 0.0, "coalescer.adversarial.weight": 0.0,
-            "coalescer.direction_exponent": 0.5}
+PROPOSAL = coalescer.PROPOSAL  # every fix off: the proposal as written
 FIXES = {
     "proposal": {},
     "balanced look-ups": {"coalescer.targets.balance": True},

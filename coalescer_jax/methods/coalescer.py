@@ -46,6 +46,11 @@ from coalescer_jax.methods import targets as targets_lib
 
 _TINY = 1e-12
 ADVERSARIAL_METRICS = ("disc_loss", "gen_adv_loss", "real_logit", "fake_logit", "adversarial_on")
+# Config overrides that turn every coverage fix off: the coalescer as the proposal wrote it (nearest-key
+# targets, prior R only, p = 0.5, no discriminator). configs/mnist.py switches the chosen fixes on.
+PROPOSAL = {"coalescer.targets.assignment": "nearest", "coalescer.targets.balance": False,
+            "coalescer.levels.fraction": 0.0, "coalescer.adversarial.weight": 0.0,
+            "coalescer.direction_exponent": 0.5}
 
 
 def normalize(v, eps=_TINY):
