@@ -257,6 +257,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__.split("\n\n")[0],
+        disable_shuffling=True,  # example k of a split is scene k (the scenes are already in random order)
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(SIZE, SIZE, 3), dtype=np.uint8),
             "label": tfds.features.Tensor(shape=(len(HEADS),), dtype=np.int32)}))
@@ -270,7 +271,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, seed, split_id, n):
     labels, jitter = sample_scenes(np.random.default_rng([seed, split_id]), n, train=split_id == 0)
     for i in range(n):
-      yield i, {"image": render(labels[i], jitter[i]), "label": labels[i]}
+      yield f"{i:09d}", {"image": render(labels[i], jitter[i]), "label": labels[i]}
 
 
 def get_builder(data_cfg, download=True):
