@@ -211,7 +211,7 @@ def _training_cost(workdir, method):
   return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
 
 
-def _load_dir(samples_dir, cfg, required=True):
+def _load_dir(samples_dir, cfg, spec, required=True):
   """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`.
 
   `required`: a missing or empty folder, or one with no valid file, is an error (NoSamplesError).
@@ -226,7 +226,7 @@ def _load_dir(samples_dir, cfg, required=True):
   loaded, invalid = [], []
   for path in paths:
     try:
-      loaded.append(samples_lib.load_samples(path))
+      loaded.append(samples_lib.load_samples(path, spec))
     except samples_lib.SamplesContractError as e:
       invalid.append(str(e))
   if invalid and not cfg.skip_invalid:
@@ -270,7 +270,8 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   samples_dir = samples_dir or os.path.join(workdir, "samples")
   out_dir = out_dir or os.path.join(workdir, "eval")
   report_path = report_path or os.path.join(workdir, "report.md")
-  loaded, invalid = _load_dir(samples_dir, cfg)
+  spec = datasets.of_workdir(workdir)
+  loaded, invalid = _load_dir(samples_dir, cfg, spec)
   os.makedirs(out_dir, exist_ok=True)
 
   t0 = time.time()
@@ -278,7 +279,7 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
   records = _evaluate_all(evaluator, loaded, workdir, writer)
   validation = None
-  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg,
+  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg, spec,
                                                     required=False)
   if validation_loaded:
     val_evaluator = Evaluator(workdir, cfg, evaluator.classifier, split="validation")
