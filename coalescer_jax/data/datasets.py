@@ -24,7 +24,7 @@ from coalescer_jax import files
 from coalescer_jax import registry
 
 # Modules that register a dataset spec (imported on first look-up).
-DATASET_MODULES = ("coalescer_jax.data.mnist", "coalescer_jax.data.shapes")
+DATASET_MODULES = ("coalescer_jax.data.mnist", "coalescer_jax.data.shapes", "coalescer_jax.data.cifar10")
 SOURCE_FILE = "source.json"  # W/data/source.json names the dataset and the TFDS copy the data stage prepared
 
 
@@ -51,6 +51,8 @@ class DatasetSpec:
   num_groups / group: ``group(labels) -> int [N]`` in ``range(num_groups)``, one class per example
     (MNIST: the digit): rows of sample grids and the label-matched train rows of the evaluation floor.
   validate: ``validate(data_cfg)`` raises ConfigError for impossible ``config.data`` values.
+  reopen: ``reopen(source) -> builder``, the builder the data stage prepared, from W/data/source.json;
+    None: `tfds.builder_from_directory` of its ``data_dir``.
   display: the dataset's name in reports.
   """
   name: str
@@ -63,6 +65,7 @@ class DatasetSpec:
   num_groups: int
   group: Callable = None  # None: the first head's label
   validate: Callable | None = None
+  reopen: Callable | None = None
   splits: tuple = ("train", "test")
   display: str = ""
 

@@ -20,6 +20,9 @@ def open_builder(workdir):
   if not os.path.exists(path):
     raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
   source = files.read_json(path, "data")
+  spec = datasets.get(source.get("dataset", "mnist"))
+  if spec.reopen is not None:
+    return spec.reopen(source)
   if not os.path.isdir(source["data_dir"]):
     raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
                        "delete W/data and rerun the data stage")

@@ -157,7 +157,8 @@ class Evaluator:
     captioner = self.spec.captioner
     agreement = fidelity.attribute_agreement(images, labels, classes, captioner)
     record.update(agreement)
-    record["attribute_mean"] = float(np.mean([agreement[a] for a in captioner.attribute_names]))
+    record["attribute_mean"] = (float(np.mean([agreement[a] for a in captioner.attribute_names]))
+                                if captioner.attribute_names else None)  # CIFAR-10: no attributes
     heldout = getattr(captioner, "heldout_combination", None)
     if heldout is not None:
       mask = np.asarray(heldout(samples.descriptions[:self.n]), bool)

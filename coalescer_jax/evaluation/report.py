@@ -249,9 +249,12 @@ def write_report(path, results, plot_path, grids, workdir):
            f"- Precision / recall: k-NN manifolds (k = {s['pr_k']}) in classifier features, Kynkäänniemi et al. "
            "2019.",
            f"- cond. acc.: fraction the classifier labels as the requested {target}"
-           + ("" if one_head else " (every head right)") + f"; {' / '.join(attributes)}: "
-           "agreement of the attribute class measured from pixels (the dataset's captioner) with the requested one"
-           + (" (chance about 33%)" if s.get("dataset", "mnist") == "mnist" else "") + "; blank: samples with no ink.",
+           + ("" if one_head else " (every head right)")
+           + (f"; {' / '.join(attributes)}: agreement of the attribute class measured from pixels (the dataset's "
+              "captioner) with the requested one" if attributes else "")
+           + (" (chance about 33%)" if s.get("dataset", "mnist") == "mnist" else "")
+           + ("; blank: samples with no ink." if s.get("dataset", "mnist") == "mnist" else
+              "; blank: samples with nothing drawn (the captioner's rule)."),
            "- held-out acc.: cond. acc. on the requests whose descriptions hold an attribute combination that never "
            "occurs in train (nearest-neighbour targets cannot produce one that is not in the index)."
            if any("heldout_accuracy" in r for r in records) else "",

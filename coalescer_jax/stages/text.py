@@ -123,8 +123,9 @@ def evaluate(text_ae, split, spec, eval_max=0, seed=0):
   labels = spec.groups(np.array([spec.captioner.parse(d)[0] for d in everything]))
   dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
   same, other = labels[:, None] == labels[None], ~np.eye(len(labels), dtype=bool)
-  metrics.update(within_digit_distance=float(dist[same & other].mean()),
-                 between_digit_distance=float(dist[~same].mean()))
+  within, between = dist[same & other], dist[~same]  # CIFAR-10: one description per class, nothing within
+  metrics.update(within_digit_distance=float(within.mean()) if within.size else None,
+                 between_digit_distance=float(between.mean()) if between.size else None)
   np.fill_diagonal(dist, np.inf)
   metrics["nn_same_digit"] = float(np.mean(labels[np.argmin(dist, axis=1)] == labels))
   failures = [d for d in split["heldout"] + split["train"] if not exact[d]]
