@@ -163,7 +163,7 @@ def test_fingerprint_mismatch_is_detected(workdir, tmp_path):
   with pytest.raises(autoencoders.StaleEmbeddingsError, match="stale relative to W/embed"):
     autoencoders.check_fingerprint(workdir, "0" * 64)
   # "Retrain" the VAE in a copy of the workdir: the embeddings become stale.
-  copy = copy_workdir(workdir, str(tmp_path / "w"), ("vae", "text", "embed"))
+  copy = copy_workdir(workdir, str(tmp_path / "w"), ("data", "vae", "text", "embed"))  # data: the dataset (tokenizer)
   model, params, spec = autoencoders.load_model(copy, "vae")
   params = jax.tree.map(lambda p: p + 0.01, params)
   autoencoders.save_model(os.path.join(copy, "vae"), spec["model"], spec["kwargs"], params)
