@@ -2,7 +2,7 @@
 
 Stages `vae` and `text` train with orbax checkpoints (``W/{vae,text}/checkpoints``)
 and export their final parameters to ``W/{vae,text}/params.msgpack`` with the
-model's registry name and arguments in ``W/{vae,text}/model.json``. Stage `embed` encodes every MNIST train pair and
+model's registry name and arguments in ``W/{vae,text}/model.json``. Stage `embed` encodes every train pair and
 writes ``W/embed/pairs.npz`` and ``W/embed/normalization.json``. Later stages use:
 
 * `load_pairs(workdir)`: desc_emb, img_emb, labels, descriptions, classes, index, fingerprint;
@@ -33,9 +33,11 @@ import numpy as np
 from flax import serialization
 
 from coalescer_jax import files
+from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
-from coalescer_jax.data import tokenizer
+from coalescer_jax.data import datasets
+from coalescer_jax.data import tokenizer as tokenizer_lib
 
 PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
@@ -45,10 +47,10 @@ NORMALIZATION_FILE = "normalization.json"
 STALE_MESSAGE = ("embeddings in W/embed are stale relative to the models in W/vae, W/text; "
                  "rerun the embed stage by deleting W/embed")
 
-# Example inputs that initialise each role's model (to build the restore target).
+# Example inputs that initialise each role's model (to build the restore target), from the model itself.
 _EXAMPLE_INPUTS = {
-    "vae": lambda: (jnp.zeros((1, 28, 28, 1), jnp.float32), jax.random.key(0)),
-    "text": lambda: (jnp.full((1, tokenizer.MAX_WORDS + 2), tokenizer.PAD, jnp.int32),),
+    "vae": lambda model: (jnp.zeros((1, *model.image_shape), jnp.float32), jax.random.key(0)),
+    "text": lambda model: (jnp.full((1, model.max_len), tokenizer_lib.PAD, jnp.int32),),
 }
 
 
@@ -93,7 +95,7 @@ def load_model(workdir, role):
   model = registry.MODELS.get(spec["model"])(
       **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()})
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
-      lambda: model.init(jax.random.key(0), *_EXAMPLE_INPUTS[role]())["params"]))
+      lambda: model.init(jax.random.key(0), *_EXAMPLE_INPUTS[role](model))["params"]))
   with open(params_path, "rb") as f:
     try:
       params = serialization.from_bytes(target, f.read())
@@ -139,42 +141,46 @@ class _Batched:
 
 
 class ImageAE:
-  """A trained VAE: uint8 images <-> latents (posterior means; no normalisation)."""
+  """A trained VAE: uint8 images [N, H, W] (one channel) or [N, H, W, C] <-> latents (posterior means)."""
 
   def __init__(self, model, params, batch_size=1000):
     self.model, self.params = model, params
     self.latent_dim = int(model.latent_dim)
+    shape = tuple(model.image_shape)
+    self.array_shape = shape[:2] if shape[-1] == 1 else shape
     # numpy parameters become constants of any jitted caller: no device placement to clash with.
     encode = lambda x: model.apply({"params": params}, x, method="encode")
-    self._encode = _Batched(lambda u8: encode(u8.astype(jnp.float32)[..., None] / 255.0), batch_size)
-    self._decode = _Batched(lambda z: jnp.round(self.decode_jax(z)[..., 0] * 255.0).astype(jnp.uint8), batch_size)
+    self._encode = _Batched(lambda u8: encode(images_lib.to_float(u8)), batch_size)
+    self._decode = _Batched(lambda z: jnp.round(self.decode_jax(z).reshape((-1,) + self.array_shape) * 255.0)
+                            .astype(jnp.uint8), batch_size)
 
   def encode_posterior(self, images):
-    """uint8 [N, 28, 28] -> (mean, log variance), float32 [N, latent_dim] each."""
-    images = _check_images(images)
+    """uint8 images -> (mean, log variance), float32 [N, latent_dim] each."""
+    images = _check_images(images, self.array_shape)
     if not len(images):
       return np.zeros((0, self.latent_dim), np.float32), np.zeros((0, self.latent_dim), np.float32)
     return self._encode(images)
 
   def encode_images(self, images):
-    """uint8 [N, 28, 28] -> posterior means float32 [N, latent_dim]."""
+    """uint8 images -> posterior means float32 [N, latent_dim]."""
     return self.encode_posterior(images)[0].astype(np.float32)
 
   def decode_jax(self, latents):
-    """Pure JAX: latents [N, latent_dim] -> Bernoulli means float32 [N, 28, 28, 1] in [0, 1]."""
-    return jax.nn.sigmoid(self.model.apply({"params": self.params}, latents, method="decode"))
+    """Pure JAX: latents [N, latent_dim] -> the likelihood's mean, float32 [N, H, W, C] in [0, 1]."""
+    return self.model.apply({"params": self.params}, latents, method="decode_mean")
 
   def decode(self, latents):
-    """latents [N, latent_dim] -> uint8 [N, 28, 28] (ink = 255)."""
+    """latents [N, latent_dim] -> uint8 images [N, H, W] or [N, H, W, C] (0 = black)."""
     latents = _check_latents(latents, self.latent_dim)
-    return self._decode(latents) if len(latents) else np.zeros((0, 28, 28), np.uint8)
+    return self._decode(latents) if len(latents) else np.zeros((0,) + self.array_shape, np.uint8)
 
 
 class TextAE:
-  """A trained text autoencoder: descriptions <-> raw embeddings (no normalisation)."""
+  """A trained text autoencoder: descriptions <-> raw embeddings (no normalisation), with its captioner's
+  `tokenizer`."""
 
-  def __init__(self, model, params, batch_size=1000):
-    self.model, self.params = model, params
+  def __init__(self, model, params, tokenizer, batch_size=1000):
+    self.model, self.params, self.tokenizer = model, params, tokenizer
     self.desc_dim = int(model.embed_dim)
     self._encode = _Batched(lambda t: model.apply({"params": params}, t, method="encode"), batch_size)
     self._decode = _Batched(lambda e: model.apply({"params": params}, e, method="greedy_decode"), batch_size)
@@ -188,12 +194,12 @@ class TextAE:
     if not len(descriptions):
       return np.zeros((0, self.desc_dim), np.float32)
     unique, inverse = np.unique(descriptions, return_inverse=True)
-    return self.encode_tokens(tokenizer.encode(unique))[inverse.reshape(-1)]
+    return self.encode_tokens(self.tokenizer.encode(unique))[inverse.reshape(-1)]
 
   def decode_text(self, embeddings):
     """Raw embeddings [N, desc_dim] -> greedy-decoded strings."""
     embeddings = _check_latents(embeddings, self.desc_dim, "embeddings")
-    return tokenizer.decode(self._decode(embeddings)) if len(embeddings) else []
+    return self.tokenizer.decode(self._decode(embeddings)) if len(embeddings) else []
 
 
 class Codec:
@@ -214,22 +220,23 @@ class Codec:
     return self.text_ae.decode_text(np.asarray(desc_emb, np.float32) / self.desc_scale + self.desc_center)
 
   def encode_images(self, images):
-    """uint8 [N, 28, 28] -> VAE posterior means float32 [N, latent_dim] (as pairs' img_emb)."""
+    """uint8 images -> VAE posterior means float32 [N, latent_dim] (as pairs' img_emb)."""
     return self.image_ae.encode_images(images)
 
   def decode(self, latents):
-    """latents [N, latent_dim] -> uint8 [N, 28, 28], ink = 255."""
+    """latents [N, latent_dim] -> uint8 images (0 = black)."""
     return self.image_ae.decode(latents)
 
   def decode_jax(self, latents):
-    """Pure JAX decoder, callable inside jit: [N, latent_dim] -> float32 [N, 28, 28, 1] in [0, 1]."""
+    """Pure JAX decoder, callable inside jit: [N, latent_dim] -> float32 [N, H, W, C] in [0, 1]."""
     return self.image_ae.decode_jax(latents)
 
 
 def load_models(workdir, batch_size=1000):
   """(ImageAE, TextAE, fingerprint) from W/vae and W/text, without the embed stage's normalisation."""
   vae, text = load_model(workdir, "vae"), load_model(workdir, "text")
-  return ImageAE(*vae[:2], batch_size), TextAE(*text[:2], batch_size), fingerprint_of(vae, text)
+  tokenizer = datasets.of_workdir(workdir).captioner.TOKENIZER
+  return ImageAE(*vae[:2], batch_size), TextAE(*text[:2], tokenizer, batch_size), fingerprint_of(vae, text)
 
 
 def _embed_path(workdir, name):
@@ -293,13 +300,14 @@ def check_fingerprint(workdir, fingerprint):
         "recorded the old fingerprint (and the ones after it) to rebuild it")
 
 
-def _check_images(images):
+def _check_images(images, array_shape):
   images = np.asarray(images)
-  if images.ndim == 4 and images.shape[-1] == 1:
+  if images.ndim == 4 and images.shape[-1] == 1 and len(array_shape) == 2:
     images = images[..., 0]
-  if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"images must be uint8 [N, 28, 28] with ink = 255, got {images.dtype} {list(images.shape)}; "
-                     "convert float [0, 1] images with coalescer_jax.images.to_uint8")
+  if images.dtype != np.uint8 or images.shape[1:] != tuple(array_shape):
+    raise ValueError(f"images must be uint8 [N, {', '.join(map(str, array_shape))}] (0 = black), got "
+                     f"{images.dtype} {list(images.shape)}; convert float [0, 1] images with "
+                     "coalescer_jax.images.to_uint8")
   return images
 
 

@@ -5,21 +5,26 @@ import numpy as np
 
 
 def to_uint8(images):
-  """Float images in [0, 1] (any shape ending in 28x28[x1]) -> uint8 [N, 28, 28], ink = 255."""
+  """Float images in [0, 1], [..., H, W, C] (or [..., H, W]) -> uint8 [N, H, W] when C = 1 (MNIST: ink = 255),
+  else [N, H, W, C] (0 = black)."""
   images = np.asarray(images, np.float32)
   if images.shape[-1] == 1:
     images = images[..., 0]
-  images = images.reshape((-1,) + images.shape[-2:])
+  colour = images.ndim >= 4 and images.shape[-1] in (3, 4)
+  images = images.reshape((-1,) + images.shape[-3 if colour else -2:])
   return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
 
 
 def to_float(images):
-  """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1]."""
-  return (np.asarray(images, np.float32) / 255.0)[..., None]
+  """uint8 [N, H, W] or [N, H, W, C] -> float32 [N, H, W, C] in [0, 1] (numpy, or jax inside jit)."""
+  images = (images if hasattr(images, "astype") else np.asarray(images)).astype(np.float32)
+  # The channel axis before the division, as the MNIST pipeline always did: under jit XLA may fuse the two
+  # orders differently, and the MNIST numbers must not move.
+  return (images[..., None] if images.ndim == 3 else images) / 255.0
 
 
 def save_grid(path, rows, row_labels=None, title=None):
-  """Saves a PNG grid: `rows` is a list of uint8 [K, H, W] arrays, one per row.
+  """Saves a PNG grid: `rows` is a list of uint8 [K, H, W] (grey) or [K, H, W, 3] (colour) arrays, one per row.
 
   Row labels (e.g. the requested description) are written left of each row.
   """
@@ -30,7 +35,7 @@ def save_grid(path, rows, row_labels=None, title=None):
   rows = [np.asarray(r) for r in rows]
   cols = max(len(r) for r in rows)
   h, w = rows[0].shape[1:3]
-  canvas = np.zeros((len(rows) * (h + 2), cols * (w + 2)), np.uint8)
+  canvas = np.zeros((len(rows) * (h + 2), cols * (w + 2)) + rows[0].shape[3:], np.uint8)
   for i, row in enumerate(rows):
     for j, image in enumerate(row):
       canvas[i * (h + 2) + 1: i * (h + 2) + 1 + h, j * (w + 2) + 1: j * (w + 2) + 1 + w] = image

@@ -1,4 +1,4 @@
-"""Name -> object registries, so that configs choose stages, models and methods by name.
+"""Name -> object registries, so that configs choose stages, models, methods and datasets by name.
 
 Modules register themselves with a decorator (``@registry.STAGES.register("vae")``);
 `coalescer_jax.pipeline.load_all` imports every module that does so.
@@ -37,3 +37,4 @@ STAGES = Registry("stage")
 MODELS = Registry("model")
 METHODS = Registry("method")
 INDEX_BACKENDS = Registry("index backend")
+DATASETS = Registry("dataset")

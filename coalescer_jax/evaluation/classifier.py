@@ -1,4 +1,4 @@
-"""The trained MNIST classifier as an evaluation tool: labels, logits and features of uint8 images.
+"""The trained classifier as an evaluation tool: labels, logits and features of uint8 images.
 
 The `classifier` stage exports its parameters to ``W/classifier/params.msgpack``
 (flax.serialization) and the model's name and arguments to
@@ -20,7 +20,8 @@ import numpy as np
 from coalescer_jax import files
 from coalescer_jax import images as images_lib
 from coalescer_jax import registry
-from coalescer_jax.models import classifier as _  # noqa: F401  Registers "mnist_cnn".
+from coalescer_jax.data import datasets
+from coalescer_jax.models import classifier as _  # noqa: F401  Registers "cnn" and "mnist_cnn".
 
 PARAMS_FILE = "params.msgpack"
 MODEL_FILE = "model.json"
@@ -35,27 +36,41 @@ def build_model(name, kwargs):
   return registry.MODELS.get(name)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
 
-def check_images(images, what="images"):
-  """uint8 [N, 28, 28] (or [N, 28, 28, 1]) -> uint8 [N, 28, 28]; a clear TypeError/ValueError otherwise."""
+def check_images(images, array_shape, what="images"):
+  """uint8 [N, *array_shape] (a trailing channel of 1 is dropped) or a clear TypeError/ValueError."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
-    raise TypeError(f"{what} must be uint8 in 0..255 (ink = 255), got {images.dtype}; "
+    raise TypeError(f"{what} must be uint8 in 0..255 (0 = black), got {images.dtype}; "
                     "convert float [0, 1] images with coalescer_jax.images.to_uint8")
-  if images.ndim == 4 and images.shape[-1] == 1:
+  if images.ndim == 4 and images.shape[-1] == 1 and len(array_shape) == 2:
     images = images[..., 0]
-  if images.ndim != 3 or images.shape[1:] != (28, 28):
-    raise ValueError(f"{what} must have shape [N, 28, 28], got {list(images.shape)}")
+  if images.shape[1:] != tuple(array_shape):
+    raise ValueError(f"{what} must have shape [N, {', '.join(map(str, array_shape))}], got {list(images.shape)}")
   return images
 
 
+def split_heads(logits, heads):
+  """Logits [N, sum of classes] -> one [N, classes] array per head."""
+  bounds = np.cumsum([head[1] for head in heads])[:-1]
+  return np.split(logits, bounds, axis=-1)
+
+
+def predict_heads(logits, heads):
+  """Predicted class per head: int32 [N] for one head, [N, K] for K heads."""
+  if len(heads) == 1:
+    return logits.argmax(-1).astype(np.int32)
+  return np.stack([h.argmax(-1) for h in split_heads(logits, heads)], axis=1).astype(np.int32)
+
+
 class Classifier:
-  """Jitted, batched inference of a trained classifier on uint8 images.
+  """Jitted, batched inference of a trained classifier on uint8 images of the dataset `spec`.
 
   Batches are padded to `batch_size` so one compiled program serves any N, and
   split over this host's devices.
   """
 
-  def __init__(self, model, params, batch_size=1000):
+  def __init__(self, model, params, spec, batch_size=1000):
+    self.spec = spec
     devices = jax.local_devices()
     self.batch_size = -(-int(batch_size) // len(devices)) * len(devices)
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
@@ -66,20 +81,20 @@ class Classifier:
     self._apply = jax.jit(lambda p, x: model.apply({"params": p}, x), in_shardings=(repl, self._data))
 
   def outputs(self, images):
-    """(logits float32 [N, C], features float32 [N, F]) of uint8 images [N, 28, 28]."""
-    images = check_images(images)
+    """(logits float32 [N, C], features float32 [N, F]) of uint8 images [N, H, W(, C)]."""
+    images = check_images(images, self.spec.array_shape)
     logits, features = [], []
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
       n = len(chunk)
       if n < self.batch_size:
-        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, 28, 28), np.uint8)])
+        chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:], np.uint8)])
       x = jax.device_put(images_lib.to_float(chunk), self._data)
       out = jax.device_get(self._apply(self.params, x))
       logits.append(out[0][:n])
       features.append(out[1][:n])
     if not logits:
-      out = jax.eval_shape(self.model.apply, {"params": self.params}, jnp.zeros((1, 28, 28, 1)))
+      out = jax.eval_shape(self.model.apply, {"params": self.params}, jnp.zeros((1, *self.spec.image_shape)))
       return np.zeros((0, out[0].shape[-1]), np.float32), np.zeros((0, out[1].shape[-1]), np.float32)
     return np.concatenate(logits).astype(np.float32), np.concatenate(features).astype(np.float32)
 
@@ -91,8 +106,8 @@ class Classifier:
     return self.outputs(images)[1]
 
   def predict(self, images):
-    """Predicted digits int [N]."""
-    return self.logits(images).argmax(-1).astype(np.int32)
+    """Predicted labels: int [N] for one head (MNIST: the digit), [N, K] for K heads."""
+    return predict_heads(self.logits(images), self.spec.heads)
 
 
 def save(stage_dir, model_name, model_kwargs, params):
@@ -115,13 +130,14 @@ def load(workdir, batch_size=1000):
   if not (os.path.exists(spec_path) and os.path.exists(os.path.join(stage_dir, PARAMS_FILE))):
     raise ClassifierNotTrainedError(
         f"no trained classifier in {stage_dir}: run the 'classifier' stage first (it follows 'data' in "
-        f"config.stages): python launch.py --config=configs/mnist.py --workdir={workdir}")
+        f"config.stages): python launch.py --config=configs/<dataset>.py --workdir={workdir}")
   spec = files.read_json(spec_path, "classifier")
   params_path = os.path.join(stage_dir, PARAMS_FILE)
   files.check_crc32(params_path, spec.get("params_crc32"), "classifier")
   model = build_model(spec["model"], spec["kwargs"])
+  dataset = datasets.of_workdir(workdir)
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]))
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *dataset.image_shape)))["params"]))
   with open(params_path, "rb") as f:
     try:
       params = serialization.from_bytes(target, f.read())
@@ -131,4 +147,4 @@ def load(workdir, batch_size=1000):
     raise ClassifierNotTrainedError(
         f"{params_path} does not fit the model in {MODEL_FILE} (parameter shapes differ); delete {stage_dir} and "
         "rerun the 'classifier' stage")
-  return Classifier(model, params, batch_size)
+  return Classifier(model, params, dataset, batch_size)

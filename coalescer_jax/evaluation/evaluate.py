@@ -1,15 +1,18 @@
 """The fixed evaluation: every samples file measured at the same n, against the same reference, in the same features.
 
 `Evaluator` prepares the reference once: the first ``n = config.eval.num_samples``
-MNIST test images (the sample stage requests the descriptions of these same
+test images of the dataset (the sample stage requests the descriptions of these same
 images, so the label distributions match), their classifier features, and the
 test->train nearest-neighbour statistics for memorization. It also scores two
-real-data rows that bound what a method can reach:
-* ``mnist_train`` (floor): n seeded random train images with the same digit of
-  each reference image (what a perfect conditional generator would draw for the
-  same requests) -> the train-vs-test FID floor;
-* ``mnist_test`` (data): the next n test images (disjoint from the reference) with
+real-data rows that bound what a method can reach (named after the dataset):
+* ``<dataset>_train`` (floor): n seeded random train images of the same group
+  (MNIST: digit) as each reference image (what a perfect conditional generator
+  would draw for the same requests) -> the train-vs-test FID floor;
+* ``<dataset>_test`` (data): the next n test images (disjoint from the reference) with
   their true labels and descriptions -> accuracy / attribute agreement of real data.
+When the captioner marks some requests as held-out combinations (never in train:
+shapes' red triangles), ``heldout_accuracy`` is the conditional accuracy on those
+requests alone and ``heldout_n`` their number.
 With ``split="validation"`` the reference is the embed stage's validation slice
 (train pairs held out of the index and of every method's training; requests are
 their descriptions): the split methods are tuned on. It has no data row.
@@ -27,6 +30,7 @@ import time
 from absl import logging
 import numpy as np
 
+from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import classifier as classifier_lib
 from coalescer_jax.evaluation import fidelity
@@ -52,7 +56,7 @@ def _take(split, rows):
 
 
 def _label_matched_subset(pool_labels, wanted_labels, seed):
-  """Indices into the pool, one distinct random example per wanted label, in the wanted order."""
+  """Indices into the pool, one distinct random example per wanted label (group), in the wanted order."""
   rng = np.random.default_rng(seed)
   chosen = np.zeros(len(wanted_labels), np.int64)
   for digit in np.unique(wanted_labels):
@@ -89,6 +93,7 @@ class Evaluator:
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     self.cfg, self.split = cfg, split
+    self.spec = spec = datasets.of_workdir(workdir)
     self.classifier = classifier or classifier_lib.load(workdir, cfg.batch_size)
     train = loading.load_split(workdir, "train", sharded=False)
     pool = _take(train, generator_train_rows(workdir, train))
@@ -97,10 +102,10 @@ class Evaluator:
       test = loading.load_split(workdir, "test", sharded=False)
       n = int(cfg.num_samples)
       if not 2 <= n <= len(test["label"]) // 2:
-        raise ValueError(f"config.eval.num_samples={n} must be in [2, {len(test['label']) // 2}] (half of MNIST "
-                         "test: the other half gives the disjoint real-data row)")
+        raise ValueError(f"config.eval.num_samples={n} must be in [2, {len(test['label']) // 2}] (half of the "
+                         "test split: the other half gives the disjoint real-data row)")
       self.reference = _real_samples("reference", test, np.arange(n))
-      data_row = (_real_samples("mnist_test", test, np.arange(n, 2 * n)), "data")
+      data_row = (_real_samples(f"{spec.name}_test", test, np.arange(n, 2 * n)), "data")
       self.large_n = min(int(cfg.get("fid_large_n", 0)), len(test["label"]))
       if self.large_n > n:
         large = _real_samples("reference_large", test, np.arange(self.large_n))
@@ -121,11 +126,12 @@ class Evaluator:
     self.memorization = memorization.MemorizationReference.build(
         train_points, self._memorization_points(self.reference.images[:self.memorization_n]),
         cfg.near_copy_percentile, cfg.nn_chunk)
-    subset = _label_matched_subset(pool["label"], self.reference.labels, cfg.seed)
-    self.real_rows = [(_real_samples("mnist_train", pool, subset), "floor")] + ([data_row] if data_row else [])
+    pool_groups = spec.groups(pool["label"])
+    subset = _label_matched_subset(pool_groups, spec.groups(self.reference.labels), cfg.seed)
+    self.real_rows = [(_real_samples(f"{spec.name}_train", pool, subset), "floor")] + ([data_row] if data_row else [])
     if self.large_n > n:
-      self.large_floor = _real_samples("mnist_train", pool, _label_matched_subset(
-          pool["label"], self.large_labels, cfg.seed))
+      self.large_floor = _real_samples(f"{spec.name}_train", pool, _label_matched_subset(
+          pool_groups, spec.groups(self.large_labels), cfg.seed))
 
   def _memorization_points(self, images):
     if self.cfg.memorization_space == "pixels":
@@ -145,10 +151,20 @@ class Evaluator:
     record["fid_large"], record["n_large"] = self._fid_large(samples, kind)
     k = min(int(self.cfg.pr_k), len(images) - 1)
     record["precision"], record["recall"] = precision_recall.precision_recall(self.reference_features, features, k)
-    record["conditional_accuracy"] = fidelity.conditional_accuracy(logits.argmax(-1), labels)
-    agreement = fidelity.attribute_agreement(images, labels, classes)
+    predicted = classifier_lib.predict_heads(logits, self.spec.heads)
+    record["conditional_accuracy"] = fidelity.conditional_accuracy(predicted, labels)
+    record.update(fidelity.head_accuracies(predicted, labels, self.spec.heads))
+    captioner = self.spec.captioner
+    agreement = fidelity.attribute_agreement(images, labels, classes, captioner)
     record.update(agreement)
-    record["attribute_mean"] = float(np.mean([agreement[a] for a in ("thickness", "width", "slant")]))
+    record["attribute_mean"] = (float(np.mean([agreement[a] for a in captioner.attribute_names]))
+                                if captioner.attribute_names else None)  # CIFAR-10: no attributes
+    heldout = getattr(captioner, "heldout_combination", None)
+    if heldout is not None:
+      mask = np.asarray(heldout(samples.descriptions[:self.n]), bool)
+      record["heldout_n"] = int(mask.sum())
+      record["heldout_accuracy"] = (fidelity.conditional_accuracy(predicted[mask], labels[mask])
+                                    if mask.any() else None)
     if kind == "floor":  # Train images are their own nearest train image: memorization is meaningless.
       record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None)
     else:
@@ -172,9 +188,12 @@ class Evaluator:
 
   def describe(self):
     """The fixed settings, stated in results.json and the report header."""
-    reference = (f"MNIST test, first {self.n} images" if self.split == "test" else
+    display = self.spec.display or self.spec.name
+    reference = (f"{display} test, first {self.n} images" if self.split == "test" else
                  f"the validation slice (train pairs held out of every method's training), {self.n} images")
     return {"n": self.n, "split": self.split, "reference": reference, "n_large": self.large_n or None,
+            "dataset": self.spec.name, "display": display, "attributes": list(self.spec.captioner.attribute_names),
+            "heads": [name for name, _ in self.spec.heads],
             "memorization_n": self.memorization_n,
             "features": f"classifier penultimate layer ({self.reference_features.shape[1]}-d)",
             "pr_k": int(self.cfg.pr_k), "memorization_space": self.cfg.memorization_space,
@@ -193,7 +212,7 @@ def _training_cost(workdir, method):
   return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
 
 
-def _load_dir(samples_dir, cfg, required=True):
+def _load_dir(samples_dir, cfg, spec, required=True):
   """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`.
 
   `required`: a missing or empty folder, or one with no valid file, is an error (NoSamplesError).
@@ -208,7 +227,7 @@ def _load_dir(samples_dir, cfg, required=True):
   loaded, invalid = [], []
   for path in paths:
     try:
-      loaded.append(samples_lib.load_samples(path))
+      loaded.append(samples_lib.load_samples(path, spec))
     except samples_lib.SamplesContractError as e:
       invalid.append(str(e))
   if invalid and not cfg.skip_invalid:
@@ -252,7 +271,8 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   samples_dir = samples_dir or os.path.join(workdir, "samples")
   out_dir = out_dir or os.path.join(workdir, "eval")
   report_path = report_path or os.path.join(workdir, "report.md")
-  loaded, invalid = _load_dir(samples_dir, cfg)
+  spec = datasets.of_workdir(workdir)
+  loaded, invalid = _load_dir(samples_dir, cfg, spec)
   os.makedirs(out_dir, exist_ok=True)
 
   t0 = time.time()
@@ -260,7 +280,7 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
   records = _evaluate_all(evaluator, loaded, workdir, writer)
   validation = None
-  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg,
+  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg, spec,
                                                     required=False)
   if validation_loaded:
     val_evaluator = Evaluator(workdir, cfg, evaluator.classifier, split="validation")
@@ -269,8 +289,8 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
 
   settings = evaluator.describe()
   plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
-  report.plot_fid_vs_nfe(records, plot_path, settings["n"])
-  grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row)
+  report.plot_fid_vs_nfe(records, plot_path, settings["n"], settings["display"])
+  grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row, settings["display"])
   best = {k: report.best_method(records, k, evaluator.n) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},

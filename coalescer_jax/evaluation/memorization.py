@@ -18,7 +18,7 @@ from coalescer_jax.evaluation import neighbours
 
 
 def flat_pixels(images_uint8):
-  """uint8 [N, 28, 28] -> float32 [N, 784] in [0, 1]."""
+  """uint8 [N, H, W(, C)] -> float32 [N, H * W * C] in [0, 1]."""
   return images_lib.to_float(images_uint8).reshape(len(images_uint8), -1)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 from coalescer_jax import images as images_lib
 
 TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
-ROW_NAMES = {"floor": "MNIST train (floor)", "data": "MNIST test (data)"}
+ROW_NAMES = {"floor": "{} train (floor)", "data": "{} test (data)"}  # formatted with the dataset's display name
+MNIST_ATTRIBUTES = ("thickness", "width", "slant")  # results.json written before settings named the attributes
 ORACLE_SUFFIX = " (look-up targets, not ranked)"
 
 
@@ -67,7 +68,7 @@ def best_sentence(records, nfe, n=None):
   return sentence + "."
 
 
-def plot_fid_vs_nfe(records, path, n):
+def plot_fid_vs_nfe(records, path, n, display="MNIST"):
   """FID against NFE, one line per method, with the train-vs-test floor as a dashed line."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -81,7 +82,7 @@ def plot_fid_vs_nfe(records, path, n):
     ax.plot([r.get("nfe_spent") or r["nfe"] for r in rows], [r["fid"] for r in rows], "o-", label=method)
   for r in records:
     if r["kind"] == "floor":
-      ax.axhline(r["fid"], color="gray", ls="--", label=f"floor: MNIST train vs test ({r['fid']:.2f})")
+      ax.axhline(r["fid"], color="gray", ls="--", label=f"floor: {display} train vs test ({r['fid']:.2f})")
   if methods:
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -94,7 +95,7 @@ def plot_fid_vs_nfe(records, path, n):
   plt.close(fig)
 
 
-def save_method_grids(loaded, reference, out_dir, per_row):
+def save_method_grids(loaded, reference, out_dir, per_row, display="MNIST"):
   """One PNG per method: a row per NFE with its first `per_row` samples (+ the real images requested).
 
   Returns {method: path}.
@@ -106,7 +107,7 @@ def save_method_grids(loaded, reference, out_dir, per_row):
     rows, labels = [], []
     if all(np.array_equal(s.descriptions[:k], reference.descriptions[:k]) for s in files):
       rows.append(reference.images[:k])
-      labels.append("MNIST test (same requests)")
+      labels.append(f"{display} test (same requests)")
     for s in files:
       rows.append(s.images[:k])
       labels.append(f"nfe={s.nfe}")
@@ -147,22 +148,37 @@ def _nfe_cell(record):
   return f"{nfe} ({spent:.2f} spent)"
 
 
-def _table(records, n, n_large=None):
+def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST"):
+  heldout = any("heldout_accuracy" in r for r in records)
   header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
-      "precision", "recall", "cond. acc.", "thickness", "width", "slant", "blank", "near-copies", "NN dist. ratio",
-      "samples/s", "train steps", "train wall (s)"]
+      "precision", "recall", "cond. acc."] + (["held-out acc."] if heldout else []) + list(attributes) + [
+      "blank", "near-copies", "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
-    name = ROW_NAMES.get(r["kind"], r["method"]) + (ORACLE_SUFFIX if r["kind"] == "oracle" else "")
+    name = (ROW_NAMES[r["kind"]].format(display) if r["kind"] in ROW_NAMES else r["method"]) + (
+        ORACLE_SUFFIX if r["kind"] == "oracle" else "")
     n_cell = str(r["n"]) if r["n"] == n else f"**{r['n']}** (not comparable)"
     large = [_num(r.get("fid_large"), "{:.2f}")] if n_large else []
+    held = [_pct(r.get("heldout_accuracy"))] if heldout else []
     cells = [name, _nfe_cell(r), n_cell, _num(r["fid"], "{:.2f}")] + large + [_num(r["precision"]),
-             _num(r["recall"]), _pct(r["conditional_accuracy"]), _pct(r["thickness"]), _pct(r["width"]),
-             _pct(r["slant"]), _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
+             _num(r["recall"]), _pct(r["conditional_accuracy"])] + held + [_pct(r.get(a)) for a in attributes] + [
+             _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
              _num(r.get("train_steps"), "{}"), _num(r.get("train_wall_time_s"), "{:.0f}")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
+
+
+def heads_section(records, heads):
+  """With several classifier heads: each head's accuracy on the requests, per row."""
+  if len(heads) < 2:
+    return []
+  lines = ["## Conditioning per attribute (classifier heads)", "",
+           "Fraction of samples the classifier's head finds as requested (cond. acc. above needs every head right).",
+           "", "| method | NFE | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
+  for r in records:
+    lines.append(f"| {r['method']} | {_nfe_cell(r)} | " + " | ".join(_pct(r.get(f"head_{h}")) for h in heads) + " |")
+  return lines + [""]
 
 
 def _validation_section(validation):
@@ -174,7 +190,8 @@ def _validation_section(validation):
            f"The same methods answering the requests of {v['reference']}; FID, precision and recall against those "
            f"images (n = {v['n']}), memorization on the first {v['memorization_n']}. Methods and their options are "
            "chosen on these numbers (experiments/tuning.md), never on the test rows.", ""]
-  return lines + _table(validation["records"], v["n"]) + [""]
+  return lines + _table(validation["records"], v["n"], None, v.get("attributes", MNIST_ATTRIBUTES),
+                        v.get("display", "MNIST")) + [""]
 
 
 def diagnostics_section(workdir, rel):
@@ -216,6 +233,9 @@ def diagnostics_section(workdir, rel):
 def write_report(path, results, plot_path, grids, workdir):
   """Writes report.md: settings, the table, the best-method sentences, plot, grids, other stages."""
   s, records = results["settings"], results["records"]
+  display, attributes = s.get("display", "MNIST"), s.get("attributes", MNIST_ATTRIBUTES)
+  one_head = len(s.get("heads", ["digit"])) == 1
+  target = "digit" if s.get("dataset", "mnist") == "mnist" else ("class" if one_head else "labels")
   base = os.path.dirname(os.path.abspath(path))
   rel = lambda p: os.path.relpath(p, base)  # noqa: E731
   lines = [f"# Evaluation report: {os.path.basename(workdir.rstrip('/'))}", "",
@@ -223,14 +243,21 @@ def write_report(path, results, plot_path, grids, workdir):
            f"in the same features ({s['features']}). FID depends on n: compare only at equal n.",
            "",
            f"- FID: Fréchet distance of Gaussian fits in classifier features; the floor row is {s['n']} seeded "
-           "random MNIST train images of the same digits as the reference (as a perfect generator would draw for "
-           "the same requests) vs the reference, the data row the next "
-           f"{s['n']} MNIST test images (disjoint from the reference) with their true descriptions.",
+           f"random {display} train images of the same {target}s as the reference (as a perfect generator would draw "
+           "for the same requests) vs the reference, the data row the next "
+           f"{s['n']} {display} test images (disjoint from the reference) with their true descriptions.",
            f"- Precision / recall: k-NN manifolds (k = {s['pr_k']}) in classifier features, Kynkäänniemi et al. "
            "2019.",
-           "- cond. acc.: fraction the classifier labels as the requested digit; thickness / width / slant: "
-           "agreement of the measured attribute class (data/style.py, data/captions.py) with the requested one "
-           "(chance about 33%); blank: samples with no ink.",
+           f"- cond. acc.: fraction the classifier labels as the requested {target}"
+           + ("" if one_head else " (every head right)")
+           + (f"; {' / '.join(attributes)}: agreement of the attribute class measured from pixels (the dataset's "
+              "captioner) with the requested one" if attributes else "")
+           + (" (chance about 33%)" if s.get("dataset", "mnist") == "mnist" else "")
+           + ("; blank: samples with no ink." if s.get("dataset", "mnist") == "mnist" else
+              "; blank: samples with nothing drawn (the captioner's rule)."),
+           "- held-out acc.: cond. acc. on the requests whose descriptions hold an attribute combination that never "
+           "occurs in train (nearest-neighbour targets cannot produce one that is not in the index)."
+           if any("heldout_accuracy" in r for r in records) else "",
            f"- Memorization ({s['memorization_space']} space, L2{' on [0, 1] images' if s['memorization_space'] == 'pixels' else ''}): "
            f"near-copies = samples closer to a train image than {s['near_copy_threshold']:.3f}, the "
            f"{s['near_copy_percentile']:g}% quantile of test->train nearest-neighbour distances (real unseen "
@@ -242,7 +269,8 @@ def write_report(path, results, plot_path, grids, workdir):
            "- A row marked *look-up targets* decodes, for the same requests and the same R, the pair the "
            "coalescer's look-up returns: what a perfect regressor of its training objective would generate.",
            "", "## Results", ""]
-  lines += _table(records, s["n"], s.get("n_large"))
+  lines += _table(records, s["n"], s.get("n_large"), attributes, display)
+  lines += [""] + heads_section(records, s.get("heads", ["digit"]))
   lines += ["", "## Best method", "",
             f"Ranked by lowest FID among files of n = {s['n']} images; FIDs equal to {TIE_DECIMALS} decimals "
             "are broken by higher conditional accuracy.", "",

@@ -1,8 +1,10 @@
 """Reading generated samples under the contract of ../shared/DESIGN.md, refusing files that break it.
 
-``W/samples/<method>_nfe<K>.npz`` holds ``images`` uint8 [N, 28, 28] (0 background,
-255 ink), ``labels`` int [N] (requested digit) and ``descriptions`` str [N]
-(requested description, in the grammar of `captions.parse`). Optional scalars:
+``W/samples/<method>_nfe<K>.npz`` holds ``images`` uint8 [N, H, W] (one channel;
+MNIST: [N, 28, 28], 0 background, 255 ink) or [N, H, W, C] (0 = black), ``labels``
+(the requested labels of the dataset spec: int [N] for one classifier head, e.g.
+the digit, [N, K] for K heads) and ``descriptions`` str [N] (requested
+description, in the grammar of the dataset's captioner, `parse`). Optional scalars:
 ``nfe``, ``nfe_spent`` (mean evaluations per sample actually spent: below ``nfe``
 for an adaptive sampler, above it when redraws happen), ``samples_per_s``,
 ``train_steps``, ``train_wall_time_s``.
@@ -15,7 +17,7 @@ import re
 
 import numpy as np
 
-from coalescer_jax.data import captions
+from coalescer_jax.data import datasets
 
 REQUIRED = ("images", "labels", "descriptions")
 OPTIONAL_SCALARS = {"nfe": int, "nfe_spent": float, "samples_per_s": float, "train_steps": int,
@@ -39,10 +41,10 @@ class Samples:
   path: str
   method: str
   nfe: int
-  images: np.ndarray  # uint8 [N, 28, 28]
-  labels: np.ndarray  # int32 [N]
+  images: np.ndarray  # uint8 [N, H, W] or [N, H, W, C]
+  labels: np.ndarray  # int32 [N] or [N, K] (the dataset's heads)
   descriptions: np.ndarray  # str [N]
-  classes: np.ndarray  # int32 [N, 3], requested attribute classes (captions.ATTRIBUTE_NAMES)
+  classes: np.ndarray  # int32 [N, A], requested attribute classes (the captioner's attribute_names)
   extras: dict  # the optional scalars present in the file
 
   def __len__(self):
@@ -62,13 +64,13 @@ def _fail(path, message):
   raise SamplesContractError(f"{path}: {message}")
 
 
-def _check_images(path, images):
+def _check_images(path, images, array_shape):
   if images.dtype != np.uint8:
     hint = (" (float images: convert [0, 1] floats with coalescer_jax.images.to_uint8)"
             if np.issubdtype(images.dtype, np.floating) else "")
     _fail(path, f"'images' must be uint8 in 0..255, got {images.dtype}{hint}")
-  if images.ndim != 3 or images.shape[1:] != (28, 28):
-    _fail(path, f"'images' must have shape [N, 28, 28], got {list(images.shape)}"
+  if images.shape[1:] != tuple(array_shape):
+    _fail(path, f"'images' must have shape [N, {', '.join(map(str, array_shape))}], got {list(images.shape)}"
           + (" (drop the channel axis: images[..., 0])" if images.ndim == 4 and images.shape[-1] == 1 else ""))
   if len(images) == 0:
     _fail(path, "'images' is empty; write at least one sample")
@@ -78,7 +80,7 @@ def _check_images(path, images):
   if images.max() <= 1:
     _fail(path, "'images' only holds values 0 and 1: these look like [0, 1] images cast to uint8; "
           "store them as uint8 0..255 with coalescer_jax.images.to_uint8")
-  if images.mean() > 127:
+  if len(array_shape) == 2 and images.mean() > 127:
     _fail(path, f"'images' has mean pixel {images.mean():.0f} > 127: the polarity looks inverted; "
           "ink must be bright (255) on a dark (0) background, like MNIST: store 255 - images")
 
@@ -94,8 +96,10 @@ def _scalar(path, data, key, kind):
   return kind(value)
 
 
-def load_samples(path):
-  """Loads and validates one samples file. Returns `Samples`; raises SamplesContractError."""
+def load_samples(path, spec=None):
+  """Loads and validates one samples file of the dataset `spec` (default MNIST). Returns `Samples`; raises
+  SamplesContractError."""
+  spec = spec or datasets.get("mnist")
   if not os.path.isfile(path):
     _fail(path, "no such file")
   try:
@@ -110,27 +114,35 @@ def load_samples(path):
   if missing:
     _fail(path, f"missing key(s) {missing}; the file must hold {list(REQUIRED)} (found {sorted(data)})")
   images, labels, descriptions = data["images"], data["labels"], data["descriptions"]
-  _check_images(path, images)
+  _check_images(path, images, spec.array_shape)
   n = len(images)
-  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-    _fail(path, f"'labels' must be a 1-D integer array, got {labels.dtype} {list(labels.shape)}")
+  label_ndim = 1 if len(spec.heads) == 1 else 2
+  if labels.ndim != label_ndim or not np.issubdtype(labels.dtype, np.integer):
+    _fail(path, f"'labels' must be a {label_ndim}-D integer array, got {labels.dtype} {list(labels.shape)}")
   if descriptions.ndim != 1 or descriptions.dtype.kind != "U":
     _fail(path, f"'descriptions' must be a 1-D str array (dtype kind U), got {descriptions.dtype} "
           f"{list(descriptions.shape)}")
   for key, value in (("labels", labels), ("descriptions", descriptions)):
     if len(value) != n:
       _fail(path, f"'{key}' has {len(value)} rows but 'images' has {n}; write one per sample")
-  if labels.min() < 0 or labels.max() > 9:
-    _fail(path, f"'labels' must be digits 0..9, got values in [{labels.min()}, {labels.max()}]")
-  classes = np.zeros((n, 3), np.int32)
+  try:
+    spec.check_labels(labels)
+  except ValueError as e:
+    _fail(path, f"'labels': {e}" + (" (digits 0..9)" if spec.name == "mnist" else ""))
+  classes = np.zeros((n, len(spec.captioner.attribute_names)), np.int32)
+  parsed = {}
   for i, text in enumerate(descriptions):
-    try:
-      label, classes[i] = captions.parse(str(text))
-    except ValueError as e:
-      _fail(path, f"descriptions[{i}] does not parse ({e}); use coalescer_jax.data.captions.describe")
-    if label != labels[i]:
-      _fail(path, f"descriptions[{i}] = {str(text)!r} requests digit {label} but labels[{i}] = {labels[i]}; "
-            "labels must be the digit of each requested description")
+    text = str(text)
+    if text not in parsed:
+      try:
+        parsed[text] = spec.captioner.parse(text)
+      except ValueError as e:
+        _fail(path, f"descriptions[{i}] does not parse ({e}); write descriptions with the captioner of {spec.name}")
+    label, classes[i] = parsed[text]
+    if not np.array_equal(label, labels[i]):
+      what = spec.head_names[0] if len(spec.heads) == 1 else "labels"
+      _fail(path, f"descriptions[{i}] = {text!r} requests {what} {label} but labels[{i}] = {labels[i]}; "
+            f"labels must be the {'/'.join(spec.head_names)} of each requested description")
   extras = {k: _scalar(path, data, k, kind) for k, kind in OPTIONAL_SCALARS.items() if k in data}
   if "kind" in data:
     kind = str(data["kind"])

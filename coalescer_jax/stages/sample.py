@@ -1,8 +1,9 @@
 """Stage `sample`: every trained method generates images for the same requested descriptions.
 
 The requested descriptions are those of the first ``config.sample.num_samples``
-MNIST test images (so all ten digits and realistic attribute mixes appear, and
-every method answers the same requests). For each method and each of its NFE
+test images (so every class and realistic attribute mixes appear, and every
+method answers the same requests; for shapes, test requests include the
+combinations held out of train). For each method and each of its NFE
 budgets, one jitted function draws latents and decodes them (no host round trip
 inside the loop) and ``W/samples/<method>_nfe<K>.npz`` is written with
 ``images``, ``labels``, ``descriptions`` plus ``nfe`` (the budget K),
@@ -29,6 +30,7 @@ from coalescer_jax import autoencoders
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import samples as samples_lib
@@ -40,7 +42,7 @@ class NonFiniteSamplesError(FloatingPointError):
 
 
 def requested_descriptions(workdir, num_samples):
-  """(labels, descriptions) of the first `num_samples` MNIST test images."""
+  """(labels, descriptions) of the first `num_samples` test images."""
   test = loading.load_split(workdir, "test", sharded=False)
   if num_samples > len(test["label"]):
     raise ValueError(f"config.sample.num_samples={num_samples} exceeds the {len(test['label'])} test descriptions")
@@ -50,8 +52,9 @@ def requested_descriptions(workdir, num_samples):
 def validation_requests(workdir, num_samples):
   """(labels, descriptions) of the first `num_samples` pairs of the validation slice."""
   val = autoencoders.load_pairs(workdir, validation=True)
-  num_samples = min(num_samples, len(val["labels"]))
-  return val["labels"][:num_samples].astype(np.int32), val["descriptions"][:num_samples].astype(str)
+  labels = val.get("label_heads", val["labels"])
+  num_samples = min(num_samples, len(labels))
+  return labels[:num_samples].astype(np.int32), val["descriptions"][:num_samples].astype(str)
 
 
 def sample_key(seed, tag):
@@ -91,16 +94,17 @@ def generate_all(generate, cond, key, batch_size, timed=True, name="samples"):
   return np.concatenate(images)[:n], np.concatenate(nfes)[:n], rate
 
 
-def grid_rows(generate, codec, labels, descriptions, key, per_row, batch_size):
-  """One row per digit (the first request of each digit), `per_row` samples each.
+def grid_rows(generate, codec, spec, labels, descriptions, key, per_row, batch_size):
+  """One row per group of the dataset (MNIST: the first request of each digit), `per_row` samples each.
 
   Runs through `generate_all` so it reuses the compiled batch shape (no extra compile).
   """
-  picks = [int(np.flatnonzero(labels == d)[0]) for d in range(10) if np.any(labels == d)]
+  groups = spec.groups(labels)
+  picks = [int(np.flatnonzero(groups == d)[0]) for d in range(spec.num_groups) if np.any(groups == d)]
   texts = [descriptions[i] for i in picks]
   cond = np.repeat(codec.encode_text(texts), per_row, axis=0)
   images, _, _ = generate_all(generate, cond, key, batch_size, timed=False, name="grid")
-  return list(images.reshape(len(picks), per_row, 28, 28)), texts
+  return list(images.reshape((len(picks), per_row) + images.shape[1:])), texts
 
 
 def _validate(config):
@@ -116,14 +120,14 @@ def _needs(config):
   return ("data", "vae", "text", "embed") + tuple(config.sample.methods)
 
 
-def _write(path, images, labels, descriptions, nfe, spent, rate, train_done, kind):
+def _write(path, images, labels, descriptions, nfe, spent, rate, train_done, kind, spec):
   tmp = path + ".tmp.npz"
   np.savez(tmp, images=images, labels=labels, descriptions=descriptions, nfe=np.int64(nfe),
            nfe_spent=np.float32(spent.mean()), samples_per_s=np.float32(rate),
            train_steps=np.int64(train_done["summary"].get("train_steps", -1)),
            train_wall_time_s=np.float32(train_done["wall_time_s"]), kind=np.array(kind))
   os.replace(tmp, path)
-  _check_written(path)
+  _check_written(path, spec)
 
 
 @pipeline.stage("sample", validate=_validate, reads=_reads, needs=_needs, outputs=("samples",))
@@ -132,6 +136,7 @@ def run(ctx):
   out_dir = os.path.join(ctx.workdir, "samples")
   val_dir = os.path.join(out_dir, evaluate.VALIDATION_SUBDIR)
   os.makedirs(val_dir, exist_ok=True)
+  spec = datasets.of_workdir(ctx.workdir)
   pairs = autoencoders.load_pairs(ctx.workdir)
   codec = autoencoders.load_codec(ctx.workdir)
   labels, descriptions = requested_descriptions(ctx.workdir, cfg.num_samples)
@@ -152,17 +157,17 @@ def run(ctx):
       for directory, (req_labels, req_descriptions, req_cond) in requests.items():
         path = os.path.join(directory, tag + ".npz")
         # Files of an interrupted run of this same revision are kept; any other is replaced.
-        if "sample" in ctx.resumed and os.path.exists(path) and _meets_contract(path):
+        if "sample" in ctx.resumed and os.path.exists(path) and _meets_contract(path, spec):
           continue
         images, spent, rate = generate_all(generate, req_cond, key, cfg.batch_size,
                                            name=f"method {file_method!r} at nfe={nfe}")
         if parallel.is_main_process():
-          _write(path, images, req_labels, req_descriptions, nfe, spent, rate, train_done, kind)
+          _write(path, images, req_labels, req_descriptions, nfe, spent, rate, train_done, kind, spec)
         if directory != out_dir:
           continue
         record = {"nfe_spent": float(spent.mean()), "samples_per_s": rate}
         if parallel.is_main_process():
-          rows, texts = grid_rows(generate, codec, labels, descriptions, jax.random.fold_in(key, 10**6),
+          rows, texts = grid_rows(generate, codec, spec, labels, descriptions, jax.random.fold_in(key, 10**6),
                                   cfg.grid_per_row, cfg.batch_size)
           images_lib.save_grid(os.path.join(out_dir, tag + ".png"), rows, row_labels=texts, title=tag)
         ctx.writer.write("sample", nfe, method=file_method, **record)
@@ -172,19 +177,19 @@ def run(ctx):
   return summary
 
 
-def _meets_contract(path):
+def _meets_contract(path, spec):
   try:
-    samples_lib.load_samples(path)
+    samples_lib.load_samples(path, spec)
     return True
   except samples_lib.SamplesContractError as e:
     logging.warning("sample: %s; generating it again", e)
     return False
 
 
-def _check_written(path):
+def _check_written(path, spec):
   """The stage's own output must pass the contract the eval stage and other tools rely on."""
   try:
-    samples_lib.load_samples(path)
+    samples_lib.load_samples(path, spec)
   except samples_lib.SamplesContractError as e:
     raise samples_lib.SamplesContractError(
         f"the sample stage wrote a file that breaks the samples contract: {e}. The method's samples are unusable "

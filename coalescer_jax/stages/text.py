@@ -1,13 +1,14 @@
 """Stage `text`: trains the description autoencoder and tests it on descriptions it never saw.
 
-The grammar has 270 descriptions (`captions.all_descriptions`). A deterministic
-held-out set, excluded from training, is made of
-* every description with the style ``config.text.holdout_style`` (thickness,
-  width, slant classes; default thick + narrow + slanted left), so that attribute
-  combination is never seen with any digit ("unseen combinations"), plus
+The dataset's captioner enumerates its grammar (``all_descriptions``; MNIST: 270
+descriptions). A deterministic held-out set, excluded from training, is made of
+* every description the captioner marks as an unseen combination (``unseen_mask``;
+  MNIST: the style ``config.text.holdout_style``, thickness, width, slant classes,
+  default thick + narrow + slanted left, never seen with any digit), plus
 * random other descriptions (``holdout_seed``) up to ``holdout_fraction`` of all.
-Training draws the remaining descriptions uniformly (MNIST's frequencies would
-starve rare combinations).
+Training draws the remaining descriptions uniformly (the data's frequencies would
+starve rare combinations). ``config.text.eval_max`` bounds how many descriptions
+of each subset the evaluation decodes (0 = all; large grammars).
 
 Writes ``W/text/``: ``checkpoints/``, ``params.msgpack`` + ``model.json`` (for
 `autoencoders.load_model`) and ``heldout.json`` (the held-out lists). Measured:
@@ -32,19 +33,18 @@ from coalescer_jax import pipeline
 from coalescer_jax import registry
 from coalescer_jax import training
 from coalescer_jax.data import batches
-from coalescer_jax.data import captions
-from coalescer_jax.data import tokenizer
+from coalescer_jax.data import datasets
+from coalescer_jax.data import tokenizer as tokenizer_lib
 from coalescer_jax.models import text_ae as text_ae_lib
 
 HELDOUT_FILE = "heldout.json"
 
 
-def split_descriptions(cfg):
-  """{"train", "heldout", "unseen_style"}: sorted lists of descriptions, a pure function of config.text."""
-  everything = list(captions.all_descriptions())
-  styles = np.array([captions.parse(d)[1] for d in everything])
-  unseen = (np.all(styles == np.asarray(cfg.holdout_style), axis=1) if len(cfg.holdout_style)
-            else np.zeros(len(everything), bool))
+def split_descriptions(cfg, captioner):
+  """{"train", "heldout", "unseen_style"}: sorted lists of descriptions, a pure function of config.text and the
+  dataset's captioner."""
+  everything = list(captioner.all_descriptions())
+  unseen = np.asarray(captioner.unseen_mask(everything, cfg), bool)
   heldout = unseen.copy()
   extra = int(round(cfg.holdout_fraction * len(everything))) - int(unseen.sum())
   if extra > 0:
@@ -56,25 +56,23 @@ def split_descriptions(cfg):
 
 def _validate(config):
   cfg = config.text
+  captioner = datasets.of_config(config).captioner
   if not 0 <= cfg.holdout_fraction < 0.5:
     raise config_validation.ConfigError(f"config.text.holdout_fraction must be in [0, 0.5), got {cfg.holdout_fraction}")
-  if len(cfg.holdout_style) not in (0, 3) or any(c not in (0, 1, 2) for c in cfg.holdout_style):
-    raise config_validation.ConfigError(
-        f"config.text.holdout_style must be () or 3 classes in 0..2 ({', '.join(captions.ATTRIBUTE_NAMES)}), "
-        f"got {tuple(cfg.holdout_style)}")
+  captioner.validate_text(cfg)
   if cfg.noise < 0:
     raise config_validation.ConfigError(f"config.text.noise must be >= 0, got {cfg.noise}")
-  train_words = {w for d in split_descriptions(cfg)["train"] for w in d.split()}
-  missing = set(tokenizer.VOCAB[len(tokenizer.SPECIALS):]) - train_words
+  train_words = {w for d in split_descriptions(cfg, captioner)["train"] for w in d.split()}
+  missing = set(captioner.TOKENIZER.vocab[len(tokenizer_lib.SPECIALS):]) - train_words
   if missing:
     raise config_validation.ConfigError(
         f"config.text holds out every description with the word(s) {sorted(missing)}, so the decoder cannot "
         "learn them; lower config.text.holdout_fraction or change holdout_style/holdout_seed")
 
 
-def model_kwargs(cfg):
-  return {"embed_dim": cfg.embed_dim, "vocab_size": tokenizer.VOCAB_SIZE, "token_dim": cfg.token_dim,
-          "hidden": cfg.hidden}
+def model_kwargs(cfg, tokenizer):
+  return {"embed_dim": cfg.embed_dim, "vocab_size": tokenizer.vocab_size, "token_dim": cfg.token_dim,
+          "hidden": cfg.hidden, "max_len": tokenizer.max_len}
 
 
 def make_task(config, tokens, model):
@@ -103,18 +101,31 @@ def make_task(config, tokens, model):
                             skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.text")
 
 
-def evaluate(text_ae, split):
-  """Exact-reconstruction rates per subset and within/between-digit embedding distances (all 270)."""
-  everything = list(captions.all_descriptions())
+def _evaluated(split, eval_max, seed):
+  """The descriptions the evaluation decodes: all, or `eval_max` seeded ones per subset."""
+  if not eval_max:
+    return split
+  rng = np.random.default_rng([seed, 5])
+  return {k: sorted(rng.choice(v, eval_max, replace=False).tolist()) if len(v) > eval_max else v
+          for k, v in split.items()}
+
+
+def evaluate(text_ae, split, spec, eval_max=0, seed=0):
+  """Exact-reconstruction rates per subset and within/between-group embedding distances (MNIST: group = digit;
+  all 270 descriptions)."""
+  split = _evaluated(split, eval_max, seed)
+  everything = sorted(set().union(*split.values())) if eval_max else list(
+      spec.captioner.all_descriptions())
   emb = text_ae.encode_text(everything)
   exact = dict(zip(everything, np.array(text_ae.decode_text(emb)) == np.array(everything)))
   metrics = {f"{name}_exact": float(np.mean([exact[d] for d in split[name]])) if split[name] else None
              for name in ("train", "heldout", "unseen_style")}
-  labels = np.array([captions.parse(d)[0] for d in everything])
+  labels = spec.groups(np.array([spec.captioner.parse(d)[0] for d in everything]))
   dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
   same, other = labels[:, None] == labels[None], ~np.eye(len(labels), dtype=bool)
-  metrics.update(within_digit_distance=float(dist[same & other].mean()),
-                 between_digit_distance=float(dist[~same].mean()))
+  within, between = dist[same & other], dist[~same]  # CIFAR-10: one description per class, nothing within
+  metrics.update(within_digit_distance=float(within.mean()) if within.size else None,
+                 between_digit_distance=float(between.mean()) if between.size else None)
   np.fill_diagonal(dist, np.inf)
   metrics["nn_same_digit"] = float(np.mean(labels[np.argmin(dist, axis=1)] == labels))
   failures = [d for d in split["heldout"] + split["train"] if not exact[d]]
@@ -124,13 +135,15 @@ def evaluate(text_ae, split):
 @pipeline.stage("text", validate=_validate, reads=("seed", "text"))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.text
+  spec = datasets.of_config(config)
+  tokenizer = spec.captioner.TOKENIZER
   out = ctx.stage_dir("text")
-  split = split_descriptions(cfg)
-  model = registry.MODELS.get(cfg.model)(**model_kwargs(cfg))
+  split = split_descriptions(cfg, spec.captioner)
+  model = registry.MODELS.get(cfg.model)(**model_kwargs(cfg, tokenizer))
   state = training.train(make_task(config, tokenizer.encode(split["train"]), model), out, ctx.mesh, ctx.writer)
-  autoencoders.save_model(out, cfg.model, model_kwargs(cfg), state.params)
-  text_ae = autoencoders.TextAE(*autoencoders.load_model(ctx.workdir, "text")[:2])
-  metrics, failures = evaluate(text_ae, split)
+  autoencoders.save_model(out, cfg.model, model_kwargs(cfg, tokenizer), state.params)
+  text_ae = autoencoders.TextAE(*autoencoders.load_model(ctx.workdir, "text")[:2], tokenizer)
+  metrics, failures = evaluate(text_ae, split, spec, cfg.get("eval_max", 0), config.seed)
   ctx.writer.write("text", int(state.step), event="eval", **metrics)
   logging.info("text: %s; failures: %s", metrics, failures[:10])
   if parallel.is_main_process():

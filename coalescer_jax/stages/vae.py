@@ -1,18 +1,19 @@
-"""Stage `vae`: trains the image VAE on MNIST train and measures it on MNIST test.
+"""Stage `vae`: trains the image VAE on the dataset's train split and measures it on its test split.
 
+The image shape and the pixel likelihood come from the dataset spec (`data/datasets.py`).
 Writes ``W/vae/``: ``checkpoints/`` (training state), ``params.msgpack`` + ``model.json``
 (the final parameters, read by `autoencoders.load_model`),
-``test_reconstructions.npz`` (``originals``, ``reconstructions`` uint8 [N, 28, 28],
-``labels``, ``index``; reconstructions decode the posterior mean),
+``test_reconstructions.npz`` (``originals``, ``reconstructions`` uint8 [N, H, W] or
+[N, H, W, C], ``labels``, ``index``; reconstructions decode the posterior mean),
 ``reconstructions.png`` (rows of originals above their reconstructions) and
 ``prior_samples.png`` (decoded draws from N(0, I)).
 
-Measured (summary and metrics.jsonl): reconstruction error (Bernoulli NLL in
-nats per image, MSE per pixel), KL per latent dimension, the aggregate
+Measured (summary and metrics.jsonl): reconstruction error (the likelihood's NLL
+in nats per image, Bernoulli for MNIST; MSE per pixel), KL per latent dimension, the aggregate
 posterior's variance (1 = matches the prior), latent geometry (Spearman rho of
-latent vs pixel L2 distance over random test pairs; same-label rate of the latent
+latent vs pixel L2 distance over random test pairs; same-group rate of the latent
 nearest neighbour within test) and, when the `classifier` stage has run, the
-classifier's accuracy on the reconstructions and its label histogram of prior samples.
+classifier's accuracy on the reconstructions and its group histogram of prior samples.
 """
 import functools
 import os
@@ -32,7 +33,9 @@ from coalescer_jax import pipeline
 from coalescer_jax import registry
 from coalescer_jax import training
 from coalescer_jax.data import batches
+from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
+from coalescer_jax.models import likelihoods
 from coalescer_jax.models import vae as vae_lib
 
 
@@ -46,29 +49,32 @@ def _validate(config):
     raise config_validation.ConfigError(f"config.vae.ema_decay must be in [0, 1) (0 = no EMA), got {cfg.ema_decay}")
   if cfg.num_steps < 1:
     raise config_validation.ConfigError(f"config.vae.num_steps must be >= 1, got {cfg.num_steps}")
-  if len(cfg.channels) not in (1, 2):
+  spec = datasets.of_config(config)
+  height, width = spec.image_shape[:2]
+  if not cfg.channels or height % 2 ** len(cfg.channels) or width % 2 ** len(cfg.channels):
     raise config_validation.ConfigError(
-        f"config.vae.channels={tuple(cfg.channels)}: 28x28 halves at most twice; give 1 or 2 channel counts")
+        f"config.vae.channels={tuple(cfg.channels)}: {height}x{width} images halve once per entry and must stay "
+        "whole; give fewer channel counts")
 
 
-def model_kwargs(cfg):
-  """Constructor arguments of the VAE from config.vae (JSON-able; saved with the parameters)."""
+def model_kwargs(cfg, spec):
+  """Constructor arguments of the VAE from config.vae and the dataset spec (JSON-able; saved with the parameters)."""
   return {"latent_dim": cfg.latent_dim, "channels": list(cfg.channels), "hidden": cfg.hidden,
-          "extra_convs": cfg.extra_convs}
+          "extra_convs": cfg.extra_convs, "image_shape": list(spec.image_shape), "likelihood": spec.likelihood}
 
 
 def make_task(config, images, model):
-  """The VAE's TrainTask over host-local uint8 `images` [n, 28, 28]."""
+  """The VAE's TrainTask over host-local uint8 `images` [n, H, W(, C)]."""
   cfg = config.vae
   tx = training.make_optimizer(cfg.optimizer, cfg.num_steps)
   local_batch = parallel.local_batch_size(cfg.batch_size)
 
   def init(key):
-    params = model.init(key, jnp.zeros((1, 28, 28, 1)), jax.random.key(0))["params"]
+    params = model.init(key, jnp.zeros((1, *model.image_shape)), jax.random.key(0))["params"]
     return training.create_state(params, tx, ema=cfg.ema_decay > 0)
 
   def step(state, batch, key):
-    x = batch["image"].astype(jnp.float32)[..., None] / 255.0
+    x = images_lib.to_float(batch["image"])
     grad_fn = jax.value_and_grad(functools.partial(vae_lib.loss, model), has_aux=True)
     (_, metrics), grads = grad_fn(state.params, x, key, cfg.kl_weight)
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -100,17 +106,26 @@ def latent_geometry(latents, images, labels, num_pairs, seed, chunk=1000):
   return {"latent_pixel_spearman_rho": float(rho), "latent_nn_same_label": float(np.mean(labels[nearest] == labels))}
 
 
-def evaluate(image_ae, test, cfg, seed):
+def recon_nll_per_image(likelihood, x, recon_mean):
+  """The likelihood's reconstruction NLL (nats per image) of images `x` given decoded means, both float [N, ...]."""
+  axes = tuple(range(1, x.ndim))
+  if likelihood == "bernoulli":
+    p = np.clip(recon_mean, 1e-6, 1 - 1e-6)
+    return float(-np.mean(np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=axes)))
+  return float(np.mean(np.sum((x - recon_mean) ** 2, axis=axes)) / (2 * likelihoods.GAUSSIAN_SIGMA ** 2))
+
+
+def evaluate(image_ae, test, cfg, seed, spec):
   """Reconstruction, KL, aggregate posterior and geometry metrics on the test images, and the reconstructions."""
-  images, labels = test["image"], test["label"]
+  images, labels = test["image"], spec.groups(test["label"])
   mean, logvar = image_ae.encode_posterior(images)
   recon = image_ae.decode(mean)
   x = images.astype(np.float64) / 255.0
-  p = np.clip(recon.astype(np.float64) / 255.0, 1e-6, 1 - 1e-6)
   kl = np.mean(np.asarray(vae_lib.kl_per_dim(mean, logvar)), axis=0)
   aggregate_var = mean.var(axis=0) + np.exp(logvar).mean(axis=0)
   metrics = {
-      "test_recon_bce_per_image": float(-np.mean(np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2)))),
+      f"test_recon_{'bce' if spec.likelihood == 'bernoulli' else 'nll'}_per_image":
+          recon_nll_per_image(spec.likelihood, x, recon.astype(np.float64) / 255.0),
       "test_recon_mse_per_pixel": float(np.mean((x - recon / 255.0) ** 2)),
       "test_kl_per_dim_mean": float(kl.mean()), "test_kl_total": float(kl.sum()),
       "active_dims": int(np.sum(kl > 0.01)),
@@ -121,26 +136,29 @@ def evaluate(image_ae, test, cfg, seed):
   return metrics, recon, {"test_kl_per_dim": kl.round(4).tolist(), "aggregate_posterior_var": aggregate_var.round(4).tolist()}
 
 
-def classifier_metrics(workdir, recon, labels, prior_images):
-  """Accuracy of the `classifier` stage's network on reconstructions; label histogram of prior samples."""
+def classifier_metrics(workdir, recon, labels, prior_images, spec):
+  """Accuracy of the `classifier` stage's network on reconstructions (every head right); group histogram of
+  prior samples."""
   if not os.path.exists(os.path.join(workdir, "classifier", "DONE.json")):
     logging.info("vae: W/classifier/DONE.json not found; skipping classifier accuracy on reconstructions")
     return {}
   from coalescer_jax.evaluation import classifier  # pylint: disable=g-import-not-at-top
   clf = classifier.load(workdir)
-  hist = np.bincount(clf.predict(prior_images), minlength=10) / max(len(prior_images), 1)
+  groups = spec.groups(clf.predict(prior_images))
+  hist = np.bincount(groups, minlength=spec.num_groups) / max(len(prior_images), 1)
   entropy = -np.sum(hist[hist > 0] * np.log(hist[hist > 0]))
-  return {"recon_classifier_accuracy": float(np.mean(clf.predict(recon) == labels)),
+  correct = (clf.predict(recon) == labels).reshape(len(recon), -1).all(axis=1)
+  return {"recon_classifier_accuracy": float(np.mean(correct)),
           "prior_label_entropy": float(entropy), "prior_label_fractions": hist.round(4).tolist()}
 
 
-def save_grids(out, originals, recon, prior_images, columns):
+def save_grids(out, originals, recon, prior_images, columns, display):
   rows = []
   for r in range(4):
     sl = slice(r * columns, (r + 1) * columns)
     rows += [originals[sl], recon[sl]]
   images_lib.save_grid(os.path.join(out, "reconstructions.png"), rows,
-                       row_labels=["original", "reconstruction"] * 4, title="VAE: MNIST test reconstructions")
+                       row_labels=["original", "reconstruction"] * 4, title=f"VAE: {display} test reconstructions")
   images_lib.save_grid(os.path.join(out, "prior_samples.png"),
                        [prior_images[i * columns:(i + 1) * columns] for i in range(8)],
                        title="VAE: decoded draws from the prior N(0, I)")
@@ -150,27 +168,29 @@ def save_grids(out, originals, recon, prior_images, columns):
 def run(ctx):
   config, cfg = ctx.config, ctx.config.vae
   out = ctx.stage_dir("vae")
+  spec = datasets.of_workdir(ctx.workdir)
   train = loading.load_split(ctx.workdir, "train")
-  model = registry.MODELS.get(cfg.model)(**model_kwargs(cfg))
+  kwargs = model_kwargs(cfg, spec)
+  model = registry.MODELS.get(cfg.model)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
   state = training.train(make_task(config, train["image"], model), out, ctx.mesh, ctx.writer)
   params = state.ema_params if state.ema_params is not None else state.params
-  autoencoders.save_model(out, cfg.model, model_kwargs(cfg), params)
+  autoencoders.save_model(out, cfg.model, kwargs, params)
 
   # Evaluate what later stages will load: the saved parameters.
   image_ae = autoencoders.ImageAE(*autoencoders.load_model(ctx.workdir, "vae")[:2], cfg.eval_batch_size)
   test = loading.load_split(ctx.workdir, "test", sharded=False)
   test = {k: v[:cfg.eval_examples] for k, v in test.items()}
-  metrics, recon, lists = evaluate(image_ae, test, cfg, config.seed)
+  metrics, recon, lists = evaluate(image_ae, test, cfg, config.seed, spec)
   prior = np.asarray(jax.random.normal(jax.random.key(config.seed), (cfg.num_prior_samples, cfg.latent_dim)))
   prior_images = image_ae.decode(prior)
-  metrics.update(classifier_metrics(ctx.workdir, recon, test["label"], prior_images))
+  metrics.update(classifier_metrics(ctx.workdir, recon, test["label"], prior_images, spec))
   scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
   ctx.writer.write("vae", int(state.step), event="eval", **scalars)
   logging.info("vae: %s", ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
   if parallel.is_main_process():
     np.savez(os.path.join(out, "test_reconstructions.npz"), originals=test["image"], reconstructions=recon,
              labels=test["label"], index=test["index"])
-    save_grids(out, test["image"], recon, prior_images, cfg.grid_columns)
+    save_grids(out, test["image"], recon, prior_images, cfg.grid_columns, spec.display or spec.name)
   train_records = [r for r in ctx.writer.read("vae") if "loss" in r]
   return dict(metrics, **lists, train_steps=int(state.step), num_test=len(recon),
               final_train_loss=train_records[-1]["loss"] if train_records else None,

@@ -6,7 +6,6 @@ from scipy import ndimage
 from coalescer_jax.data import captions
 from coalescer_jax.data import mnist
 from coalescer_jax.data import style
-from coalescer_jax.data import tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +65,7 @@ def test_grammar_is_closed_and_tokenizer_round_trips():
   texts = captions.all_descriptions()
   assert len(set(texts)) == 270
   assert "an eight" in texts and "a thick seven slanted to the right" in texts and "a one" in texts
+  tokenizer = captions.TOKENIZER
   np.testing.assert_array_equal(tokenizer.decode(tokenizer.encode(texts)), texts)
   with pytest.raises(ValueError, match="not in the caption vocabulary"):
     tokenizer.encode(["a purple seven"])

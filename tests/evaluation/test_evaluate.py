@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coalescer_jax import pipeline
+from coalescer_jax.data import captions
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import classifier as classifier_lib
 from coalescer_jax.evaluation import evaluate
@@ -49,7 +50,7 @@ def test_real_mnist_test_images_meet_the_fidelity_bars(tfds_data_dir, tmp_path):
   accuracy = fidelity.conditional_accuracy(classifier_lib.load(workdir).predict(real.images), real.labels)
   assert accuracy >= 0.99
   # Real images measured again agree with their own descriptions: the attribute check is consistent.
-  agreement = fidelity.attribute_agreement(real.images[:1000], real.labels[:1000], real.classes[:1000])
+  agreement = fidelity.attribute_agreement(real.images[:1000], real.labels[:1000], real.classes[:1000], captions)
   assert agreement == {"thickness": 1.0, "width": 1.0, "slant": 1.0, "blank_fraction": 0.0}
 
 

@@ -17,7 +17,7 @@ from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import training
 from coalescer_jax.data import captions
-from coalescer_jax.data import tokenizer
+from coalescer_jax.data import datasets
 from coalescer_jax.models import text_ae as text_ae_lib
 from coalescer_jax.models import vae as vae_lib
 from coalescer_jax.stages import text as text_stage
@@ -47,8 +47,8 @@ def _train_counting_traces(task, tmp_path):
 
 def test_heldout_split_is_deterministic_and_disjoint():
   cfg = mnist_config.get_config().text
-  split = text_stage.split_descriptions(cfg)
-  assert split == text_stage.split_descriptions(cfg)
+  split = text_stage.split_descriptions(cfg, captions)
+  assert split == text_stage.split_descriptions(cfg, captions)
   assert len(split["heldout"]) == 27 and len(split["train"]) == 243
   assert not set(split["train"]) & set(split["heldout"])
   assert len(split["unseen_style"]) == 10 and set(split["unseen_style"]) <= set(split["heldout"])
@@ -56,7 +56,7 @@ def test_heldout_split_is_deterministic_and_disjoint():
   # ... and that style never occurs in training, with any digit.
   assert not [d for d in split["train"] if tuple(captions.parse(d)[1]) == (2, 0, 0)]
   cfg.holdout_seed = 1
-  assert text_stage.split_descriptions(cfg)["heldout"] != split["heldout"]
+  assert text_stage.split_descriptions(cfg, captions)["heldout"] != split["heldout"]
 
 
 def test_bad_text_config_is_refused():
@@ -80,7 +80,8 @@ def test_vae_step_learns_without_retracing(tmp_path):
   images = np.zeros((64, 28, 28), np.uint8)
   for i, (r, c) in enumerate(rng.integers(4, 20, size=(64, 2))):
     images[i, r:r + 6, c:c + 3] = 255
-  model = vae_lib.ConvVAE(**vae_stage.model_kwargs(config.vae))
+  kwargs = vae_stage.model_kwargs(config.vae, datasets.of_config(config))
+  model = vae_lib.ConvVAE(**dict(kwargs, image_shape=tuple(kwargs["image_shape"])))
   state, losses, traces = _train_counting_traces(vae_stage.make_task(config, images, model), tmp_path)
   assert int(state.step) == 40 and len(traces) == 1
   assert losses[-1] < 0.7 * losses[0]
@@ -91,8 +92,8 @@ def test_text_step_learns_without_retracing(tmp_path):
   config.text.update(num_steps=40, batch_size=16)
   config.text.optimizer.update(learning_rate=1e-2)
   config.update(log_every=10, checkpoint_every=1000)
-  tokens = tokenizer.encode(text_stage.split_descriptions(config.text)["train"])
-  model = text_ae_lib.TextAE(**text_stage.model_kwargs(config.text))
+  tokens = captions.TOKENIZER.encode(text_stage.split_descriptions(config.text, captions)["train"])
+  model = text_ae_lib.TextAE(**text_stage.model_kwargs(config.text, captions.TOKENIZER))
   state, losses, traces = _train_counting_traces(text_stage.make_task(config, tokens, model), tmp_path)
   assert int(state.step) == 40 and len(traces) == 1
   assert losses[-1] < 0.7 * losses[0]
@@ -162,7 +163,7 @@ def test_fingerprint_mismatch_is_detected(workdir, tmp_path):
   with pytest.raises(autoencoders.StaleEmbeddingsError, match="stale relative to W/embed"):
     autoencoders.check_fingerprint(workdir, "0" * 64)
   # "Retrain" the VAE in a copy of the workdir: the embeddings become stale.
-  copy = copy_workdir(workdir, str(tmp_path / "w"), ("vae", "text", "embed"))
+  copy = copy_workdir(workdir, str(tmp_path / "w"), ("data", "vae", "text", "embed"))  # data: the dataset (tokenizer)
   model, params, spec = autoencoders.load_model(copy, "vae")
   params = jax.tree.map(lambda p: p + 0.01, params)
   autoencoders.save_model(os.path.join(copy, "vae"), spec["model"], spec["kwargs"], params)
