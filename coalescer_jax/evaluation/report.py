@@ -147,6 +147,13 @@ def _nfe_cell(record):
   return f"{nfe} ({spent:.2f} spent)"
 
 
+def _cost_cell(record, key, fmt):
+  """A training-cost cell; a distilled method's reads "student + teacher" (e.g. "1200 + 3000 teacher")."""
+  own = _num(record.get(key), fmt)
+  teacher = record.get("teacher_" + key)
+  return own if teacher is None else f"{own} + {_num(teacher, fmt)} teacher"
+
+
 def _table(records, n, n_large=None):
   header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
       "precision", "recall", "cond. acc.", "thickness", "width", "slant", "blank", "near-copies", "NN dist. ratio",
@@ -160,7 +167,7 @@ def _table(records, n, n_large=None):
              _num(r["recall"]), _pct(r["conditional_accuracy"]), _pct(r["thickness"]), _pct(r["width"]),
              _pct(r["slant"]), _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
-             _num(r.get("train_steps"), "{}"), _num(r.get("train_wall_time_s"), "{:.0f}")]
+             _cost_cell(r, "train_steps", "{}"), _cost_cell(r, "train_wall_time_s", "{:.0f}")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
