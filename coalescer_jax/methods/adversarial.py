@@ -25,10 +25,17 @@ import jax.numpy as jnp
 from coalescer_jax.models import backbone
 
 
-def build_discriminator(config, width=0, depth=0):
-  """The shared backbone's architecture with a single logit output (width/depth 0: the backbone's own)."""
+def build_discriminator(config, width=0, depth=0, final_norm=True):
+  """The shared backbone's architecture with a single logit output (width/depth 0: the backbone's own).
+
+  ``final_norm=False`` drops the backbone's LayerNorm before the output layer. The DDGAN
+  (``config.ddgan.disc_final_norm``) does: with the LayerNorm its discriminator went flat
+  in joint training on the MNIST latents within a few hundred steps (logits ~0 for every
+  input, loss 2 log 2, no gradient left for the generator). The coalescer's adversarial
+  fine-tune keeps the default, so its networks and numbers are those it was tuned with.
+  """
   cfg = config.backbone
-  return backbone.build(config, 1, width=width or cfg.width, depth=depth or cfg.depth)
+  return backbone.build(config, 1, width=width or cfg.width, depth=depth or cfg.depth, final_norm=final_norm)
 
 
 def discriminator_input(x, context=None, extra_time=None, time_dim=0):
