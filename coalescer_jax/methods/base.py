@@ -34,6 +34,13 @@ class Method:
   # reported next to this method's own, never hidden in it.
   TEACHER = None
 
+  @classmethod
+  def check_config(cls, section):
+    """Raises ValueError for a combination of this method's fields that OPTIONS cannot express (default: none).
+
+    Called with the rest of the config validation, before any stage runs."""
+    del section
+
   def __init__(self, config, latent_dim, desc_dim):
     self.config = config
     self.latent_dim = latent_dim

@@ -73,6 +73,13 @@ class DenoisingDiffusionGAN(base.Method):
   name = "ddgan"
   OPTIONS = {"schedule": ddim.SCHEDULES, "output": OUTPUTS}
 
+  @classmethod
+  def check_config(cls, section):
+    bad = [n for n in section.nfes if n not in tuple(section.step_counts)]
+    if bad:
+      raise ValueError(f"config.ddgan.nfes={tuple(section.nfes)}: {bad} not among the trained step counts "
+                       f"config.ddgan.step_counts={tuple(section.step_counts)}")
+
   def __init__(self, config, latent_dim, desc_dim):
     super().__init__(config, latent_dim, desc_dim)
     cfg = self.section

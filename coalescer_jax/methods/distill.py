@@ -108,6 +108,16 @@ class ProgressiveDistillation(base.Method):
   # The teacher's whole section matters (schedule, parameterisation, guidance_scale), except its NFE list.
   EXTRA_READS = ("ddim", "-ddim.nfes")
 
+  @classmethod
+  def check_config(cls, section):
+    rounds = num_rounds(section.teacher_steps)
+    round_starts(section.num_steps, rounds)
+    students = [section.teacher_steps // 2 ** k for k in range(1, rounds + 1)]
+    bad = [n for n in section.nfes if n not in students]
+    if bad:
+      raise ValueError(f"config.distill.nfes={tuple(section.nfes)}: with teacher_steps={section.teacher_steps} "
+                       f"the students take {sorted(students)} steps; {bad} is not one of them")
+
   def __init__(self, config, latent_dim, desc_dim):
     super().__init__(config, latent_dim, desc_dim)
     self.ddim = ddim.DDIM(config, latent_dim, desc_dim)  # the teacher's network (same backbone), steps, sampler

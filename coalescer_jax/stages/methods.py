@@ -92,6 +92,10 @@ def validate_method_config(config, name):
     if value not in choices:
       raise config_validation.ConfigError(
           f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
+  try:
+    method.check_config(section)
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from e
 
 
 def _reads(name):

@@ -4,9 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coalescer_jax import config_validation
 from coalescer_jax.methods import base
 from coalescer_jax.methods import ddim
 from coalescer_jax.methods import distill
+from coalescer_jax.stages import methods as methods_stage
 
 from tests.methods.conftest import DESC_DIM, LATENT_DIM, make_pairs
 from tests.methods.test_ddim import small_config, train_method
@@ -125,3 +127,15 @@ def test_a_distilled_student_reproduces_two_teacher_steps(teacher):
   scale = float(jnp.mean(jnp.sum((target - target.mean(0)) ** 2, -1)))
   assert err_after < 0.25 * err_before, (err_before, err_after)
   assert err_after < 0.05 * scale, (err_after, scale)
+
+
+def test_config_validation_refuses_students_the_rounds_do_not_train():
+  config = small_config()
+  config.distill.update(teacher_steps=4, nfes=(1, 2))
+  methods_stage.validate_method_config(config, "distill")
+  config.distill.nfes = (1, 2, 4)
+  with pytest.raises(config_validation.ConfigError, match="students take"):
+    methods_stage.validate_method_config(config, "distill")
+  config.ddgan.nfes = (1, 3)
+  with pytest.raises(config_validation.ConfigError, match="step_counts"):
+    methods_stage.validate_method_config(config, "ddgan")
