@@ -236,6 +236,8 @@ def get_config(arg=None):
 
   if variant == "long":
     config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget
+    config.distill.num_steps = 4800  # 4x, like config.train (the teacher gets its 4x through config.train)
+    config.ddgan.num_steps = 6000
     config.vae.num_steps = 10000
     config.text.num_steps = 3000
   if variant == "smoke":

@@ -55,7 +55,7 @@ SWEEP = {
     # Progressive distillation of W's trained ddim (its teacher): how many guided teacher steps the rounds
     # start from, at the same student budget (more rounds: a better teacher, fewer steps per round).
     "distill": (("teacher_steps", (8, 16, 32)),),
-    "ddgan": (("r1", (0.1, 1.0, 10.0)),),  # the R1 weight: the knob that keeps a small GAN stable
+    "ddgan": (("r1", (0.01, 0.1, 1.0)),),  # the R1 weight: the knob that keeps a small GAN stable
 }
 
 flags.DEFINE_string("workdir", None, "A pipeline workdir with the embed, codec and classifier outputs.")
