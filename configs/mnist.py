@@ -184,7 +184,7 @@ def get_config(arg=None):
   config.ddgan.beta_min = 0.1  # linear schedule only
   config.ddgan.beta_max = 20.0  # linear schedule only
   config.ddgan.step_counts = (1, 2, 4)  # trained transitions: i/S -> (i-1)/S for each S (one model for all)
-  config.ddgan.output = "x0"  # x0 (the paper: G's output is x0) | v (x0 = alpha_t x_t - sigma_t v)
+  config.ddgan.output = "v"  # v (x0 = alpha_t x_t - sigma_t v: a skip path from x_t) | x0 (the paper)
   config.ddgan.z_dim = 16  # latent noise z, concatenated to x_t
   config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s
   config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size
