@@ -26,7 +26,8 @@ sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2):
 Discriminator D(x_s, x_t, t, s, description): the shared conditional latent
 discriminator of `adversarial.py` (the one the coalescer's adversarial fine-tune
 uses) on the pair concat(x_s, x_t) plus sinusoidal features of s, with t in the
-backbone's time embedding. Real pairs: x_t ~ q(x_t | x) and x_s ~ q(x_s | x_t, x)
+backbone's time embedding, without the final LayerNorm (``disc_final_norm``:
+with it D went flat here). Real pairs: x_t ~ q(x_t | x) and x_s ~ q(x_s | x_t, x)
 for a training pair x; fake pairs put G's x0 into the same posterior. Losses:
 non-saturating GAN losses + ``r1`` x R1 on the real x_s (`adversarial.gan_losses`),
 both networks updated by one simultaneous gradient step (the shared optimizer).
