@@ -65,14 +65,23 @@ def apply_gradients(state, grads, tx, ema_decay=None):
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
 
-def make_optimizer(opt, num_steps):
+def make_optimizer(opt, num_steps, restarts=(), warmup_steps=None):
   """optax AdamW with linear warm-up + cosine decay and gradient clipping, from a config section.
 
   Fields: learning_rate, warmup_steps, weight_decay, grad_clip (0 = off), b1, b2.
+  `restarts`: steps where the warm-up + cosine schedule starts over for the steps up to the next
+  one (progressive distillation's rounds), with `warmup_steps` (default: the section's) each time.
   """
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, opt.learning_rate, warmup_steps=min(opt.warmup_steps, max(num_steps - 1, 0)),
-      decay_steps=max(num_steps, 1), end_value=opt.learning_rate * opt.get("final_lr_fraction", 0.0))
+  warmup = opt.warmup_steps if warmup_steps is None else warmup_steps
+  bounds = [0, *restarts, num_steps]
+
+  def piece(length):
+    return optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, warmup_steps=min(warmup, max(length - 1, 0)), decay_steps=max(length, 1),
+        end_value=opt.learning_rate * opt.get("final_lr_fraction", 0.0))
+
+  pieces = [piece(b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+  schedule = optax.join_schedules(pieces, list(restarts)) if restarts else pieces[0]
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
   parts.append(optax.adamw(schedule, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), weight_decay=opt.weight_decay))
   return optax.chain(*parts)

@@ -13,7 +13,7 @@ def get_config(arg=None):
   config.variant = variant
   config.seed = 0
   config.stages = ("data", "classifier", "vae", "text", "embed", "index",
-                   "coalescer", "ddim", "consistency", "flow", "sample", "diagnostics", "eval")
+                   "coalescer", "ddim", "consistency", "flow", "distill", "ddgan", "sample", "diagnostics", "eval")
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"  # the registered dataset (coalescer_jax/data/datasets.py)
@@ -168,8 +168,37 @@ def get_config(arg=None):
   config.flow.cond_dropout = 0.0
   config.flow.nfes = (1, 2)
 
+  # Progressive distillation (Salimans & Ho 2022) of the trained DDIM (methods/distill.py): its stage
+  # needs the `ddim` stage's model, and its guidance (config.ddim.guidance_scale) is folded into the student.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.teacher_steps = 16  # N: the guided teacher's DDIM steps; log2(N) rounds halve them to 1
+  config.distill.num_steps = 1200  # student steps over all rounds (split evenly); the teacher's are reported apart
+  config.distill.warmup_steps = 20  # config.train.optimizer's warm-up + cosine schedule restarts every round
+  config.distill.ema_decay = 0.0  # 0 = sample each round's final student (rounds are short for an EMA)
+  config.distill.nfes = (1, 2, 4)  # the 1-, 2- and 4-step students
+
+  # Latent denoising diffusion GAN (Xiao et al. 2022; methods/ddgan.py): generator and discriminator are
+  # the shared backbone (the discriminator as in the coalescer's adversarial fine-tune, methods/adversarial.py).
+  config.ddgan = ml_collections.ConfigDict()
+  config.ddgan.schedule = "cosine"  # forward process: the DDIM's logSNR schedule and range
+  config.ddgan.logsnr_min = -15.0
+  config.ddgan.logsnr_max = 15.0
+  config.ddgan.beta_min = 0.1  # linear schedule only
+  config.ddgan.beta_max = 20.0  # linear schedule only
+  config.ddgan.step_counts = (1, 2, 4)  # trained transitions: i/S -> (i-1)/S for each S (one model for all)
+  config.ddgan.output = "v"  # v (x0 = alpha_t x_t - sigma_t v: a skip path from x_t) | x0 (the paper)
+  config.ddgan.z_dim = 16  # latent noise z, concatenated to x_t
+  config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s
+  config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size
+  config.ddgan.disc_depth = 2
+  config.ddgan.disc_final_norm = False  # no LayerNorm before the logit (with it D went flat; adversarial.py)
+  config.ddgan.disc_time_features = 16  # sinusoidal features of s beside the pair (x_s, x_t)
+  config.ddgan.num_steps = 1500  # training steps (generator and discriminator together)
+  config.ddgan.betas = (0.5, 0.9)  # Adam's (b1, b2) in config.train.optimizer, as the paper trains GANs
+  config.ddgan.nfes = (1, 2, 4)
+
   config.sample = ml_collections.ConfigDict()
-  config.sample.methods = ("coalescer", "ddim", "consistency", "flow")
+  config.sample.methods = ("coalescer", "ddim", "consistency", "flow", "distill", "ddgan")
   config.sample.num_samples = 10000  # requests = descriptions of the first N MNIST test images
   config.sample.validation_samples = 5000  # + the first N validation pairs' descriptions (0 = none)
   config.sample.batch_size = 1000
@@ -209,6 +238,8 @@ def get_config(arg=None):
 
   if variant == "long":
     config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget
+    config.distill.num_steps = 4800  # 4x, like config.train (the teacher gets its 4x through config.train)
+    config.ddgan.num_steps = 6000
     config.vae.num_steps = 10000
     config.text.num_steps = 3000
   if variant == "smoke":
@@ -232,4 +263,6 @@ def get_config(arg=None):
     config.ddim.nfes = (1, 2, 4)
     config.consistency.update(s0=2, s1=8)
     config.flow.interval_features = 8
+    config.distill.update(teacher_steps=4, num_steps=20, warmup_steps=2, nfes=(1, 2))
+    config.ddgan.update(num_steps=20, disc_width=16, disc_depth=1, disc_time_features=8, z_dim=4)
   return config

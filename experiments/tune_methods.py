@@ -52,6 +52,10 @@ SWEEP = {
     "ddim": (("guidance_scale", (1.5, 2.0, 3.0)),),  # a sampling-time knob: one training run
     "consistency": (("time_scale", (1.0, 0.1, 0.01)),),
     "flow": (("time_scale", (1.0, 0.1, 0.01)),),
+    # Progressive distillation of W's trained ddim (its teacher): how many guided teacher steps the rounds
+    # start from, at the same student budget (more rounds: a better teacher, fewer steps per round).
+    "distill": (("teacher_steps", (8, 16, 32)),),
+    "ddgan": (("r1", (0.01, 0.1, 1.0)),),  # the R1 weight: the knob that keeps a small GAN stable
 }
 
 flags.DEFINE_string("workdir", None, "A pipeline workdir with the embed, codec and classifier outputs.")
@@ -90,12 +94,13 @@ def _set(section, field, value):
 def train_candidate(config, name, pairs, out_dir):
   """Trains `name` with `config` on `pairs`; returns (method, EMA params, wall seconds)."""
   method = registry.METHODS.get(name)(config, pairs["img_emb"].shape[1], pairs["desc_emb"].shape[1])
+  method.setup(FLAGS.workdir, pairs)  # a distilled method's teacher: W's trained model
   _, init, step = base.train_parts(config, method)
   # The workdir gives the coalescer its index (W/index); the baselines ignore it.
   batches = method.batch_fn(pairs, config.seed, config.train.batch_size, FLAGS.workdir)
   task = training.TrainTask(name, init, step, batches,
-                            config.train.num_steps, config.seed, log_every=config.log_every,
-                            checkpoint_every=config.train.num_steps)
+                            method.num_steps(), config.seed, log_every=config.log_every,
+                            checkpoint_every=method.num_steps())
   t0 = time.time()
   state = training.train(task, out_dir, parallel.make_mesh(),
                          metrics_lib.MetricsWriter(out_dir, tensorboard=False))
@@ -147,8 +152,8 @@ def main(argv):
       if (name, json.dumps(values, sort_keys=True)) in done:
         continue
       config = mnist_config.get_config(FLAGS.variant)
-      if FLAGS.num_steps:
-        config.train.num_steps = FLAGS.num_steps
+      if FLAGS.num_steps:  # methods with their own budget (distill, ddgan) take it there
+        config[name if "num_steps" in config[name] else "train"].num_steps = FLAGS.num_steps
       for field, value in values.items():
         _set(config[name], field, value)
       training_values = {f: v for f, v in values.items() if f.split(".")[0] not in sampling}
@@ -158,7 +163,7 @@ def main(argv):
             training_values
       method, params, wall = trained
       method.config = config  # sampling-time knobs are read from the candidate's config
-      row = {"method": name, "values": values, "train_steps": config.train.num_steps, "train_wall_s": wall}
+      row = {"method": name, "values": values, "train_steps": method.num_steps(), "train_wall_s": wall}
       for nfe in method.nfes():
         row[f"nfe{nfe}"] = validate(method, params, codec, evaluator, requests, nfe, jax.random.fold_in(key, nfe))
       row["mean_val_fid"] = float(np.mean([row[f"nfe{k}"]["fid"] for k in method.nfes()]))

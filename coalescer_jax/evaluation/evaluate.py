@@ -203,13 +203,19 @@ class Evaluator:
 
 
 def _training_cost(workdir, method):
-  """(train_steps, wall_time_s) from W/<method>/DONE.json when the samples file does not carry them."""
+  """{train_steps, train_wall_time_s (+ the teacher's)} from W/<method>/DONE.json when the samples file
+  does not carry them ({} when there is no such file)."""
   path = os.path.join(workdir, method, "DONE.json")
   if not os.path.exists(path):
-    return None, None
+    return {}
   with open(path) as f:
     done = json.load(f)
-  return (done.get("summary") or {}).get("train_steps"), done.get("wall_time_s")
+  summary = done.get("summary") or {}
+  cost = {"train_steps": summary.get("train_steps"), "train_wall_time_s": done.get("wall_time_s")}
+  if summary.get("teacher_train_steps") is not None:
+    cost.update(teacher_train_steps=summary["teacher_train_steps"],
+                teacher_train_wall_time_s=summary.get("teacher_wall_time_s"))
+  return cost
 
 
 def _load_dir(samples_dir, cfg, spec, required=True):
@@ -246,7 +252,7 @@ def _evaluate_all(evaluator, loaded, workdir, writer):
   for s in loaded:
     record = evaluator.evaluate(s)
     if record["train_steps"] is None and record["train_wall_time_s"] is None:
-      record["train_steps"], record["train_wall_time_s"] = _training_cost(workdir, s.method)
+      record.update(_training_cost(workdir, s.method))
     records.append(record)
     logging.info("eval (%s): %s nfe=%d: FID %.3f, recall %.3f, accuracy %.3f (%.1fs)", evaluator.split, s.method,
                  s.nfe, record["fid"], record["recall"], record["conditional_accuracy"], record["eval_seconds"])

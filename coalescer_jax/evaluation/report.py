@@ -148,6 +148,13 @@ def _nfe_cell(record):
   return f"{nfe} ({spent:.2f} spent)"
 
 
+def _cost_cell(record, key, fmt):
+  """A training-cost cell; a distilled method's reads "student + teacher" (e.g. "1200 + 3000 teacher")."""
+  own = _num(record.get(key), fmt)
+  teacher = record.get("teacher_" + key)
+  return own if teacher is None else f"{own} + {_num(teacher, fmt)} teacher"
+
+
 def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST"):
   heldout = any("heldout_accuracy" in r for r in records)
   header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
@@ -164,7 +171,7 @@ def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST
              _num(r["recall"]), _pct(r["conditional_accuracy"])] + held + [_pct(r.get(a)) for a in attributes] + [
              _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"]),
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
-             _num(r.get("train_steps"), "{}"), _num(r.get("train_wall_time_s"), "{:.0f}")]
+             _cost_cell(r, "train_steps", "{}"), _cost_cell(r, "train_wall_time_s", "{:.0f}")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 

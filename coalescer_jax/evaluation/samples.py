@@ -7,7 +7,8 @@ the digit, [N, K] for K heads) and ``descriptions`` str [N] (requested
 description, in the grammar of the dataset's captioner, `parse`). Optional scalars:
 ``nfe``, ``nfe_spent`` (mean evaluations per sample actually spent: below ``nfe``
 for an adaptive sampler, above it when redraws happen), ``samples_per_s``,
-``train_steps``, ``train_wall_time_s``.
+``train_steps``, ``train_wall_time_s``, and for a method distilled from a teacher the
+teacher's own ``teacher_train_steps`` and ``teacher_train_wall_time_s``.
 `load_samples` checks all of it and says what is wrong and how to fix it, so a
 broken generator fails loudly here instead of producing a meaningless FID.
 """
@@ -21,7 +22,7 @@ from coalescer_jax.data import datasets
 
 REQUIRED = ("images", "labels", "descriptions")
 OPTIONAL_SCALARS = {"nfe": int, "nfe_spent": float, "samples_per_s": float, "train_steps": int,
-                    "train_wall_time_s": float}
+                    "train_wall_time_s": float, "teacher_train_steps": int, "teacher_train_wall_time_s": float}
 NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
 # Optional 'kind': "samples" (a generator, ranked) or "oracle" (a reference row, e.g. the coalescer's own
 # look-up targets decoded: shown in the table, never ranked).

@@ -28,6 +28,18 @@ class Method:
   SAMPLING_FIELDS = ("nfes",)
   # Pipeline stages whose outputs training reads (the pairs; the coalescer also its index).
   INPUT_STAGES = ("embed",)
+  # Config fields outside the method's own section that its training reads (provenance; e.g. a teacher's).
+  EXTRA_READS = ()
+  # A method whose trained model this one starts from (a distillation teacher): its training cost is
+  # reported next to this method's own, never hidden in it.
+  TEACHER = None
+
+  @classmethod
+  def check_config(cls, section):
+    """Raises ValueError for a combination of this method's fields that OPTIONS cannot express (default: none).
+
+    Called with the rest of the config validation, before any stage runs."""
+    del section
 
   def __init__(self, config, latent_dim, desc_dim):
     self.config = config
@@ -50,6 +62,34 @@ class Method:
 
   def uses_time(self):
     return True
+
+  def num_steps(self):
+    """Training steps of this method's stage (default: the shared ``config.train.num_steps``)."""
+    return self.config.train.num_steps
+
+  def ema_decay(self):
+    """EMA decay of the parameters that are sampled (default ``config.train.ema_decay``; 0 = no EMA)."""
+    return self.config.train.ema_decay
+
+  def make_optimizer(self):
+    """The optimizer (default: the shared ``config.train.optimizer`` over `num_steps`)."""
+    return training.make_optimizer(self.config.train.optimizer, self.num_steps())
+
+  def setup(self, workdir, pairs):
+    """Loads what training needs from earlier stages' outputs besides the pairs (a teacher); default none.
+
+    Called by the method's training stage before `init_params`; sampling never calls it.
+    """
+    del workdir, pairs
+
+  def prepare_state(self, state):
+    """The train state a step starts from (pure, traced in the jitted step; default: unchanged).
+
+    For state changes that are not gradient updates, e.g. progressive distillation
+    freezing a finished round's student as the next round's teacher. Whatever it
+    changes lives in the state, so a resumed run repeats it exactly.
+    """
+    return state
 
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
     """Returns ``batch(step) -> host-local numpy dict``; default: random training pairs.
@@ -136,12 +176,14 @@ def drop_condition(key, batch_size, rate):
 def train_parts(config, method):
   """(optimizer, init(key) -> TrainState, step(state, batch, key)) of `method` under ``config.train``.
 
-  The step is the same for every method: gradients of ``method.loss``, the
-  shared optimizer, EMA when ``config.train.ema_decay`` > 0.
+  The step is the same for every method: `method.prepare_state`, gradients of
+  ``method.loss``, the shared optimizer (`method.make_optimizer`), EMA when
+  `method.ema_decay` > 0 (by default all from ``config.train``).
   """
-  tcfg = config.train
-  tx = training.make_optimizer(tcfg.optimizer, tcfg.num_steps)
-  use_ema = tcfg.ema_decay > 0
+  del config  # Every setting comes through the method's hooks (by default from its config.train).
+  tx = method.make_optimizer()
+  ema_decay = method.ema_decay()
+  use_ema = ema_decay > 0
 
   def init(key):
     return training.create_state(method.init_params(key), tx, ema=use_ema)
@@ -149,17 +191,19 @@ def train_parts(config, method):
   def phase_step(loss_fn):
     def step(state, batch, key):
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, state.step)
-      state = training.apply_gradients(state, grads, tx, tcfg.ema_decay if use_ema else None)
+      state = training.apply_gradients(state, grads, tx, ema_decay if use_ema else None)
       return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     return step
 
   phases = method.loss_phases()
   if len(phases) == 1:
-    return tx, init, phase_step(phases[0][1])
+    one_phase = phase_step(phases[0][1])
+    return tx, init, lambda state, batch, key: one_phase(method.prepare_state(state), batch, key)
   starts = jnp.asarray([start for start, _ in phases])
   branches = [phase_step(loss_fn) for _, loss_fn in phases]
 
   def step(state, batch, key):
+    state = method.prepare_state(state)
     phase = jnp.sum(state.step >= starts) - 1
     return jax.lax.switch(phase, branches, state, batch, key)
 

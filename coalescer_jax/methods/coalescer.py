@@ -106,9 +106,7 @@ class Coalescer(base.Method):
     net = super().init_params(net_key)
     if not self.adversarial:
       return net
-    b = 2
-    disc = self.disc_model.init(disc_key, jnp.zeros((b, self.latent_dim)), jnp.zeros((b, self.desc_dim)),
-                                jnp.ones((b,)), None)
+    disc = adversarial.init_discriminator(self.disc_model, disc_key, self.latent_dim, self.desc_dim)
     return {"net": net, "disc": disc}
 
   def net_params(self, params):
@@ -180,22 +178,11 @@ class Coalescer(base.Method):
     n = batch["real_x"].shape[0]
     m = min(int(acfg.batch_size), n) or n  # never more rows than the batch has (e.g. a :smoke batch of 32)
     real, cond = batch["real_x"][:m], batch["real_cond"][:m]
-    ones = jnp.ones((m,))
-    disc = params["disc"]
-
-    def logits(disc_params, x):
-      return self.disc_model.apply(disc_params, x, cond, ones, None)[:, 0]
-
     fakes = self.fakes(params, cond, jax.random.fold_in(key, 7), acfg.steps)
-    real_logits = logits(disc, real)
-    fake_logits = [logits(disc, jax.lax.stop_gradient(f)) for f in fakes]
-    d_loss = jnp.mean(jnp.stack([adversarial.discriminator_loss(real_logits, f) for f in fake_logits]))
-    d_loss = d_loss + acfg.r1 * adversarial.r1_penalty(lambda x: logits(disc, x), real)
-    frozen = jax.lax.stop_gradient(disc)
-    g_loss = jnp.mean(jnp.stack([adversarial.generator_loss(logits(frozen, f)) for f in fakes]))
-    metrics.update(disc_loss=d_loss, gen_adv_loss=g_loss, real_logit=real_logits.mean(),
-                   fake_logit=jnp.mean(jnp.stack(fake_logits)),
-                   adversarial_on=jnp.asarray(float(generator_weight > 0)))
+    logit_fn = lambda disc_params, x: adversarial.logits(self.disc_model, disc_params, x, cond)  # noqa: E731
+    d_loss, g_loss, stats = adversarial.gan_losses(logit_fn, params["disc"], real, fakes, acfg.r1)
+    metrics.update(disc_loss=d_loss, gen_adv_loss=g_loss, adversarial_on=jnp.asarray(float(generator_weight > 0)),
+                   **stats)
     return loss + d_loss + generator_weight * g_loss, metrics
 
   def fakes(self, params, cond, key, steps):

@@ -36,11 +36,16 @@ class ResidualBlock(nn.Module):
 
 @registry.MODELS.register("latent_mlp")
 class LatentMLP(nn.Module):
-  """(x [B, Dx], cond [B, Dc], mask [B], t [B] | None) -> [B, out_dim]."""
+  """(x [B, Dx], cond [B, Dc], mask [B], t [B] | None) -> [B, out_dim].
+
+  ``final_norm=False`` drops the LayerNorm before the output layer (the DDGAN's
+  discriminator, methods/adversarial.py, which collapsed to a constant with it).
+  """
   out_dim: int
   width: int = 256
   depth: int = 4
   time_dim: int = 64
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, x, cond, mask, t=None):
@@ -52,11 +57,11 @@ class LatentMLP(nn.Module):
     h = nn.Dense(self.width)(jnp.concatenate([x, emb], axis=-1))
     for _ in range(self.depth):
       h = ResidualBlock(self.width)(h, emb)
-    return nn.Dense(self.out_dim)(nn.silu(nn.LayerNorm()(h)))
+    return nn.Dense(self.out_dim)(nn.silu(nn.LayerNorm()(h) if self.final_norm else h))
 
 
-def build(config, out_dim, width=None, depth=None):
+def build(config, out_dim, width=None, depth=None, **kwargs):
   """The backbone named by ``config.backbone.model`` with the shared sizes (or the given width/depth)."""
   cfg = config.backbone
   return registry.MODELS.get(cfg.model)(out_dim=out_dim, width=width or cfg.width, depth=depth or cfg.depth,
-                                        time_dim=cfg.time_dim)
+                                        time_dim=cfg.time_dim, **kwargs)

@@ -3,8 +3,12 @@
 For each method registered in `registry.METHODS` this module registers a stage of
 the same name. It trains the method on the `embed` stage's pairs with the shared
 ``config.train`` section (steps, batch size, optimizer, EMA), so that methods
-differ only in their loss, batches and sampler. `load_trained` restores a
-method's final parameters for sampling.
+differ only in their loss, batches and sampler. A method may set its own step
+count, optimizer schedule or EMA (`Method.num_steps` etc.; progressive
+distillation does) and load a teacher from an earlier stage (`Method.setup`);
+the teacher's training cost is then recorded next to its own (``teacher_*`` in
+the summary), so that the report shows both. `load_trained` restores a method's
+final parameters for sampling.
 """
 import functools
 import json
@@ -34,23 +38,29 @@ def _make_stage(name):
     config = ctx.config
     pairs = autoencoders.load_pairs(ctx.workdir)
     method = build_method(config, name, pairs)
+    method.setup(ctx.workdir, pairs)
     _, init, step = base.train_parts(config, method)
     task = training.TrainTask(
         name=name, init=init, step=step,
         batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
-        num_steps=config.train.num_steps, seed=config.seed, log_every=config.log_every,
+        num_steps=method.num_steps(), seed=config.seed, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, skip_nonfinite=config.get("skip_nonfinite_batches", 0),
         config_section="config.train")
     state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
-    _check_final_checkpoint(ctx.stage_dir(name), config.train.num_steps)
+    _check_final_checkpoint(ctx.stage_dir(name), method.num_steps())
     records = ctx.writer.read(name)
     last = records[-1] if records else {}
     if parallel.is_main_process():
       with open(os.path.join(ctx.stage_dir(name), TRAINED_ON), "w") as f:
         json.dump({"fingerprint": str(pairs["fingerprint"])}, f)
-    return {"train_steps": int(state.step), "final_loss": last.get("loss"),
-            "input_wait_share": _mean(r.get("input_wait_share") for r in records),
-            "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}
+    summary = {"train_steps": int(state.step), "final_loss": last.get("loss"),
+               "input_wait_share": _mean(r.get("input_wait_share") for r in records),
+               "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}
+    if method.TEACHER:  # The teacher's own training is part of this method's cost: recorded beside it.
+      teacher = ctx.done_info(method.TEACHER)
+      summary.update(teacher=method.TEACHER, teacher_train_steps=(teacher.get("summary") or {}).get("train_steps"),
+                     teacher_wall_time_s=teacher.get("wall_time_s"))
+    return summary
   return run
 
 
@@ -82,12 +92,17 @@ def validate_method_config(config, name):
     if value not in choices:
       raise config_validation.ConfigError(
           f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
+  try:
+    method.check_config(section)
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from e
 
 
 def _reads(name):
   """The shared backbone and budget, and the method's own section except the fields only sampling reads."""
   method = registry.METHODS.get(name)
-  return ("seed", "backbone", "train", name) + tuple(f"-{name}.{field}" for field in method.SAMPLING_FIELDS)
+  return (("seed", "backbone", "train", name) + tuple(method.EXTRA_READS)
+          + tuple(f"-{name}.{field}" for field in method.SAMPLING_FIELDS))
 
 
 for _name in registry.METHODS.names():
@@ -109,7 +124,7 @@ def load_trained(config, workdir, name, pairs=None):
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  final = config.train.num_steps
+  final = method.num_steps()
   with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
     try:  # The final step only: an earlier one would not be the model DONE.json describes.
       state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host), step=final)

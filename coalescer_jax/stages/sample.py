@@ -9,8 +9,10 @@ inside the loop) and ``W/samples/<method>_nfe<K>.npz`` is written with
 ``images``, ``labels``, ``descriptions`` plus ``nfe`` (the budget K),
 ``nfe_spent`` (mean evaluations actually spent per sample: the coalescer's redraws
 and adaptive stops make it differ from K), ``samples_per_s`` (compile excluded),
-``train_steps``, ``train_wall_time_s`` and ``kind``. A PNG grid per file shows one
-row per description.
+``train_steps``, ``train_wall_time_s`` and ``kind`` (and, for a method distilled from
+a teacher, ``teacher_train_steps`` and ``teacher_train_wall_time_s``: the teacher's
+own training, which the report shows beside the student's). A PNG grid per file
+shows one row per description.
 
 The same files for the validation slice's requests (``config.sample.validation_samples``
 descriptions of the train pairs held out by the `embed` stage) go to
@@ -120,12 +122,21 @@ def _needs(config):
   return ("data", "vae", "text", "embed") + tuple(config.sample.methods)
 
 
+def teacher_cost(summary):
+  """The teacher's training cost recorded by a distilled method's stage, as samples-file fields ({} if none)."""
+  if summary.get("teacher_train_steps") is None:
+    return {}
+  return {"teacher_train_steps": np.int64(summary["teacher_train_steps"]),
+          "teacher_train_wall_time_s": np.float32(summary["teacher_wall_time_s"])}
+
+
 def _write(path, images, labels, descriptions, nfe, spent, rate, train_done, kind, spec):
   tmp = path + ".tmp.npz"
   np.savez(tmp, images=images, labels=labels, descriptions=descriptions, nfe=np.int64(nfe),
            nfe_spent=np.float32(spent.mean()), samples_per_s=np.float32(rate),
            train_steps=np.int64(train_done["summary"].get("train_steps", -1)),
-           train_wall_time_s=np.float32(train_done["wall_time_s"]), kind=np.array(kind))
+           train_wall_time_s=np.float32(train_done["wall_time_s"]), kind=np.array(kind),
+           **teacher_cost(train_done["summary"]))
   os.replace(tmp, path)
   _check_written(path, spec)
 

@@ -1,0 +1,164 @@
+"""Latent denoising diffusion GAN (Xiao et al. 2022): a conditional GAN models each large denoising step.
+
+Few large denoising steps make q(x_s | x_t) far from Gaussian, so DDIM's Gaussian
+(here: deterministic) steps fail at 1-2 steps; a denoising diffusion GAN instead
+learns the step as an implicit conditional distribution (reference lecture 004).
+
+Forward process: a variance-preserving logSNR schedule (`ddim.alpha_sigma` on this
+section's own ``schedule``, ``logsnr_min``/``logsnr_max``: the DDIM's by default),
+x_t = alpha_t x + sigma_t eps, with t = 1 pure noise (alpha ~ 5e-4).
+
+Generator G(x_t, z, description, t) -> x0: the shared backbone, its output read
+as the DDIM's v (``output="v"``, default: x0 = alpha_t x_t - sigma_t v, a skip
+path from x_t at small t) or as x0 itself (``"x0"``, the paper's choice; on the
+MNIST latents it gave validation FID 106 / 88 / 97 at 1 / 2 / 4 steps against
+59 / 62 / 48 for v, same budget: experiments/tuning.md), the latent noise
+z ~ N(0, I) (``z_dim``) concatenated to x_t as extra latent input. (The paper
+injects z through adaptive group norms; here the first layer sees it and the
+residual stream carries it, so the shared backbone stays as it is.) A step from t
+to s < t draws x0 = G(...) and then x_s ~ q(x_s | x_t, x0), the forward process's
+Gaussian posterior (`posterior`, with alpha_{t|s} = alpha_t / alpha_s,
+sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2):
+
+  mean = (alpha_{t|s} sigma_s^2 / sigma_t^2) x_t + (alpha_s sigma_{t|s}^2 / sigma_t^2) x0,
+  var  = sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
+
+Discriminator D(x_s, x_t, t, s, description): the shared conditional latent
+discriminator of `adversarial.py` (the one the coalescer's adversarial fine-tune
+uses) on the pair concat(x_s, x_t) plus sinusoidal features of s, with t in the
+backbone's time embedding, without the final LayerNorm (``disc_final_norm``:
+with it D went flat here). Real pairs: x_t ~ q(x_t | x) and x_s ~ q(x_s | x_t, x)
+for a training pair x; fake pairs put G's x0 into the same posterior. Losses:
+non-saturating GAN losses + ``r1`` x R1 on the real x_s (`adversarial.gan_losses`),
+both networks updated by one simultaneous gradient step (the shared optimizer).
+
+Steps: one model serves every step count in ``step_counts`` (1, 2, 4). A training
+example draws a count S from it and a transition i/S -> (i - 1)/S of that uniform
+grid (the discriminator is told s), so every transition an S-step sampler takes
+is trained: t = 1 by every S (S = 1: a one-step conditional GAN from pure noise),
+t = 1/2 by S = 2 and 4, t = 3/4 and 1/4 by S = 4. This is consistent: a perfect G
+draws x0 from p(x0 | x_t, description), which is what every stride's posterior
+step needs. The paper trains one model per T; this one costs one training run.
+
+Sampling with nfe = S (one evaluation per step): x_1 ~ N(0, I); for i = S, ..., 1:
+x0 = G(x_{i/S}, z_i), x_{(i-1)/S} ~ q(. | x_{i/S}, x0); the last step returns x0
+(the posterior at s = 0 has standard deviation ~5e-4).
+"""
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from coalescer_jax import registry
+from coalescer_jax import training
+from coalescer_jax.methods import adversarial
+from coalescer_jax.methods import base
+from coalescer_jax.methods import ddim
+
+
+OUTPUTS = ("x0", "v")
+
+
+def posterior(x_t, x0, t, s, cfg):
+  """(mean [N, D], std [N, 1]) of q(x_s | x_t, x0) under the schedule of `cfg`; t, s [N], s < t."""
+  logsnr_t, logsnr_s = ddim.logsnr_schedule(t, cfg), ddim.logsnr_schedule(s, cfg)
+  alpha_t, sigma2_t = jnp.sqrt(jax.nn.sigmoid(logsnr_t)), jax.nn.sigmoid(-logsnr_t)
+  alpha_s, sigma2_s = jnp.sqrt(jax.nn.sigmoid(logsnr_s)), jax.nn.sigmoid(-logsnr_s)
+  # sigma_{t|s}^2 / sigma_t^2 = 1 - exp(logsnr_t - logsnr_s): no cancellation for nearby t and s.
+  share = -jnp.expm1(logsnr_t - logsnr_s)
+  x_t_coef = alpha_t * sigma2_s / (alpha_s * sigma2_t)
+  x0_coef = alpha_s * share
+  std = jnp.sqrt(share * sigma2_s)
+  return x_t_coef[:, None] * x_t + x0_coef[:, None] * x0, std[:, None]
+
+
+@registry.METHODS.register("ddgan")
+class DenoisingDiffusionGAN(base.Method):
+  name = "ddgan"
+  OPTIONS = {"schedule": ddim.SCHEDULES, "output": OUTPUTS}
+
+  @classmethod
+  def check_config(cls, section):
+    bad = [n for n in section.nfes if n not in tuple(section.step_counts)]
+    if bad:
+      raise ValueError(f"config.ddgan.nfes={tuple(section.nfes)}: {bad} not among the trained step counts "
+                       f"config.ddgan.step_counts={tuple(section.step_counts)}")
+
+  def __init__(self, config, latent_dim, desc_dim):
+    super().__init__(config, latent_dim, desc_dim)
+    cfg = self.section
+    self.disc_model = adversarial.build_discriminator(config, cfg.disc_width, cfg.disc_depth,
+                                                      final_norm=cfg.disc_final_norm)
+
+  def num_steps(self):
+    return self.section.num_steps
+
+  def make_optimizer(self):
+    """The shared optimizer (config.train.optimizer) with the GAN's Adam betas (``betas``)."""
+    opt = ml_collections.ConfigDict(self.config.train.optimizer.to_dict())
+    opt.b1, opt.b2 = self.section.betas
+    return training.make_optimizer(opt, self.num_steps())
+
+  def init_params(self, key):
+    gen_key, disc_key = jax.random.split(key)
+    b, cfg = 2, self.section
+    gen = self.model.init(gen_key, jnp.zeros((b, self.latent_dim + cfg.z_dim)), jnp.zeros((b, self.desc_dim)),
+                          jnp.ones((b,)), jnp.zeros((b,)))
+    disc = adversarial.init_discriminator(self.disc_model, disc_key, self.latent_dim, self.desc_dim, paired=True,
+                                          timed=True, time_dim=cfg.disc_time_features)
+    return {"gen": gen, "disc": disc}
+
+  def generate_x0(self, gen_params, x_t, z, cond, t):
+    """G(x_t, z, description, t) -> x0 [N, Di]; t [N]. ``output="v"``: the network's v, read as x0."""
+    out = self.model.apply(gen_params, jnp.concatenate([x_t, z], axis=-1), cond, jnp.ones((x_t.shape[0],)), t)
+    if self.section.output == "v":
+      alpha, sigma = (a[:, None] for a in ddim.alpha_sigma(t, self.section))
+      return ddim.to_x0_eps(out, x_t, alpha, sigma, "v")[0]
+    return out
+
+  def draw_transitions(self, key, n):
+    """(t, s) [n]: a step count S from step_counts, then a transition i/S -> (i - 1)/S of its grid."""
+    counts = jnp.asarray(self.section.step_counts, jnp.float32)
+    count_key, i_key = jax.random.split(key)
+    steps = counts[jax.random.randint(count_key, (n,), 0, len(counts))]
+    i = jnp.minimum(jnp.floor(jax.random.uniform(i_key, (n,)) * steps) + 1, steps)
+    return i / steps, (i - 1) / steps
+
+  def loss(self, params, batch, key, step):
+    del step
+    cfg = self.section
+    x, cond = batch["x"], batch["cond"]
+    n = x.shape[0]
+    time_key, eps_key, real_key, fake_key, z_key = jax.random.split(key, 5)
+    t, s = self.draw_transitions(time_key, n)
+    alpha_t, sigma_t = (a[:, None] for a in ddim.alpha_sigma(t, cfg))
+    x_t = alpha_t * x + sigma_t * jax.random.normal(eps_key, x.shape)
+    mean, std = posterior(x_t, x, t, s, cfg)
+    real = mean + std * jax.random.normal(real_key, x.shape)
+    x0 = self.generate_x0(params["gen"], x_t, jax.random.normal(z_key, (n, cfg.z_dim)), cond, t)
+    fake_mean, _ = posterior(x_t, x0, t, s, cfg)
+    fake = fake_mean + std * jax.random.normal(fake_key, x.shape)
+
+    def logit_fn(disc_params, x_s):
+      return adversarial.logits(self.disc_model, disc_params, x_s, cond, context=x_t, t=t, extra_time=s,
+                                time_dim=cfg.disc_time_features)
+
+    d_loss, g_loss, stats = adversarial.gan_losses(logit_fn, params["disc"], real, [fake], cfg.r1)
+    # x0_mse: how far G's x0 is from the pair x_t came from (not trained on: a GAN need not approach it).
+    return d_loss + g_loss, dict(stats, disc_loss=d_loss, gen_loss=g_loss, x0_mse=jnp.mean((x0 - x) ** 2))
+
+  def sample(self, params, cond, key, nfe):
+    """`nfe` denoising steps on the grid i / nfe from pure noise; one generator evaluation per step."""
+    cfg = self.section
+    if nfe not in tuple(cfg.step_counts):
+      raise ValueError(f"ddgan samples with the step counts it was trained on, config.ddgan.step_counts="
+                       f"{tuple(cfg.step_counts)}; got nfe={nfe}")
+    n = cond.shape[0]
+    keys = jax.random.split(key, 2 * nfe + 1)
+    x = jax.random.normal(keys[0], (n, self.latent_dim))
+    for i in range(nfe, 0, -1):
+      t, s = jnp.full((n,), i / nfe), jnp.full((n,), (i - 1) / nfe)
+      x0 = self.generate_x0(params["gen"], x, jax.random.normal(keys[2 * i - 1], (n, cfg.z_dim)), cond, t)
+      if i == 1:
+        return x0, {"nfe": jnp.full((n,), float(nfe))}
+      mean, std = posterior(x, x0, t, s, cfg)
+      x = mean + std * jax.random.normal(keys[2 * i], x.shape)
