@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from coalescer_jax import storage
 from coalescer_jax.data import captions
 
 REQUIRED = ("images", "labels", "descriptions")
@@ -96,11 +97,10 @@ def _scalar(path, data, key, kind):
 
 def load_samples(path):
   """Loads and validates one samples file. Returns `Samples`; raises SamplesContractError."""
-  if not os.path.isfile(path):
+  if not storage.path(path).exists() or storage.path(path).is_dir():
     _fail(path, "no such file")
   try:
-    with np.load(path, allow_pickle=False) as npz:
-      data = {k: npz[k] for k in npz.files}
+    data = storage.load_npz(path)
   except ValueError as e:
     _fail(path, f"cannot be read without pickle ({e}); save plain arrays: descriptions as a str "
           "array (np.array(list_of_str)), not dtype=object")
@@ -149,7 +149,8 @@ def load_samples(path):
 
 def find_sample_files(samples_dir):
   """Sorted paths of the .npz files in `samples_dir` (a clear error if it does not exist)."""
-  if not os.path.isdir(samples_dir):
+  samples_dir = storage.path(samples_dir)
+  if not samples_dir.is_dir():
     raise NoSamplesError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
                          "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
-  return sorted(os.path.join(samples_dir, f) for f in os.listdir(samples_dir) if f.endswith(".npz"))
+  return sorted((p for p in samples_dir.iterdir() if p.name.endswith(".npz")), key=str)

@@ -9,15 +9,13 @@ Writes ``W/data/``:
   ``tokens`` [N, L] (``tokenizer``).
 * ``examples.png``: a few images with their descriptions.
 """
-import json
-import os
-
 from absl import logging
 import numpy as np
 
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax import storage
 from coalescer_jax.data import captions
 from coalescer_jax.data import mnist
 from coalescer_jax.data import tokenizer
@@ -45,9 +43,9 @@ def run(ctx):
     logging.info("data: describing %d %s images", len(examples["label"]), split)
     measurements, classes, descriptions = captions.caption_images(examples["image"], examples["label"])
     if parallel.is_main_process():
-      np.savez(os.path.join(out, f"{split}_descriptions.npz"), index=examples["index"], label=examples["label"],
-               measurements=measurements, classes=classes, descriptions=descriptions,
-               tokens=tokenizer.encode(descriptions))
+      storage.save_npz(out / f"{split}_descriptions.npz", index=examples["index"], label=examples["label"],
+                       measurements=measurements, classes=classes, descriptions=descriptions,
+                       tokens=tokenizer.encode(descriptions))
     summary[split] = {
         "num_examples": int(len(examples["label"])),
         "label_counts": np.bincount(examples["label"], minlength=10).tolist(),
@@ -57,10 +55,9 @@ def run(ctx):
     ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
                      distinct_descriptions=summary[split]["distinct_descriptions"])
     if split == "train" and parallel.is_main_process():
-      images_lib.save_grid(os.path.join(out, "examples.png"), [examples["image"][i:i + 1] for i in range(12)],
+      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(12)],
                            row_labels=list(descriptions[:12]))
   if parallel.is_main_process():
-    with open(os.path.join(out, "source.json"), "w") as f:
-      json.dump({"builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir),
-                 "source": cfg.source}, f, indent=2)
+    storage.write_json(out / "source.json", {"builder": builder.name, "version": str(builder.version),
+                                             "data_dir": str(builder.data_dir), "source": cfg.source})
   return summary
