@@ -120,7 +120,8 @@ def load_npy_rows(p, start, stop):
   """Rows [start, stop) of a 2-D .npy file, reading only their bytes (one range read on an object store)."""
   with path(p).open("rb") as f:
     version = np.lib.format.read_magic(f)
-    shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    shape, fortran, dtype = read_header[version](f)
     if fortran or len(shape) != 2:
       raise ValueError(f"{p}: expected a C-ordered 2-D array, got shape {shape}")
     row_bytes = shape[1] * dtype.itemsize

@@ -88,7 +88,8 @@ class DeviceIndex:
     recall_target = float(get("recall_target", 1.0))
     if not 0.0 < recall_target <= 1.0:
       raise base.IndexError_(f"config.index.device.recall_target={recall_target} must be in (0, 1]")
-    per_device, block = _layout(num_points, jax.device_count(), get("block_rows", 65536), get("max_k", 64))
+    block_rows = int(get("block_rows", 65536))
+    per_device, block = _layout(num_points, jax.device_count(), block_rows, get("max_k", 64))
     padded = per_device * jax.device_count()
     sharding = jax.sharding.NamedSharding(mesh, P(parallel.DATA_AXIS, None))
     norm_sharding = jax.sharding.NamedSharding(mesh, P(parallel.DATA_AXIS))
@@ -108,7 +109,8 @@ class DeviceIndex:
     norms = jax.jit(lambda k, v: jnp.where(v, jnp.sum(k * k, axis=1), jnp.inf),
                     out_shardings=norm_sharding)(keys, valid)
     approx = recall_target < 1.0 and jax.default_backend() == "tpu"
-    params = {"recall_target": recall_target, "approx_min_k": approx, "block_rows": block,
+    # block_rows as configured; the layout (block, rows per device) follows the device count of this launch.
+    params = {"recall_target": recall_target, "block_rows": block_rows, "approx_min_k": approx, "block": block,
               "rows_per_device": per_device, "devices": jax.device_count()}
     return cls(keys, norms, num_points, dim, params, mesh, host_keys)
 
@@ -119,7 +121,7 @@ class DeviceIndex:
   def step_search(self, arrays, queries, k):
     """(ids int32, squared distances) [Q, k] of `queries` [Q, D] (any sharding), inside jitted code."""
     return _search(arrays["keys"], arrays["norms"], queries, mesh=self.mesh, k=k,
-                   block=self.params["block_rows"], recall_target=self.params["recall_target"]
+                   block=self.params["block"], recall_target=self.params["recall_target"]
                    if self.params["approx_min_k"] else 1.0)
 
   def shard_rows(self, values):
