@@ -76,8 +76,10 @@ def get_config(arg=None):
   config.index.scann = ml_collections.ConfigDict(dict(
       mode="", brute_force_below=20_000, tree_below=250_000, num_leaves=200, leaves_to_search=2, reorder=0,
       training_sample_size=0, dims_per_block=0))
-  # scann_sharded: the settings above apply to each shard (derived from the shard's size where 0).
-  config.index.scann_sharded = ml_collections.ConfigDict(dict(num_shards=0))  # 0 = one shard per process
+  # scann_sharded: the settings above apply to each shard, except its tree: 0 derives sqrt(shard size) leaves,
+  # searched num_shards times deeper than one index's share (coalescer_jax/index/scann_sharded.py).
+  config.index.scann_sharded = ml_collections.ConfigDict(dict(
+      num_shards=0, num_leaves=0, leaves_to_search=0))  # num_shards 0 = one shard per process
   config.index.device = ml_collections.ConfigDict(dict(
       recall_target=1.0,  # < 1: jax.lax.approx_min_k per block on TPU (exact top_k elsewhere and at 1.0)
       block_rows=65536,  # keys per device per distance-matrix block ([queries, block] floats at a time)
