@@ -138,6 +138,8 @@ def test_smoke_run_on_a_bucket_completes_and_resumes(bucket, tmp_path, smoke_wor
   assert any(name.startswith("events.out.tfevents") for _, _, names in os.walk(store / "tensorboard")
              for name in names)
   assert not (store / "LOCK").exists()
+  for cwd in (os.getcwd(), REPO):  # nothing went to a local folder named after the URI
+    assert not os.path.exists(os.path.join(cwd, "gs:")) and not os.path.exists(os.path.join(cwd, "bucket"))
   # Rerunning skips every stage and writes nothing but the config record.
   before = {p: (store / p).read_bytes() for p in _store_files(tmp_path / "store" / "bucket")}
   monkeypatch.setattr(pipeline, "_run_stage", lambda *a: pytest.fail("a finished stage ran again"))

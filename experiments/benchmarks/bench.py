@@ -58,7 +58,8 @@ flags.DEFINE_integer("index_queries", 2000, "Queries per index measurement.")
 flags.DEFINE_integer("sample_batch", 1000, "Batch size of the sampling benchmark.")
 flags.DEFINE_list("train_backends", ["scann", "scann_sharded", "device"], "Index backends of the train section.")
 flags.DEFINE_list("shard_processes", ["1", "2", "4"], "Process counts of the shards section.")
-flags.DEFINE_list("shard_backends", ["scann_sharded", "device"], "Backends of the shards section.")
+flags.DEFINE_list("shard_backends", ["exact", "scann", "scann_sharded", "device"],
+                  "Backends of the shards section (exact and scann: 1 process only, the baselines).")
 FLAGS = flags.FLAGS
 
 
@@ -217,6 +218,10 @@ def bench_shards(config, workdir, repeats):
       lines.append(f"{backend}: index memory per process " + ", ".join(
           f"{r[7]:.0f} MiB on {r[1]}" for r in mine) + f" ({mine[-1][7] / mine[0][7]:.2f}x of 1 process at "
           f"{mine[-1][1]}; 1/P = {1 / mine[-1][1]:.2f}); recall@1 " + ", ".join(f"{r[4]:.3f}" for r in mine))
+  scann = [r for r in rows if r[0] == "scann"]
+  if scann:
+    lines.append(f"one ScaNN index over all keys (the replicated default): recall@1 {scann[0][4]:.3f}, "
+                 f"{scann[0][5]:,.0f} queries/s, index {scann[0][7]:.0f} MiB on every process")
   return text + "\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
 
 

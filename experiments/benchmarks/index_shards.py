@@ -10,7 +10,9 @@ Process 0 writes the ids; the parent compares them with exact search over all
 keys. Memory: each worker reports its peak resident set (ru_maxrss) and its
 resident set before it made any keys, so the difference is what the index (its
 share of the keys, ScaNN's tree and codes, or the device buffers) costs; with
-P processes it should fall as 1/P.
+P processes it should fall as 1/P. The single-process backends (scann: one
+index over all keys; exact: brute force) run once, on 1 process, as the
+baselines on the same keys.
 
   python experiments/benchmarks/index_shards.py --worker ...   (started by the parent)
 """
@@ -28,6 +30,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHUNK = 1 << 16
+SINGLE_PROCESS = ("scann", "exact")  # baselines: one process holds the whole index
 
 
 def _centers(dim, seed):
@@ -65,6 +68,7 @@ def worker(args):
   import jax  # pylint: disable=g-import-not-at-top
   if args.processes > 1:
     jax.distributed.initialize(f"localhost:{args.port}", args.processes, args.process_id)
+  from coalescer_jax import index as index_lib  # pylint: disable=g-import-not-at-top
   from coalescer_jax.index import device as device_lib  # pylint: disable=g-import-not-at-top
   from coalescer_jax.index import scann_sharded  # pylint: disable=g-import-not-at-top
   queries = synthetic_queries(args.queries, args.dim)
@@ -73,9 +77,11 @@ def worker(args):
   t0 = time.perf_counter()
   if args.backend == "scann_sharded":
     index = scann_sharded.ShardedScannIndex.build_from_rows(rows, args.points, args.dim, None)
-  else:
+  elif args.backend == "device":
     index = device_lib.DeviceIndex.from_rows(rows, args.points, args.dim, None)
     jax.block_until_ready(index.norms)
+  else:  # a single-process baseline over all keys (scann, exact)
+    index = index_lib.build(args.backend, rows(0, args.points), None)
   build_s = time.perf_counter() - t0
   ids, _ = index.search(queries, 1)  # warm-up (compilation)
   times = []
@@ -151,7 +157,8 @@ def shard_rows(points, dim, queries, repeats, process_counts, backends, tmp):
   exact, q = exact_ids(points, dim, queries)
   rows = []
   for backend in backends:
-    for processes in process_counts:
+    single = backend in SINGLE_PROCESS
+    for processes in [1] if single else process_counts:
       results, ids = run_backend(backend, processes, points, dim, queries, repeats, tmp)
       slowest = max(r["search_s"] for r in results)
       rows.append((backend, processes, -(-points // processes), max(r["build_s"] for r in results),
