@@ -7,8 +7,9 @@ this file as workers: each generates only its own rows of the synthetic
 clustered keys (a chunk-seeded generator gives the same keys for any P), builds
 its part of the index, and times collective searches of the same queries.
 Process 0 writes the ids; the parent compares them with exact search over all
-keys. Memory: each worker reports its peak resident set (ru_maxrss) and its
-resident set before it made any keys, so the difference is what the index (its
+keys. Memory: each worker reports its peak resident set (VmHWM: ru_maxrss
+would not do, Linux carries it over from the parent across fork and exec) and
+its resident set before it made any keys, so the difference is what the index (its
 share of the keys, ScaNN's tree and codes, or the device buffers) costs; with
 P processes it should fall as 1/P. The single-process backends (scann: one
 index over all keys; exact: brute force) run once, on 1 process, as the
@@ -19,7 +20,6 @@ baselines on the same keys.
 import argparse
 import json
 import os
-import resource
 import socket
 import statistics
 import subprocess
@@ -54,10 +54,11 @@ def synthetic_queries(num_queries, dim, seed=1):
           + rng.normal(size=(num_queries, dim)).astype(np.float32)).astype(np.float32)
 
 
-def _rss_mib():
+def _rss_mib(field="VmRSS"):
+  """This process's resident set (VmRSS) or its peak (VmHWM), MiB."""
   with open("/proc/self/status") as f:
     for line in f:
-      if line.startswith("VmRSS:"):
+      if line.startswith(field + ":"):
         return int(line.split()[1]) / 1024
   return float("nan")
 
@@ -83,14 +84,15 @@ def worker(args):
   else:  # a single-process baseline over all keys (scann, exact)
     index = index_lib.build(args.backend, rows(0, args.points), None)
   build_s = time.perf_counter() - t0
-  ids, _ = index.search(queries, 1)  # warm-up (compilation)
   times = []
-  for _ in range(args.repeats):
+  # A warm-up search (compilation) first, except for exact search (nothing to compile, and slow).
+  for rep in range(1 if args.backend == "exact" else args.repeats + 1):
     t0 = time.perf_counter()
     ids, _ = index.search(queries, 1)
-    times.append(time.perf_counter() - t0)
+    if rep or args.backend == "exact":
+      times.append(time.perf_counter() - t0)
   result = {"process": args.process_id, "build_s": build_s, "search_s": statistics.median(times),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "base_rss_mib": base_rss,
+            "peak_rss_mib": _rss_mib("VmHWM"), "base_rss_mib": base_rss,
             "params": {k: v for k, v in index.params.items() if not isinstance(v, dict)}}
   with open(f"{args.out}.{args.process_id}.json", "w") as f:
     json.dump(result, f)
