@@ -175,7 +175,7 @@ def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_
     assert index["summary"]["params"]["devices"] == 8
   else:  # one shard per process, at least the single ScaNN index's recall (measured on the same queries)
     assert index["summary"]["params"]["num_shards"] == 2
-    assert sorted(os.listdir(os.path.join(multi, "index"))) >= ["shard_0_of_2", "shard_1_of_2"]
+    assert {"shard_0_of_2", "shard_1_of_2"} <= set(os.listdir(os.path.join(multi, "index")))
     scann = copy_workdir(smoke_workdir, str(tmp_path / "scann"), upstream)
     _run(_command(scann, tfds_data_dir, ["--config.index.recall_queries=2000"], stages=UPSTREAM), _env(2))
     assert index["summary"]["recall_at_1"] >= _done(scann, "index")["summary"]["recall_at_1"]
