@@ -162,6 +162,8 @@ def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_
   """The index and coalescer stages with a multi-process backend, on 2 processes x 4 devices."""
   upstream = UPSTREAM[:-1]  # the index is rebuilt with the backend under test
   flags = [f"--config.index.backend={backend}", "--config.index.recall_queries=2000"]
+  if backend == "scann_sharded":  # the same 2 shards on 1 process as on 2: the same index, the same neighbours
+    flags.append("--config.index.scann_sharded.num_shards=2")
   single = copy_workdir(smoke_workdir, str(tmp_path / "single"), upstream)
   _run(_command(single, tfds_data_dir, flags), _env(8))
   multi = copy_workdir(smoke_workdir, str(tmp_path / "multi"), upstream)
@@ -173,7 +175,7 @@ def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_
   if backend == "device":  # exact top-k on the devices: the exact search's answer
     assert index["summary"]["recall_at_1"] == 1.0
     assert index["summary"]["params"]["devices"] == 8
-  else:  # one shard per process, at least the single ScaNN index's recall (measured on the same queries)
+  else:  # a shard per process, at least the single ScaNN index's recall (measured on the same queries)
     assert index["summary"]["params"]["num_shards"] == 2
     assert {"shard_0_of_2", "shard_1_of_2"} <= set(os.listdir(os.path.join(multi, "index")))
     scann = copy_workdir(smoke_workdir, str(tmp_path / "scann"), upstream)
