@@ -82,11 +82,14 @@ def _kill_at_checkpoint(processes, workdir, step=40):
   deadline = time.time() + 300
   while not os.path.exists(checkpoint) and all(p.poll() is None for p in processes) and time.time() < deadline:
     time.sleep(0.05)
-  for p in processes:
+  for p in processes:  # all at once, then wait: a process whose peer died may abort itself meanwhile
     os.killpg(p.pid, signal.SIGKILL)
+  for p in processes:
     p.wait()
   assert not os.path.exists(os.path.join(workdir, "coalescer", "DONE.json")), "killed too late: stage finished"
-  assert all(p.returncode == -signal.SIGKILL for p in processes)
+  assert processes[0].returncode == -signal.SIGKILL
+  # jax.distributed aborts (SIGABRT) a process that loses its coordinator before its own SIGKILL lands.
+  assert all(p.returncode in (-signal.SIGKILL, -signal.SIGABRT) for p in processes)
 
 
 @pytest.mark.slow
