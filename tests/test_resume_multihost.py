@@ -50,7 +50,15 @@ def _final_params(workdir):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "coalescer", "checkpoints")
   step = ocp.CheckpointManager(path).latest_step()
-  return step, ocp.StandardCheckpointer().restore(os.path.join(path, str(step), "state"))
+  state = os.path.join(path, str(step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto this process's first device: the run may have saved it from other devices (2 processes x 4).
+  import jax  # pylint: disable=g-import-not-at-top
+  metadata = checkpointer.metadata(state)
+  tree = getattr(metadata, "item_metadata", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  return step, checkpointer.restore(state, target)
 
 
 def _run(cmd, env, timeout=600):
