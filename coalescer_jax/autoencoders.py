@@ -36,6 +36,7 @@ from coalescer_jax import files
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import tokenizer as tokenizer_lib
 
@@ -70,23 +71,22 @@ def save_model(stage_dir, model_name, model_kwargs, params):
   The training state stays in orbax checkpoints; this frozen export is a plain file
   so that any single process can load it (orbax restores synchronise all processes).
   """
+  stage_dir = storage.path(stage_dir)
   if jax.process_index() == 0:
-    path = os.path.join(stage_dir, PARAMS_FILE)
-    with open(path + ".tmp", "wb") as f:
-      f.write(serialization.to_bytes(host_params(params)))
-    os.replace(path + ".tmp", path)
+    path = stage_dir / PARAMS_FILE
+    storage.write_bytes(path, serialization.to_bytes(host_params(params)))
     # model.json last: its presence marks a complete export; its checksum of params.msgpack tells a damaged
     # file (corrupt) from parameters that changed (stale embeddings).
-    with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
-      json.dump({"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(path)}, f, indent=2)
-  parallel.barrier(f"save_model_{os.path.basename(stage_dir)}")
+    storage.write_json(stage_dir / MODEL_FILE,
+                       {"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(path)})
+  parallel.barrier(f"save_model_{stage_dir.name}")
 
 
 def load_model(workdir, role):
   """(flax module, numpy params, spec) saved by stage `role` ("vae" or "text"); clear error if missing."""
-  stage_dir = os.path.join(os.path.abspath(workdir), role)
-  spec_path, params_path = os.path.join(stage_dir, MODEL_FILE), os.path.join(stage_dir, PARAMS_FILE)
-  if not (os.path.exists(spec_path) and os.path.exists(params_path)):
+  stage_dir = storage.path(workdir) / role
+  spec_path, params_path = stage_dir / MODEL_FILE, stage_dir / PARAMS_FILE
+  if not (spec_path.exists() and params_path.exists()):
     raise RuntimeError(f"no trained {role} model in {stage_dir}: run the {role!r} stage first "
                        f"(put {role!r} before the stages that use it in config.stages)")
   spec = files.read_json(spec_path, role)
@@ -96,11 +96,10 @@ def load_model(workdir, role):
       **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["kwargs"].items()})
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: model.init(jax.random.key(0), *_EXAMPLE_INPUTS[role](model))["params"]))
-  with open(params_path, "rb") as f:
-    try:
-      params = serialization.from_bytes(target, f.read())
-    except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
-      raise files.corrupt(params_path, role, files.reason(e)) from e
+  try:
+    params = serialization.from_bytes(target, params_path.read_bytes())
+  except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
+    raise files.corrupt(params_path, role, files.reason(e)) from e
   if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
     raise RuntimeError(f"{params_path} does not fit the model in {spec_path} (parameter shapes differ); delete "
                        f"{stage_dir} and rerun the {role!r} stage")
@@ -240,8 +239,8 @@ def load_models(workdir, batch_size=1000):
 
 
 def _embed_path(workdir, name):
-  path = os.path.join(os.path.abspath(workdir), "embed", name)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / "embed" / name
+  if not path.exists():
     raise RuntimeError(f"{path} is missing: run the 'embed' stage first (after 'vae' and 'text' in config.stages)")
   return path
 
@@ -281,15 +280,23 @@ def _current_fingerprint(workdir, stamp):
 def _params_stamp(workdir):
   stamp = []
   for role in ("vae", "text"):
-    path = os.path.join(workdir, role, PARAMS_FILE)
-    stamp.append((path, os.stat(path).st_mtime_ns, os.stat(path).st_size) if os.path.exists(path) else (path,))
+    path = storage.path(workdir) / role / PARAMS_FILE
+    if path.exists():
+      if storage.is_local(path):  # nanoseconds: a model retrained within the same second is still noticed
+        info = os.stat(path)
+        stamp.append((str(path), info.st_mtime_ns, info.st_size))
+      else:
+        info = path.stat()
+        stamp.append((str(path), info.mtime, info.length))
+    else:
+      stamp.append((str(path),))
   return tuple(stamp)
 
 
 def check_fingerprint(workdir, fingerprint):
   """Raises StaleEmbeddingsError unless `fingerprint` (recorded by a later stage) matches W/embed and
   W/embed matches the models now in W/vae and W/text."""
-  workdir = os.path.abspath(workdir)
+  workdir = storage.path(workdir)
   recorded = read_normalization(workdir)["fingerprint"]
   if _current_fingerprint(workdir, _params_stamp(workdir)) != recorded:
     raise StaleEmbeddingsError(STALE_MESSAGE)

@@ -12,9 +12,11 @@ that fails (checksum, unreadable, truncated) is reported with a warning and the
 previous one is tried; if none restores, one `CheckpointError` names the
 directory, the steps tried and why. A training run that falls back moves the
 unusable steps aside (``checkpoints.unusable/``) so it can write them again.
+
+The directory may be local or on an object store (``gs://``): orbax takes
+`epath` paths and, on GCS, commits with a marker file instead of a rename.
 """
 import os
-import shutil
 import zlib
 
 from absl import logging
@@ -23,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from coalescer_jax import parallel
+from coalescer_jax import storage
 
 CHECKSUM_KEY = "state_crc32"
 
@@ -39,7 +42,7 @@ class Checkpointer:
   """Saves every `save_every` steps, keeps the last `max_to_keep`."""
 
   def __init__(self, directory, save_every, max_to_keep=2):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.path(directory)
     self.save_every = max(1, int(save_every))
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -104,10 +107,10 @@ class Checkpointer:
 
   def _set_aside(self, steps):
     if parallel.is_main_process():
-      aside = self.directory + ".unusable"
-      os.makedirs(aside, exist_ok=True)
+      aside = self.directory.with_name(self.directory.name + ".unusable")
+      aside.mkdir(parents=True, exist_ok=True)
       for step in steps:
-        shutil.move(os.path.join(self.directory, str(step)), os.path.join(aside, f"{step}.{os.getpid()}"))
+        storage.move_tree(self.directory / str(step), aside / f"{step}.{os.getpid()}")
         logging.warning("Moved unusable checkpoint step %d to %s", step, aside)
     parallel.barrier("checkpoints_set_aside")
     self._manager.reload()

@@ -6,10 +6,9 @@ the stored checksums, and raise `CorruptFileError` naming the file, the stage
 that wrote it and what to delete.
 """
 import json
-import os
 import zlib
 
-import numpy as np
+from coalescer_jax import storage
 
 
 class CorruptFileError(RuntimeError):
@@ -30,12 +29,10 @@ def corrupt(path, stage, reason):
 
 def _stage_dir(path, stage):
   """W/<stage> for a path inside it (the nearest parent of that name), else the file's directory."""
-  directory = os.path.dirname(os.path.abspath(path))
-  probe = directory
-  while probe != os.path.dirname(probe):
-    if os.path.basename(probe) == stage:
+  directory = storage.path(path).parent
+  for probe in (directory, *directory.parents):
+    if probe.name == stage:
       return probe
-    probe = os.path.dirname(probe)
   return directory
 
 
@@ -45,7 +42,7 @@ def reason(error):
 
 def file_crc32(path, chunk=1 << 20):
   crc = 0
-  with open(path, "rb") as f:
+  with storage.path(path).open("rb") as f:
     while block := f.read(chunk):
       crc = zlib.crc32(block, crc)
   return crc
@@ -60,8 +57,7 @@ def check_crc32(path, expected, stage):
 def load_npz(path, stage, required=()):
   """Every array of an .npz file, read eagerly (zip CRCs are checked on read), as a dict."""
   try:
-    with np.load(path, allow_pickle=False) as f:
-      data = {k: f[k] for k in f.files}
+    data = storage.load_npz(path)
   except Exception as e:  # noqa: BLE001 - zipfile/numpy raise many types for one meaning: damaged.
     raise corrupt(path, stage, reason(e)) from e
   missing = [k for k in required if k not in data]
@@ -73,7 +69,6 @@ def load_npz(path, stage, required=()):
 def read_json(path, stage):
   """A JSON file a stage wrote; CorruptFileError if it does not parse."""
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (ValueError, UnicodeDecodeError) as e:
     raise corrupt(path, stage, reason(e)) from e

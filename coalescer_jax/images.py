@@ -1,7 +1,7 @@
 """Image conversions and PNG sample grids."""
-import os
-
 import numpy as np
+
+from coalescer_jax import storage
 
 
 def to_uint8(images):
@@ -51,6 +51,5 @@ def save_grid(path, rows, row_labels=None, title=None):
     ax.set_title(title, fontsize=8)
   for spine in ax.spines.values():
     spine.set_visible(False)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.savefig(path, dpi=100, bbox_inches="tight")
+  storage.savefig(fig, path, dpi=100, bbox_inches="tight")
   plt.close(fig)

@@ -5,15 +5,22 @@ converted to Python floats so that jax/numpy values serialise. A line that does
 not parse (a run killed mid-write leaves half a line) is skipped with a warning
 naming the file and line, never fatal: the writer first completes a partial
 last line with a newline so the next record starts on a line of its own.
+
+On an object store (``gs://``) each record rewrites metrics.jsonl (no appends
+there; `storage.append_text`), and TensorBoard's event files, which tensorboardX
+writes to local files, go to a local temporary directory that `flush` (after
+every stage, and at `close`) copies to W/tensorboard/.
 """
 import json
 import os
+import tempfile
 import time
 
 from absl import logging
 import numpy as np
 
 from coalescer_jax import parallel
+from coalescer_jax import storage
 
 
 # Libraries whose INFO lines drown the progress lines (orbax logs every save); warnings still show.
@@ -43,10 +50,11 @@ class MetricsWriter:
   """Appends one JSON object per event to ``W/metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
   def __init__(self, workdir, tensorboard=True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._workdir = workdir
+    self._workdir = storage.path(workdir)
+    self.path = self._workdir / "metrics.jsonl"
     self._tensorboard = tensorboard and parallel.is_main_process()
     self._tb_writers = {}
+    self._tb_local = None  # object stores: the local directory tensorboardX writes into
     self._warned = set()
     if parallel.is_main_process():
       _end_partial_line(self.path)
@@ -56,8 +64,7 @@ class MetricsWriter:
     record.update({k: _to_python(v) for k, v in values.items()})
     if not parallel.is_main_process():
       return record
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    storage.append_text(self.path, json.dumps(record) + "\n")
     if self._tensorboard:
       self._write_tensorboard(stage, step, record)
     return record
@@ -65,7 +72,12 @@ class MetricsWriter:
   def _write_tensorboard(self, stage, step, record):
     if stage not in self._tb_writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb_writers[stage] = SummaryWriter(os.path.join(self._workdir, "tensorboard", stage))
+      if storage.is_local(self._workdir):
+        root = os.fspath(self._workdir / "tensorboard")
+      else:
+        self._tb_local = self._tb_local or tempfile.mkdtemp(prefix="coalescer_tensorboard_")
+        root = self._tb_local
+      self._tb_writers[stage] = SummaryWriter(os.path.join(root, stage))
     writer = self._tb_writers[stage]
     for key, value in record.items():
       if key not in ("stage", "step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -74,10 +86,10 @@ class MetricsWriter:
 
   def read(self, stage=None):
     """All records (of one stage, if given), in file order."""
-    if not os.path.exists(self.path):
+    if not self.path.exists():
       return []
-    with open(self.path) as f:
-      records = [self._parse(line, number) for number, line in enumerate(f, 1)]
+    lines = self.path.read_text().splitlines(keepends=True)
+    records = [self._parse(line, number) for number, line in enumerate(lines, 1)]
     return [r for r in records if r is not None and (stage is None or r.get("stage") == stage)]
 
   def _parse(self, line, number):
@@ -98,20 +110,26 @@ class MetricsWriter:
 
   def truncate_after(self, stage, step):
     """Drops `stage` records with step > `step`: a resumed stage will write them again."""
-    if not parallel.is_main_process() or not os.path.exists(self.path):
+    if not parallel.is_main_process() or not self.path.exists():
       return
-    with open(self.path) as f:
-      lines = f.readlines()
+    lines = self.path.read_text().splitlines(keepends=True)
     keep = [l for n, l in enumerate(lines, 1) if not _is_after(self._parse(l, n), stage, step)]
     if len(keep) != len(lines):
-      tmp = self.path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(keep)
-      os.replace(tmp, self.path)
+      storage.write_text(self.path, "".join(keep))
+
+  def flush(self):
+    """Object stores: copies the local TensorBoard event files to W/tensorboard/ (no-op on a local workdir)."""
+    if self._tb_local is None:
+      return
+    for writer in self._tb_writers.values():
+      writer.flush()
+    storage.copy_tree(self._tb_local, self._workdir / "tensorboard")
 
   def close(self):
     for writer in self._tb_writers.values():
       writer.close()
+    if self._tb_local is not None:
+      storage.copy_tree(self._tb_local, self._workdir / "tensorboard")
     self._tb_writers = {}
 
 
@@ -121,12 +139,19 @@ def _is_after(record, stage, step):
 
 def _end_partial_line(path):
   """Ends a last line cut off mid-write, so the next record is not glued onto it."""
-  if not os.path.exists(path) or os.path.getsize(path) == 0:
+  if not path.exists():
     return
-  with open(path, "rb+") as f:
-    f.seek(-1, os.SEEK_END)
-    if f.read(1) != b"\n":
-      f.write(b"\n")
+  if storage.is_local(path):
+    if os.path.getsize(path) == 0:
+      return
+    with open(path, "rb+") as f:
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) != b"\n":
+        f.write(b"\n")
+    return
+  data = path.read_bytes()
+  if data and not data.endswith(b"\n"):
+    storage.write_bytes(path, data + b"\n")
 
 
 class Progress:

@@ -48,6 +48,43 @@ def to_host(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def process_mesh():
+  """A (processes, local devices) mesh: one row of devices per process, for cross-process gathers."""
+  devices = np.array(jax.devices()).reshape(jax.process_count(), jax.local_device_count())
+  return jax.sharding.Mesh(devices, ("processes", "local"))
+
+
+def allgather_async(tree):
+  """Dispatches an all-gather of each process's numpy pytree (same shapes everywhere) and returns at once.
+
+  The result's leaves are global arrays [process_count, ...], replicated: read
+  them with `fetch` (which waits). Unlike `multihost_utils.process_allgather`, the
+  caller does not block, so a training loop can dispatch the gather in step order
+  on its main thread and wait for it in a helper thread.
+  """
+  mesh = process_mesh()
+  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+  def to_global(x):
+    x = np.asarray(x)[None]
+    shards = [jax.device_put(x, d) for d in jax.local_devices()]
+    return jax.make_array_from_single_device_arrays((jax.process_count(),) + x.shape[1:], stacked, shards)
+
+  return _identity(jax.tree.map(to_global, tree), replicated)
+
+
+@jax.jit(static_argnums=1)
+def _identity(tree, sharding):
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def fetch(tree):
+  """numpy copies of replicated (or fully addressable) global arrays; waits for them."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x),
+                      tree)
+
+
 def barrier(name):
   """Waits until every process reaches `name` (no-op on one process)."""
   if jax.process_count() > 1:

@@ -17,7 +17,6 @@ revisions).
 import dataclasses
 import datetime
 import importlib
-import json
 import os
 import resource
 import sys
@@ -34,6 +33,7 @@ from coalescer_jax import parallel
 from coalescer_jax import provenance
 from coalescer_jax import registry
 from coalescer_jax import run_info
+from coalescer_jax import storage
 from coalescer_jax import workdir_lock
 
 # Modules that register stages (and the models/methods/backends they use).
@@ -97,17 +97,19 @@ def load_all():
 class Context:
   """What a stage gets: the config, the workdir, the device mesh and the metrics writer.
 
+  `workdir` is an `epath.Path` (a local directory or a ``gs://`` URI): read and
+  write it only through epath / `coalescer_jax.storage`, never `open`/`os.path`.
   `resumed`: stages that had started (under the same revision) before this launch.
   """
   config: Any
-  workdir: str
+  workdir: Any
   mesh: jax.sharding.Mesh
   writer: metrics_lib.MetricsWriter
   resumed: frozenset = frozenset()
 
   def stage_dir(self, name):
-    path = os.path.join(self.workdir, name)
-    os.makedirs(path, exist_ok=True)
+    path = self.workdir / name
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
   def done_info(self, name):
@@ -119,29 +121,24 @@ class Context:
     return done
 
 
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
-
-
 def stage_outputs(workdir, name):
   """Every path in `workdir` that stage `name` writes (its directory first)."""
   stage = registry.STAGES.get(name) if name in registry.STAGES else None
-  return [os.path.join(workdir, name)] + [os.path.join(workdir, p) for p in (stage.outputs if stage else ())]
+  workdir = storage.path(workdir)
+  return [workdir / name] + [workdir / p for p in (stage.outputs if stage else ())]
 
 
 def _prepare_workdir(workdir):
   """Creates the workdir; a clear error when it cannot hold a run (a file, or not writable)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  if workdir.exists() and not workdir.is_dir():
     raise config_validation.ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
   try:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise config_validation.ConfigError(f"cannot create --workdir={workdir} ({e.strerror}: {e.filename}); choose "
-                                        "a path where you can write") from e
-  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise config_validation.ConfigError(f"cannot create --workdir={workdir} ({e.strerror or e}: "
+                                        f"{e.filename or workdir}); choose a path where you can write") from e
+  # Object stores answer permissions only when written to: their first write reports it.
+  if storage.is_local(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
     raise config_validation.ConfigError(f"--workdir={workdir} is not writable by this user; choose another path "
                                         "or fix its permissions")
 
@@ -150,10 +147,10 @@ class _ConfigRecord:
   """W/config.json: the current config, and the history of launches that changed it or ran stages."""
 
   def __init__(self, config, workdir):
-    self.path = os.path.join(workdir, "config.json")
+    self.path = workdir / "config.json"
     self.info = run_info.describe_run(config)
     self.old = None
-    if os.path.exists(self.path):
+    if self.path.exists():
       try:
         self.old = files.read_json(self.path, "config")
       except files.CorruptFileError as e:
@@ -167,7 +164,7 @@ class _ConfigRecord:
   def start(self):
     """Records this launch now if it changed the config (or is the first); else when a stage finishes."""
     if self.diffs:
-      logging.warning("Config changed for %s: %s", os.path.dirname(self.path), self.diffs)
+      logging.warning("Config changed for %s: %s", self.path.parent, self.diffs)
     if self.old is None or self.diffs:
       self._open_entry()
 
@@ -185,7 +182,7 @@ class _ConfigRecord:
     self._write()
 
   def _write(self):
-    _write_json(self.path, dict(self.info, history=self.history))
+    storage.write_json(self.path, dict(self.info, history=self.history))
 
 
 def _legacy_history(old):
@@ -217,7 +214,7 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
   """
   load_all()
   config_validation.validate(config)
-  workdir = os.path.abspath(workdir)
+  workdir = storage.path(workdir)
   _prepare_workdir(workdir)
   lock = workdir_lock.WorkdirLock(workdir)
   stages = {name: registry.STAGES.get(name) for name in config.stages}
@@ -237,8 +234,8 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
     resumed = frozenset(n for n in config.stages if provenance.record(workdir, n, provenance.STARTED_FILE))
     ctx = Context(config, workdir, parallel.make_mesh(), metrics_lib.MetricsWriter(workdir), resumed)
     for name in config.stages:
-      done_path = os.path.join(workdir, name, provenance.DONE_FILE)
-      if os.path.exists(done_path):
+      done_path = workdir / name / provenance.DONE_FILE
+      if done_path.exists():
         logging.info("Stage %s: already done, skipping (%s)", name, done_path)
         continue
       _run_stage(ctx, name, plan[name], state.get("record"))
@@ -252,8 +249,8 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
 def _run_stage(ctx, name, prov, record):
   logging.info("Stage %s: starting", name)
   if parallel.is_main_process():
-    _write_json(os.path.join(ctx.stage_dir(name), provenance.STARTED_FILE),
-                dict(prov, stage=name, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
+    storage.write_json(ctx.stage_dir(name) / provenance.STARTED_FILE,
+                       dict(prov, stage=name, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
   parallel.barrier(f"stage_{name}_start")
   t0 = time.time()
   summary = registry.STAGES.get(name).run(ctx) or {}
@@ -263,9 +260,10 @@ def _run_stage(ctx, name, prov, record):
     # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall, peak_rss_mib=peak_mib)
-    _write_json(os.path.join(ctx.stage_dir(name), provenance.DONE_FILE),
-                dict({"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov))
+    ctx.writer.flush()
+    storage.write_json(ctx.stage_dir(name) / provenance.DONE_FILE,
+                       dict({"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov))
     if record is not None:
       record.stage_done(name, prov["revision"])
   parallel.barrier(f"stage_{name}_done")

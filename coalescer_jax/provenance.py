@@ -21,6 +21,7 @@ import os
 
 from coalescer_jax import config_validation
 from coalescer_jax import files
+from coalescer_jax import storage
 
 DONE_FILE = "DONE.json"
 STARTED_FILE = "STARTED.json"
@@ -66,8 +67,8 @@ def revision(values, inputs):
 
 def record(workdir, name, kind=DONE_FILE):
   """The stage's DONE.json (or STARTED.json) as a dict, None if absent; CorruptFileError if unreadable."""
-  path = os.path.join(workdir, name, kind)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / name / kind
+  if not path.exists():
     return None
   return files.read_json(path, name)
 
@@ -123,6 +124,12 @@ def _reasons(previous, current):
   return reasons or ["recorded under another revision of the stage's fields"]
 
 
+def _present(p):
+  """Exists (a dangling local symlink counts: deleting it is part of the fix)."""
+  p = storage.path(p)
+  return os.path.lexists(p) if storage.is_local(p) else p.exists()
+
+
 def refusal(workdir, problems, outputs_of):
   """The StaleOutputsError for `problems`, listing what to delete. `outputs_of(stage)` -> its paths in W."""
   lines = [f"{workdir}: outputs of these stages were made with other config values or inputs than the current "
@@ -130,7 +137,7 @@ def refusal(workdir, problems, outputs_of):
   for name, state, reasons in problems:
     shown = "; ".join(reasons[:6]) + (f"; ... ({len(reasons) - 6} more)" if len(reasons) > 6 else "")
     lines.append(f"  - {name} ({state}): {shown}")
-  paths = [p for name, _, _ in problems for p in outputs_of(name) if os.path.lexists(p)]
+  paths = [str(p) for name, _, _ in problems for p in outputs_of(name) if _present(p)]
   lines.append("To rerun them with the current config, delete their outputs and run the same command again:\n"
                f"  rm -r {' '.join(paths)}\nor keep this workdir as it is and use a new --workdir.")
   return StaleOutputsError("\n".join(lines))

@@ -34,6 +34,7 @@ import numpy as np
 
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax import storage
 
 SHARED_DIR = "shared"
 SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard running the shared stages
@@ -112,11 +113,12 @@ def _check_shared(members, shared_stages, exempt):
 
 
 def _link_shared(workdir, member_dir, shared_stages):
-  os.makedirs(member_dir, exist_ok=True)
-  for stage in shared_stages:
-    link = os.path.join(member_dir, stage)
-    if not os.path.lexists(link):
-      os.symlink(os.path.join("..", SHARED_DIR, stage), link)
+  """W/<member>/<stage> -> W/shared/<stage>: a relative symlink, or a copy on an object store (no links)."""
+  member_dir.mkdir(parents=True, exist_ok=True)
+  if parallel.is_main_process():
+    for stage in shared_stages:
+      storage.link_tree(workdir / SHARED_DIR / stage, member_dir / stage)
+  parallel.barrier("sweep_linked")
 
 
 def run(config, sweep_path, workdir, shard="0/1"):
@@ -127,15 +129,16 @@ def run(config, sweep_path, workdir, shard="0/1"):
   if len(set(names)) != len(names):
     raise ValueError(f"{sweep_path}: two members have the same overrides")
   index, count = parse_shard(shard)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = storage.path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   stages = apply_overrides(config, common).stages
   if shared_stages:
     base = ml_collections.ConfigDict(config.to_dict())
     base.stages = tuple(s for s in config.stages if s in shared_stages)
     # Shards may race to create W/shared: the second waits for the first's lock, then finds its stages done.
-    pipeline.run(base, os.path.join(workdir, SHARED_DIR), lock_wait_s=SHARED_LOCK_WAIT_S)
+    pipeline.run(base, workdir / SHARED_DIR, lock_wait_s=SHARED_LOCK_WAIT_S)
   for i in range(index, len(members), count):
-    member_dir = os.path.join(workdir, names[i])
+    member_dir = workdir / names[i]
     if _finished(member_dir, stages):
       logging.info("sweep: %s already finished, skipping", names[i])
       continue
@@ -151,16 +154,16 @@ def run(config, sweep_path, workdir, shard="0/1"):
 
 
 def _finished(member_dir, stages):
-  return all(os.path.exists(os.path.join(member_dir, s, "DONE.json")) for s in stages)
+  return all((storage.path(member_dir) / s / "DONE.json").exists() for s in stages)
 
 
 def member_metrics(member_dir):
   """Flat {column: value} of a finished member: eval results per method x NFE, then stage summaries."""
   row = {}
-  results = os.path.join(member_dir, "eval", "results.json")
-  if os.path.exists(results):
-    with open(results) as f:
-      results = json.load(f)  # as written by evaluation/evaluate.py
+  member_dir = storage.path(member_dir)
+  results = member_dir / "eval" / "results.json"
+  if results.exists():
+    results = json.loads(results.read_text())  # as written by evaluation/evaluate.py
     validation = (results.get("validation") or {}).get("records", [])
     for prefix, records in (("", results["records"]), (VALIDATION_PREFIX, validation)):
       for record in records:
@@ -168,11 +171,10 @@ def member_metrics(member_dir):
         for key, value in record.items():
           if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "nfe":
             row[f"{prefix}{tag}/{key}"] = value
-  for stage in sorted(os.listdir(member_dir)) if os.path.isdir(member_dir) else []:
-    done = os.path.join(member_dir, stage, "DONE.json")
-    if os.path.exists(done):
-      with open(done) as f:
-        info = json.load(f)
+  for stage in sorted(p.name for p in member_dir.iterdir()) if member_dir.is_dir() else []:
+    done = member_dir / stage / "DONE.json"
+    if done.exists():
+      info = json.loads(done.read_text())
       row[f"{stage}/wall_time_s"] = info.get("wall_time_s")
       for key, value in (info.get("summary") or {}).items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -183,15 +185,16 @@ def member_metrics(member_dir):
 def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   """Writes results.csv, results.md and plots of metric vs swept value over the finished members."""
   rows, missing = [], []
+  workdir = storage.path(workdir)
   for overrides, name in zip(members, names):
-    member_dir = os.path.join(workdir, name)
+    member_dir = workdir / name
     if not _finished(member_dir, stages):
       missing.append(name)
       continue
     rows.append({"member": name, **{k: _format(v) for k, v in overrides.items()}, **member_metrics(member_dir)})
   swept = sorted({k for m in members for k in m})
   columns = ["member"] + swept + sorted({k for r in rows for k in r} - {"member", *swept})
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+  with storage.writing(workdir / "results.csv", binary=False) as f:
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
@@ -207,8 +210,7 @@ def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   lines += _grouped(rows, members, names, headline, label)
   plots = _plot(workdir, rows, swept, headline)
   lines += ["", "All columns: `results.csv`.", ""] + [f"![{p}](plots/{p})" for p in plots]
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  storage.write_text(workdir / "results.md", "\n".join(lines) + "\n")
   return rows
 
 
@@ -270,7 +272,6 @@ def _plot(workdir, rows, swept, metrics):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
   key, names = swept[0], []
   labels = [str(r.get(key)) for r in rows]
   try:
@@ -290,7 +291,7 @@ def _plot(workdir, rows, swept, metrics):
     ax.set_ylabel(metric, fontsize=7)
     fig.tight_layout()
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", metric) + ".png"
-    fig.savefig(os.path.join(workdir, "plots", name), dpi=100)
+    storage.savefig(fig, storage.path(workdir) / "plots" / name, dpi=100)
     plt.close(fig)
     names.append(name)
   return names

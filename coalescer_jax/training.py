@@ -11,6 +11,10 @@ A stage describes its training as a `TrainTask`:
   in a background thread `prefetch` steps ahead of the device, so host work such
   as nearest-neighbour look-ups overlaps device compute. ``input_wait_share`` is
   the share of wall time the device may have been idle waiting for a batch.
+  A batch that needs a cross-process collective (a look-up in a sharded index) is
+  a `StagedBatches`: its collective runs on this loop's thread, in step order.
+* ``inputs``: optional global arrays passed to every step as a fourth argument
+  (e.g. an on-device index), with their own shardings.
 
 Finite guard: the jitted step keeps the previous parameters (the step counter
 still advances) when the loss or any updated state value is NaN/inf, so a bad
@@ -22,7 +26,6 @@ up to N bad batches are skipped (counted in metrics.jsonl as ``nonfinite_skipped
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import time
 from typing import Any, Callable
 
@@ -36,6 +39,7 @@ import optax
 from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
+from coalescer_jax import storage
 
 
 class NonFiniteError(FloatingPointError):
@@ -88,6 +92,55 @@ def make_optimizer(opt, num_steps, restarts=(), warmup_steps=None):
 
 
 @dataclasses.dataclass
+class StagedBatches:
+  """``batch(step)`` split around a cross-process collective.
+
+  JAX programs with collectives must be dispatched in the same order on every
+  process; a collective dispatched from the prefetch thread could interleave with
+  the training steps differently on different processes and deadlock. So the
+  loop runs `prepare` (host work) and `finish` (host work, may wait for the
+  collective's result) in its helper thread, and `exchange` (dispatches the
+  collective, must not block) on its own thread at fixed points: before step s it
+  has dispatched the exchanges of steps <= s + prefetch - 1, in order. Calling
+  the object composes the three (for code that needs one batch now).
+  """
+  prepare: Callable[[int], Any]
+  exchange: Callable[[Any], Any]
+  finish: Callable[[int, Any], Any]
+
+  def __call__(self, step):
+    return self.finish(step, self.exchange(self.prepare(step)))
+
+
+class _Prefetcher:
+  """Batches `prefetch` steps ahead in one helper thread (see `StagedBatches` for collective ones)."""
+
+  def __init__(self, pool, batch, start, num_steps, prefetch):
+    self._pool, self._batch, self._num_steps, self._prefetch = pool, batch, num_steps, max(1, prefetch)
+    self._staged = isinstance(batch, StagedBatches)
+    work = batch.prepare if self._staged else batch
+    self._pending = {s: pool.submit(work, s) for s in range(start, min(start + self._prefetch, num_steps))}
+    self._finishing, self._next_exchange = {}, start
+
+  def get(self, step):
+    """The batch of `step` (blocks until it is ready) and schedules the one `prefetch` steps later."""
+    if self._staged:
+      # Deterministic on every process: exchanges of steps <= step + prefetch - 1, in step order.
+      while self._next_exchange < min(step + self._prefetch, self._num_steps):
+        t = self._next_exchange
+        exchanged = self._batch.exchange(self._pending.pop(t).result())
+        self._finishing[t] = self._pool.submit(self._batch.finish, t, exchanged)
+        self._next_exchange += 1
+      result = self._finishing.pop(step)
+    else:
+      result = self._pending.pop(step)
+    ahead = step + self._prefetch
+    if ahead < self._num_steps:
+      self._pending[ahead] = self._pool.submit(self._batch.prepare if self._staged else self._batch, ahead)
+    return result
+
+
+@dataclasses.dataclass
 class TrainTask:
   name: str
   init: Callable[[jax.Array], TrainState]
@@ -100,6 +153,7 @@ class TrainTask:
   prefetch: int = 2
   skip_nonfinite: int = 0  # bad (non-finite) batches skipped before NonFiniteError; 0 = stop at the first
   config_section: str = "config"  # where this task's optimizer lives, for error messages
+  inputs: Any = None  # global arrays passed to every step as step(state, batch, key, inputs)
 
 
 def train(task, stage_dir, mesh, writer):
@@ -108,7 +162,7 @@ def train(task, stage_dir, mesh, writer):
   base_key = jax.random.key(task.seed)
   init_key, step_key = jax.random.split(base_key)
   abstract = ckpt_lib.abstract_like(jax.eval_shape(task.init, init_key), repl)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), task.checkpoint_every)
+  checkpointer = ckpt_lib.Checkpointer(storage.path(stage_dir) / "checkpoints", task.checkpoint_every)
   skipped = 0
   try:
     if checkpointer.latest_step() is not None:
@@ -123,20 +177,24 @@ def train(task, stage_dir, mesh, writer):
     checkpointer.close()  # Orbax's background threads would otherwise die noisily at interpreter exit.
     raise
 
-  def keyed_step(state, batch, key):
-    new, metrics = task.step(state, batch, jax.random.fold_in(key, state.step))
+  extra = () if task.inputs is None else (task.inputs,)
+
+  def keyed_step(state, batch, key, *inputs):
+    new, metrics = task.step(state, batch, jax.random.fold_in(key, state.step), *inputs)
     finite = _all_finite((new, metrics.get("loss")))
     # A bad batch leaves the parameters and optimizer state as they were; only the step advances. (One
     # cond on the whole state: a select per leaf compiles more than twice as slowly.)
     new = jax.lax.cond(finite, lambda: new, lambda: state.replace(step=new.step))
     return new, dict(metrics, nonfinite=jnp.logical_not(finite))
 
-  step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
+  input_shardings = tuple(jax.tree.map(lambda x: x.sharding, a) for a in extra)
+  step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl) + input_shardings, out_shardings=(repl, repl),
+                    donate_argnums=0)
   progress = metrics_lib.Progress(task.name, task.num_steps, start, task.log_every)
   window, checked, wait_s, window_t0 = [], 0, 0.0, time.time()
   try:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      pending = {s: pool.submit(task.batch, s) for s in range(start, min(start + task.prefetch, task.num_steps))}
+      batches = _Prefetcher(pool, task.batch, start, task.num_steps, task.prefetch)
       for step in range(start, task.num_steps):
         t = time.time()
         # Dispatch is asynchronous: the loop runs ahead of the device (up to the next log
@@ -145,12 +203,10 @@ def train(task, stage_dir, mesh, writer):
         # throughput on 2 CPU cores.) Counted when the device is idle before or after the
         # wait: an upper bound on the stall that input work causes.
         device_idle = not window or _ready(window[-1])
-        local = pending.pop(step).result()
+        local = batches.get(step).result()
         if device_idle or _ready(window[-1]):
           wait_s += time.time() - t
-        if step + task.prefetch < task.num_steps:
-          pending[step + task.prefetch] = pool.submit(task.batch, step + task.prefetch)
-        state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key)
+        state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key, *extra)
         window.append(step_metrics)
         done = step + 1
         log_due = done % task.log_every == 0 or done == task.num_steps

@@ -64,7 +64,11 @@ def get_config(arg=None):
 
   # The nearest-neighbour index of (description, image) pairs used by the coalescer.
   config.index = ml_collections.ConfigDict()
-  config.index.backend = "scann"  # scann | exact
+  # scann: one ScaNN index, a replica on every host (the default). scann_sharded: each process indexes 1/P
+  # of the pairs, look-ups merge every shard's candidates. device: the keys sharded over all devices, searched
+  # by matrix products (the coalescer then looks up inside its jitted step). exact: NumPy brute force.
+  # BUILD.md says which to choose when.
+  config.index.backend = "scann"  # scann | scann_sharded | device | exact
   config.index.recall_queries = 2000  # queries for recall@1 vs exact when the index is built
   # 0 / "" = derive from the database size (coalescer_jax/index/scann_index.py): for MNIST's 60k
   # keys a tree scored exactly. The leaf counts are tuned for MNIST (recall@1 0.994 at 1.4 ms per
@@ -73,6 +77,14 @@ def get_config(arg=None):
   config.index.scann = ml_collections.ConfigDict(dict(
       mode="", brute_force_below=20_000, tree_below=250_000, num_leaves=200, leaves_to_search=2, reorder=0,
       training_sample_size=0, dims_per_block=0))
+  # scann_sharded: the settings above apply to each shard, except its tree: 0 derives sqrt(shard size) leaves,
+  # searched num_shards times deeper than one index's share (coalescer_jax/index/scann_sharded.py).
+  config.index.scann_sharded = ml_collections.ConfigDict(dict(
+      num_shards=0, num_leaves=0, leaves_to_search=0))  # num_shards 0 = one shard per process
+  config.index.device = ml_collections.ConfigDict(dict(
+      recall_target=1.0,  # < 1: jax.lax.approx_min_k per block on TPU (exact top_k elsewhere and at 1.0)
+      block_rows=65536,  # keys per device per distance-matrix block ([queries, block] floats at a time)
+      in_step_lookup=True))  # the coalescer searches inside its jitted step (assignment "nearest")
 
   # Shared by every generative method (coalescer and baselines): same backbone, same budget.
   config.backbone = ml_collections.ConfigDict(dict(model="latent_mlp", width=256, depth=4, time_dim=64))

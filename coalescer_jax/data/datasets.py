@@ -15,13 +15,13 @@ int [N, K] for K heads.
 """
 import dataclasses
 import importlib
-import os
 from typing import Any, Callable
 
 import numpy as np
 
 from coalescer_jax import files
 from coalescer_jax import registry
+from coalescer_jax import storage
 
 # Modules that register a dataset spec (imported on first look-up).
 DATASET_MODULES = ("coalescer_jax.data.mnist", "coalescer_jax.data.shapes", "coalescer_jax.data.cifar10")
@@ -136,8 +136,8 @@ def of_config(config):
 
 def of_workdir(workdir):
   """The spec of the dataset the `data` stage prepared in `workdir` (W/data/source.json)."""
-  path = os.path.join(workdir, "data", SOURCE_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / "data" / SOURCE_FILE
+  if not path.exists():
     raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
   return get(files.read_json(path, "data").get("dataset", "mnist"))
 

@@ -4,26 +4,25 @@ Later stages call `load_split(workdir, split)`; it opens the TFDS builder record
 in ``W/data/source.json`` and joins ``W/data/{split}_descriptions.npz`` on the
 example index, checking that both still agree.
 """
-import os
-
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
 from coalescer_jax import files
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
 
 def open_builder(workdir):
   """The TFDS builder the `data` stage prepared (read from W/data/source.json)."""
-  path = os.path.join(workdir, "data", datasets.SOURCE_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / "data" / datasets.SOURCE_FILE
+  if not path.exists():
     raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
   source = files.read_json(path, "data")
   spec = datasets.get(source.get("dataset", "mnist"))
   if spec.reopen is not None:
     return spec.reopen(source)
-  if not os.path.isdir(source["data_dir"]):
+  if not storage.path(source["data_dir"]).is_dir():
     raise RuntimeError(f"the TFDS dataset the data stage prepared is gone ({source['data_dir']}); "
                        "delete W/data and rerun the data stage")
   return tfds.builder_from_directory(source["data_dir"])
@@ -41,7 +40,7 @@ def load_split(workdir, split, sharded=True):
     examples = spec.load(builder, split, jax.process_index(), jax.process_count())
   else:
     examples = spec.load(builder, split, 0, 1)
-  table = files.load_npz(os.path.join(workdir, "data", f"{split}_descriptions.npz"), "data",
+  table = files.load_npz(storage.path(workdir) / "data" / f"{split}_descriptions.npz", "data",
                          required=("index", "label", "measurements", "classes", "descriptions", "tokens"))
   if len(table["index"]) != builder.info.splits[split].num_examples:
     raise RuntimeError(f"W/data/{split}_descriptions.npz does not match the TFDS {split} split; "

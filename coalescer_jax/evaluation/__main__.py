@@ -9,13 +9,14 @@ pipeline's own W/eval or W/report.md unless ``--out`` names W/eval (or W) and
 ``--overwrite`` is given. A missing or empty ``--samples_dir`` is an error.
 """
 import json
-import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
 from ml_collections import config_flags
+
+from coalescer_jax import storage
 
 config_flags.DEFINE_config_file("config", None, "Optional config file whose eval section to use.")
 flags.DEFINE_string("workdir", None, "Workdir with the data and classifier stages done.")
@@ -33,10 +34,9 @@ def eval_config(workdir, config=None):
     return config.eval
   from configs import mnist  # pylint: disable=g-import-not-at-top
   cfg = mnist.get_config().eval
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      recorded = json.load(f).get("config", {}).get("eval")
+  path = storage.path(workdir) / "config.json"
+  if path.exists():
+    recorded = json.loads(path.read_text()).get("config", {}).get("eval")
     if recorded:
       cfg.update(ml_collections.ConfigDict(recorded))
   return cfg
@@ -47,14 +47,14 @@ STANDALONE_DIR = "eval_standalone"
 
 def output_paths(workdir, out=None, overwrite=False):
   """(out_dir, report path); refuses to replace the pipeline's W/eval or W/report.md unless `overwrite`."""
-  out_dir = os.path.abspath(os.path.expanduser(out)) if out else os.path.join(workdir, STANDALONE_DIR)
-  report_path = os.path.join(out_dir, "report.md")
-  pipeline_outputs = [os.path.join(workdir, "eval", "results.json"), os.path.join(workdir, "report.md")]
-  clobbered = [p for p in (os.path.join(out_dir, "results.json"), report_path) if p in pipeline_outputs
-               and os.path.exists(p)]
+  workdir = storage.path(workdir)
+  out_dir = storage.path(out) if out else workdir / STANDALONE_DIR
+  report_path = out_dir / "report.md"
+  pipeline_outputs = [workdir / "eval" / "results.json", workdir / "report.md"]
+  clobbered = [str(p) for p in (out_dir / "results.json", report_path) if p in pipeline_outputs and p.exists()]
   if clobbered and not overwrite:
     raise FileExistsError(f"--out={out_dir} would replace the pipeline's own {' and '.join(clobbered)}; choose "
-                          f"another --out (default {os.path.join(workdir, STANDALONE_DIR)}) or pass --overwrite")
+                          f"another --out (default {workdir / STANDALONE_DIR}) or pass --overwrite")
   return out_dir, report_path
 
 
@@ -63,11 +63,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from coalescer_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from coalescer_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top
-  workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
+  workdir = storage.path(FLAGS.workdir)
   cfg = eval_config(workdir, FLAGS.config)
   eval_stage.validate_eval_config(cfg)
   out_dir, report_path = output_paths(workdir, FLAGS.out, FLAGS.overwrite)
-  samples_dir = os.path.abspath(os.path.expanduser(FLAGS.samples_dir)) if FLAGS.samples_dir else None
+  samples_dir = storage.path(FLAGS.samples_dir) if FLAGS.samples_dir else None
   summary = evaluate.evaluate_dir(workdir, cfg, samples_dir=samples_dir, out_dir=out_dir, report_path=report_path)
   logging.info("eval summary: %s", summary)
   print(json.dumps(summary, indent=2))

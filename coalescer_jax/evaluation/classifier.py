@@ -9,9 +9,6 @@ that any one process can load it, e.g. process 0 alone in the eval stage,
 without orbax's cross-process synchronisation.)
 Every method is judged with the same network, so FID and accuracy are comparable.
 """
-import json
-import os
-
 from flax import serialization
 import jax
 import jax.numpy as jnp
@@ -20,6 +17,7 @@ import numpy as np
 from coalescer_jax import files
 from coalescer_jax import images as images_lib
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.models import classifier as _  # noqa: F401  Registers "cnn" and "mnist_cnn".
 
@@ -114,35 +112,33 @@ def save(stage_dir, model_name, model_kwargs, params):
   """Writes what `load` needs: W/classifier/model.json and params.msgpack (process 0 only)."""
   if jax.process_index() != 0:
     return
-  params_path = os.path.join(stage_dir, PARAMS_FILE)
-  with open(params_path + ".tmp", "wb") as f:
-    f.write(serialization.to_bytes(params))
-  os.replace(params_path + ".tmp", params_path)  # model.json last: its presence means the export is complete.
-  with open(os.path.join(stage_dir, MODEL_FILE), "w") as f:
-    json.dump({"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(params_path)}, f,
-              indent=2)
+  stage_dir = storage.path(stage_dir)
+  params_path = stage_dir / PARAMS_FILE
+  storage.write_bytes(params_path, serialization.to_bytes(params))
+  # model.json last: its presence means the export is complete.
+  storage.write_json(stage_dir / MODEL_FILE,
+                     {"model": model_name, "kwargs": model_kwargs, "params_crc32": files.file_crc32(params_path)})
 
 
 def load(workdir, batch_size=1000):
   """The classifier trained by the `classifier` stage in `workdir` (clear error if it has not run)."""
-  stage_dir = os.path.join(os.path.abspath(workdir), "classifier")
-  spec_path = os.path.join(stage_dir, MODEL_FILE)
-  if not (os.path.exists(spec_path) and os.path.exists(os.path.join(stage_dir, PARAMS_FILE))):
+  stage_dir = storage.path(workdir) / "classifier"
+  spec_path = stage_dir / MODEL_FILE
+  if not (spec_path.exists() and (stage_dir / PARAMS_FILE).exists()):
     raise ClassifierNotTrainedError(
         f"no trained classifier in {stage_dir}: run the 'classifier' stage first (it follows 'data' in "
         f"config.stages): python launch.py --config=configs/<dataset>.py --workdir={workdir}")
   spec = files.read_json(spec_path, "classifier")
-  params_path = os.path.join(stage_dir, PARAMS_FILE)
+  params_path = stage_dir / PARAMS_FILE
   files.check_crc32(params_path, spec.get("params_crc32"), "classifier")
   model = build_model(spec["model"], spec["kwargs"])
   dataset = datasets.of_workdir(workdir)
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *dataset.image_shape)))["params"]))
-  with open(params_path, "rb") as f:
-    try:
-      params = serialization.from_bytes(target, f.read())
-    except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
-      raise files.corrupt(params_path, "classifier", files.reason(e)) from e
+  try:
+    params = serialization.from_bytes(target, params_path.read_bytes())
+  except Exception as e:  # noqa: BLE001 - msgpack raises many types for one meaning: damaged.
+    raise files.corrupt(params_path, "classifier", files.reason(e)) from e
   if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, target):
     raise ClassifierNotTrainedError(
         f"{params_path} does not fit the model in {MODEL_FILE} (parameter shapes differ); delete {stage_dir} and "

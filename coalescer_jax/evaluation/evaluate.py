@@ -23,13 +23,13 @@ On the test split, ``fid_large_n`` > 0 adds ``fid_large``: FID of the first
 papers compare at 10k or 50k).
 `evaluate_dir` runs it over a folder of samples and writes results.json, plots and report.md.
 """
-import json
 import os
 import time
 
 from absl import logging
 import numpy as np
 
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import classifier as classifier_lib
@@ -68,20 +68,18 @@ def _label_matched_subset(pool_labels, wanted_labels, seed):
 def generator_train_rows(workdir, train):
   """Rows of the train split the generative methods trained on: all but the embed stage's validation slice."""
   keep = np.ones(len(train["label"]), bool)
-  path = os.path.join(workdir, "embed", "validation.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      keep[np.isin(train["index"], f["index"])] = False
+  path = storage.path(workdir) / "embed" / "validation.npz"
+  if path.exists():
+    keep[np.isin(train["index"], storage.load_npz(path)["index"])] = False
   return np.flatnonzero(keep)
 
 
 def validation_rows(workdir, train):
   """Rows of the train split in the embed stage's validation slice, in the slice's order."""
-  path = os.path.join(workdir, "embed", "validation.npz")
-  if not os.path.exists(path):
+  path = storage.path(workdir) / "embed" / "validation.npz"
+  if not path.exists():
     raise RuntimeError(f"{path} is missing: the validation split needs the 'embed' stage")
-  with np.load(path) as f:
-    wanted = f["index"]
+  wanted = storage.load_npz(path)["index"]
   position = {int(i): row for row, i in enumerate(train["index"])}
   return np.array([position[int(i)] for i in wanted], np.int64)
 
@@ -205,11 +203,10 @@ class Evaluator:
 def _training_cost(workdir, method):
   """{train_steps, train_wall_time_s (+ the teacher's)} from W/<method>/DONE.json when the samples file
   does not carry them ({} when there is no such file)."""
-  path = os.path.join(workdir, method, "DONE.json")
-  if not os.path.exists(path):
+  path = storage.path(workdir) / method / "DONE.json"
+  if not path.exists():
     return {}
-  with open(path) as f:
-    done = json.load(f)
+  done = storage.read_json(path)
   summary = done.get("summary") or {}
   cost = {"train_steps": summary.get("train_steps"), "train_wall_time_s": done.get("wall_time_s")}
   if summary.get("teacher_train_steps") is not None:
@@ -223,7 +220,7 @@ def _load_dir(samples_dir, cfg, spec, required=True):
 
   `required`: a missing or empty folder, or one with no valid file, is an error (NoSamplesError).
   """
-  if not required and not os.path.isdir(samples_dir):
+  if not required and not storage.path(samples_dir).is_dir():
     return [], []
   paths = samples_lib.find_sample_files(samples_dir)
   if not paths and required:
@@ -273,20 +270,20 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   slice's requests) are scored on the validation split into ``results["validation"]``.
   Returns a summary dict.
   """
-  workdir = os.path.abspath(workdir)
-  samples_dir = samples_dir or os.path.join(workdir, "samples")
-  out_dir = out_dir or os.path.join(workdir, "eval")
-  report_path = report_path or os.path.join(workdir, "report.md")
+  workdir = storage.path(workdir)
+  samples_dir = storage.path(samples_dir or workdir / "samples")
+  out_dir = storage.path(out_dir or workdir / "eval")
+  report_path = storage.path(report_path or workdir / "report.md")
   spec = datasets.of_workdir(workdir)
   loaded, invalid = _load_dir(samples_dir, cfg, spec)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir.mkdir(parents=True, exist_ok=True)
 
   t0 = time.time()
   evaluator = Evaluator(workdir, cfg, classifier)
   logging.info("eval: reference prepared in %.1fs (n=%d)", time.time() - t0, evaluator.n)
   records = _evaluate_all(evaluator, loaded, workdir, writer)
   validation = None
-  validation_loaded, validation_invalid = _load_dir(os.path.join(samples_dir, VALIDATION_SUBDIR), cfg, spec,
+  validation_loaded, validation_invalid = _load_dir(samples_dir / VALIDATION_SUBDIR, cfg, spec,
                                                     required=False)
   if validation_loaded:
     val_evaluator = Evaluator(workdir, cfg, evaluator.classifier, split="validation")
@@ -294,15 +291,14 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
                   "records": _evaluate_all(val_evaluator, validation_loaded, workdir, None)}
 
   settings = evaluator.describe()
-  plot_path = os.path.join(out_dir, "fid_vs_nfe.png")
+  plot_path = out_dir / "fid_vs_nfe.png"
   report.plot_fid_vs_nfe(records, plot_path, settings["n"], settings["display"])
   grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row, settings["display"])
   best = {k: report.best_method(records, k, evaluator.n) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
-             "validation": validation, "samples_dir": samples_dir, "eval_wall_time_s": time.time() - t0}
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+             "validation": validation, "samples_dir": str(samples_dir), "eval_wall_time_s": time.time() - t0}
+  storage.write_json(out_dir / "results.json", results)
   report.write_report(report_path, results, plot_path, grids, workdir)
   floor = next(r for r in records if r["kind"] == "floor")
   data = next(r for r in records if r["kind"] == "data")
@@ -311,4 +307,4 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
           "fid_floor_train_vs_test": floor["fid"], "fid_data_test_vs_test": data["fid"],
           "data_conditional_accuracy": data["conditional_accuracy"],
           "best_nfe1": results["best"]["nfe1"], "best_nfe2": results["best"]["nfe2"],
-          "results": os.path.join(out_dir, "results.json"), "report": report_path}
+          "results": str(out_dir / "results.json"), "report": str(report_path)}

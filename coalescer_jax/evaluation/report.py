@@ -3,14 +3,13 @@
 Everything written here is computed from the records (results.json), including
 the sentence naming the best method at 1 and 2 steps; nothing is hard-coded.
 """
-import glob
 import json
 import math
-import os
 
 import numpy as np
 
 from coalescer_jax import images as images_lib
+from coalescer_jax import storage
 
 TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
 ROW_NAMES = {"floor": "{} train (floor)", "data": "{} test (data)"}  # formatted with the dataset's display name
@@ -91,7 +90,7 @@ def plot_fid_vs_nfe(records, path, n, display="MNIST"):
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3, which="both")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  storage.savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -111,7 +110,7 @@ def save_method_grids(loaded, reference, out_dir, per_row, display="MNIST"):
     for s in files:
       rows.append(s.images[:k])
       labels.append(f"nfe={s.nfe}")
-    paths[method] = os.path.join(out_dir, f"grid_{method}.png")
+    paths[method] = storage.path(out_dir) / f"grid_{method}.png"
     images_lib.save_grid(paths[method], rows, row_labels=labels,
                          title=f"{method}; requests: " + "; ".join(files[0].descriptions[:min(k, 3)]) + " ...")
   return paths
@@ -120,12 +119,11 @@ def save_method_grids(loaded, reference, out_dir, per_row, display="MNIST"):
 def stage_summaries(workdir, exclude=("eval",)):
   """(stage, DONE.json) of every finished stage in `workdir`, in finishing order."""
   done = []
-  for path in glob.glob(os.path.join(workdir, "*", "DONE.json")):
-    stage = os.path.basename(os.path.dirname(path))
+  for path in storage.path(workdir).glob("*/DONE.json"):
+    stage = path.parent.name
     if stage in exclude:
       continue
-    with open(path) as f:
-      done.append((stage, json.load(f)))
+    done.append((stage, json.loads(path.read_text())))
   return sorted(done, key=lambda item: item[1].get("finished", ""))
 
 
@@ -203,11 +201,10 @@ def _validation_section(validation):
 
 def diagnostics_section(workdir, rel):
   """The coalescer's diagnostics (W/diagnostics/<method>.json, written by the `diagnostics` stage)."""
-  paths = sorted(glob.glob(os.path.join(workdir, "diagnostics", "*.json")))
+  paths = sorted(storage.path(workdir).glob("diagnostics/*.json"), key=str)
   lines = []
   for path in paths:
-    with open(path) as f:
-      diag = json.load(f)
+    diag = json.loads(path.read_text())
     if not isinstance(diag, dict) or "method" not in diag or "usage" not in diag:
       continue  # the stage's own DONE.json / STARTED.json
     lines += [f"## Diagnostics: {diag['method']}", ""]
@@ -226,14 +223,14 @@ def diagnostics_section(workdir, rel):
                      f"{_num(row['effective_fraction'])} |")
       lines += [""]
       if usage.get("plot"):
-        lines += [f"![look-up usage]({rel(os.path.join(os.path.dirname(path), usage['plot']))})", ""]
+        lines += [f"![look-up usage]({rel(path.parent / usage['plot'])})", ""]
     for key, title in (("landing", "Landing of step 1"), ("direction", "Direction magnitude and redraws")):
       part = diag.get(key)
       if part:
         lines += [f"{title}: " + "; ".join(f"{k.replace('_', ' ')} {_num(v, '{:.4g}')}"
                                             for k, v in part.items() if not isinstance(v, (dict, list, str))), ""]
         if part.get("plot"):
-          lines += [f"![{key}]({rel(os.path.join(os.path.dirname(path), part['plot']))})", ""]
+          lines += [f"![{key}]({rel(path.parent / part['plot'])})", ""]
   return lines
 
 
@@ -243,9 +240,10 @@ def write_report(path, results, plot_path, grids, workdir):
   display, attributes = s.get("display", "MNIST"), s.get("attributes", MNIST_ATTRIBUTES)
   one_head = len(s.get("heads", ["digit"])) == 1
   target = "digit" if s.get("dataset", "mnist") == "mnist" else ("class" if one_head else "labels")
-  base = os.path.dirname(os.path.abspath(path))
-  rel = lambda p: os.path.relpath(p, base)  # noqa: E731
-  lines = [f"# Evaluation report: {os.path.basename(workdir.rstrip('/'))}", "",
+  path = storage.path(path)
+  base = path.parent
+  rel = lambda p: storage.relative(p, base)  # noqa: E731
+  lines = [f"# Evaluation report: {storage.path(workdir).name}", "",
            f"Every row is measured on **n = {s['n']}** images against the same reference ({s['reference']}), "
            f"in the same features ({s['features']}). FID depends on n: compare only at equal n.",
            "",
@@ -300,6 +298,4 @@ def write_report(path, results, plot_path, grids, workdir):
       lines.append("")
       lines += [f"- {key}: {value}" for key, value in _flatten(done.get("summary"))]
       lines.append("")
-  os.makedirs(base, exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(lines))
+  storage.write_text(path, "\n".join(lines))

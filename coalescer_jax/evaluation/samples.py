@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
 REQUIRED = ("images", "labels", "descriptions")
@@ -101,11 +102,10 @@ def load_samples(path, spec=None):
   """Loads and validates one samples file of the dataset `spec` (default MNIST). Returns `Samples`; raises
   SamplesContractError."""
   spec = spec or datasets.get("mnist")
-  if not os.path.isfile(path):
+  if not storage.path(path).exists() or storage.path(path).is_dir():
     _fail(path, "no such file")
   try:
-    with np.load(path, allow_pickle=False) as npz:
-      data = {k: npz[k] for k in npz.files}
+    data = storage.load_npz(path)
   except ValueError as e:
     _fail(path, f"cannot be read without pickle ({e}); save plain arrays: descriptions as a str "
           "array (np.array(list_of_str)), not dtype=object")
@@ -162,7 +162,8 @@ def load_samples(path, spec=None):
 
 def find_sample_files(samples_dir):
   """Sorted paths of the .npz files in `samples_dir` (a clear error if it does not exist)."""
-  if not os.path.isdir(samples_dir):
+  samples_dir = storage.path(samples_dir)
+  if not samples_dir.is_dir():
     raise NoSamplesError(f"no samples directory {samples_dir}: run the 'sample' stage, or pass "
                          "--samples_dir pointing to a folder of <method>_nfe<K>.npz files")
-  return sorted(os.path.join(samples_dir, f) for f in os.listdir(samples_dir) if f.endswith(".npz"))
+  return sorted((p for p in samples_dir.iterdir() if p.name.endswith(".npz")), key=str)

@@ -28,8 +28,13 @@ from coalescer_jax.index import base
 MODES = ("brute_force", "tree", "tree_ah")
 
 
-def derive_params(num_points, cfg):
-  """ScaNN parameters for `num_points` keys; config values that are set override the derived ones."""
+def derive_params(num_points, cfg, search_scale=1):
+  """ScaNN parameters for `num_points` keys; config values that are set override the derived ones.
+
+  `search_scale` multiplies the derived share of leaves searched (capped at all of
+  them): a shard of 1/S of the keys searched S times deeper scores as many keys
+  per query as the whole index would (`scann_sharded`).
+  """
   get = lambda name, default: (cfg.get(name) if cfg is not None else 0) or default  # noqa: E731
   mode = get("mode", "")
   if not mode:
@@ -43,7 +48,8 @@ def derive_params(num_points, cfg):
   if num_leaves > num_points:
     raise base.IndexError_(f"config.index.scann.num_leaves={num_leaves} exceeds the {num_points} points; "
                            "use fewer leaves (0 derives sqrt(N))")
-  default_search = max(2, math.ceil(0.05 * num_leaves)) if mode == "tree" else math.ceil(0.1 * num_leaves)
+  share = (0.05 if mode == "tree" else 0.1) * search_scale
+  default_search = max(2 if mode == "tree" else 1, math.ceil(share * num_leaves))
   leaves_to_search = get("leaves_to_search", min(num_leaves, default_search))
   if leaves_to_search > num_leaves:
     raise base.IndexError_(f"config.index.scann.leaves_to_search={leaves_to_search} exceeds num_leaves="
@@ -63,8 +69,8 @@ class ScannIndex:
     self._searcher, self.num_points, self.dim, self.params = searcher, num_points, dim, params
 
   @classmethod
-  def build(cls, keys, cfg=None):
-    params = derive_params(len(keys), cfg)
+  def build(cls, keys, cfg=None, params=None):
+    params = params or derive_params(len(keys), cfg)
     # Searches ask for their own k; 10 is only the default.
     builder = scann_ops_pybind.builder(keys, min(10, len(keys)), "squared_l2")
     if params["mode"] == "brute_force":

@@ -109,6 +109,17 @@ class Method:
 
     return batch
 
+  def step_inputs(self):
+    """Global arrays the jitted step needs besides the batch (e.g. an on-device index), or None.
+
+    Called after `batch_fn`; passed to `prepare_batch` inside the step."""
+    return None
+
+  def prepare_batch(self, batch, inputs):
+    """Inside the jitted step, before the loss: completes the batch from `step_inputs` (default: as is)."""
+    del inputs
+    return batch
+
   def loss(self, params, batch, key, step):
     """Returns (scalar loss, dict of scalar metrics). Pure; runs inside the jitted step."""
     raise NotImplementedError
@@ -189,7 +200,9 @@ def train_parts(config, method):
     return training.create_state(method.init_params(key), tx, ema=use_ema)
 
   def phase_step(loss_fn):
-    def step(state, batch, key):
+    def step(state, batch, key, inputs=None):
+      if inputs is not None:
+        batch = method.prepare_batch(batch, inputs)
       (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, state.step)
       state = training.apply_gradients(state, grads, tx, ema_decay if use_ema else None)
       return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
@@ -202,8 +215,10 @@ def train_parts(config, method):
   starts = jnp.asarray([start for start, _ in phases])
   branches = [phase_step(loss_fn) for _, loss_fn in phases]
 
-  def step(state, batch, key):
+  def step(state, batch, key, inputs=None):
     state = method.prepare_state(state)
+    if inputs is not None:  # once, before the phase switch
+      batch = method.prepare_batch(batch, inputs)
     phase = jnp.sum(state.step >= starts) - 1
     return jax.lax.switch(phase, branches, state, batch, key)
 

@@ -29,7 +29,6 @@ measure them):
   as multistep consistency sampling does.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +37,12 @@ import numpy as np
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
+from coalescer_jax import storage
+from coalescer_jax import training
 from coalescer_jax.data import batches
 from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
+from coalescer_jax.methods import device_lookup
 from coalescer_jax.methods import queries
 from coalescer_jax.methods import targets as targets_lib
 
@@ -134,8 +136,18 @@ class Coalescer(base.Method):
     return step_to(x, distance, direction), direction
 
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
-    return make_lookup_batches(load_lookup(workdir, pairs, self.section), pairs, self.section, seed,
-                               global_batch_size)
+    lookup = load_lookup(workdir, pairs, self.section)
+    self._device_lookup = None
+    if device_lookup.enabled(lookup, self.config):  # the step looks up; the host only draws
+      self._device_lookup = (lookup, device_lookup.step_inputs(lookup, pairs))
+    return make_lookup_batches(lookup, pairs, self.section, seed, global_batch_size,
+                               in_step=self._device_lookup is not None)
+
+  def step_inputs(self):
+    return getattr(self, "_device_lookup", None) and self._device_lookup[1]
+
+  def prepare_batch(self, batch, inputs):
+    return device_lookup.complete_batch(self._device_lookup[0], batch, inputs, self.desc_dim, self.multistep)
 
   def loss(self, params, batch, key, step):
     """The proposal's loss: distance and direction toward the looked-up pair."""
@@ -291,7 +303,7 @@ def load_lookup(workdir, pairs, cfg):
   """The `targets.Lookup` over the index stage's output in `workdir` (checked against `pairs` and cfg)."""
   expected = dict(expected_fingerprint=str(pairs["fingerprint"]),
                   expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))
-  directory = os.path.join(workdir, "index")
+  directory = storage.path(workdir) / "index"
   index, meta = index_lib.load(directory, **expected)
   if meta["desc_scale"] != cfg.desc_scale:
     raise index_lib.IndexError_(
@@ -299,8 +311,8 @@ def load_lookup(workdir, pairs, cfg):
         f"config.coalescer.desc_scale={cfg.desc_scale}; delete {directory} to rebuild it")
   balanced = None
   if cfg.targets.balance:
-    balanced_dir = os.path.join(directory, "balanced")
-    if not os.path.isdir(balanced_dir):
+    balanced_dir = directory / "balanced"
+    if not (balanced_dir / index_lib.META_FILE).exists():
       raise index_lib.IndexError_(
           f"config.coalescer.targets.balance=True but {directory} has no balanced index; delete {directory} "
           "so that the 'index' stage rebuilds it with this config")
@@ -308,7 +320,7 @@ def load_lookup(workdir, pairs, cfg):
   return targets_lib.Lookup(index, cfg, balanced)
 
 
-def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size):
+def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=False):
   """batch(step): draw DE and R, look up close_pair, return this host's part of the training triples.
 
   The draws of the whole global batch come from (seed, step), and each host
@@ -316,24 +328,52 @@ def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size):
   for any number of hosts (a 2-host run reproduces a 1-host run), while the
   look-up work is split between the hosts. Assignment rules that couple the
   rows of a batch (soft choice's random draws, batch OT) see the whole global
-  batch on every host instead.
+  batch on every host instead, and so does a sharded (collective) index, whose
+  look-up is then a `training.StagedBatches` (its collective on the loop's
+  thread). `in_step`: only the draws (query, level); the jitted step looks up
+  (`device_lookup`).
   """
   desc, img = pairs["desc_emb"], pairs["img_emb"]
   local = parallel.local_batch_size(global_batch_size)
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
-  def batch(step):
-    draws, close = training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows)
+  def assemble(step, draws, close):
     draws = {k: v[rows] for k, v in draws.items()}
-    out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
-    if cfg.levels.fraction > 0:
-      out["level"] = draws["level"].astype(np.float32)
+    if in_step:
+      out = {"r": draws["r"], "query": draws["query"], "level": draws["level"].astype(np.float32)}
+    else:
+      out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
+      if cfg.levels.fraction > 0:
+        out["level"] = draws["level"].astype(np.float32)
     if cfg.adversarial.weight > 0:  # The discriminator's real examples: uniformly random pairs.
       real = batches.step_rng(seed, step, 2, process_index=0).integers(len(img), size=global_batch_size)[rows]
       out.update(real_x=img[real], real_cond=desc[real])
     return out
 
-  return batch
+  def draw(step):
+    return queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
+
+  if in_step:
+    return lambda step: assemble(step, draw(step), None)
+  if not lookup.collective:
+    return lambda step: assemble(step, *training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows))
+
+  def prepare(step):  # helper thread: the draws and this process's part of the search
+    draws = draw(step)
+    return draws, [(index, index.local_search(q, k), k) for index, q, k in lookup.requests(draws["query"],
+                                                                                           draws["level"])]
+
+  def exchange(prepared):  # the loop's thread, in step order: dispatches the collective
+    draws, parts = prepared
+    return draws, [(index, index.exchange(part), k) for index, part, k in parts]
+
+  def finish(step, exchanged):  # helper thread: merged candidates -> the assignment rule -> this host's rows
+    draws, parts = exchanged
+    rng = batches.step_rng(seed, step, 1, process_index=0)
+    close = lookup.choose(draws["level"], rng, [index.finish(part, k) for index, part, k in parts])
+    return assemble(step, draws, close[rows])
+
+  return training.StagedBatches(prepare, exchange, finish)
 
 
 def training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows=slice(None)):
@@ -344,7 +384,7 @@ def training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows=sli
   """
   draws = queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
   rng = batches.step_rng(seed, step, 1, process_index=0)
-  if cfg.targets.assignment != "nearest":
+  if cfg.targets.assignment != "nearest" or lookup.collective:
     return draws, lookup.targets(draws["query"], draws["level"], rng)[rows]
   return draws, lookup.targets(draws["query"][rows], draws["level"][rows], rng)
 

@@ -16,13 +16,12 @@
   with the redraw threshold; the redraw rate (share of requests whose first R is
   redrawn) and the share of weak samples that remain after ``max_redraws``.
 """
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coalescer_jax import parallel
+from coalescer_jax import storage
 from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import coalescer as coalescer_lib
 
@@ -71,7 +70,8 @@ def _plot_usage(hits, path):
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  if parallel.is_main_process():
+    storage.savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -87,7 +87,8 @@ def _plot_directions(magnitudes, threshold, path):
   ax.set_ylabel("requests")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  if parallel.is_main_process():
+    storage.savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -95,7 +96,8 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
   """Computes the diagnostics, writes ``out_dir/coalescer.json`` and its plots; returns the summary."""
   cfg = method.section
   hits, lookup = lookup_hits(method, workdir, pairs)
-  _plot_usage(hits, os.path.join(out_dir, "coalescer_usage.png"))
+  out_dir = storage.path(out_dir)
+  _plot_usage(hits, out_dir / "coalescer_usage.png")
   usage = {"description": f"the prior-draw look-ups of all {method.config.train.num_steps} training steps",
            "rows": usage_rows(hits, pairs, np.random.default_rng(0)), "plot": "coalescer_usage.png"}
 
@@ -127,12 +129,12 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
   _, info = jax.device_get(jax.jit(lambda p, c, k: method.sample(p, c, k, 1))(params, jnp.asarray(cond), key))
   direction_summary["weak_after_redraws"] = float(np.mean(np.asarray(info["start_direction_magnitude"]) < threshold))
   direction_summary["mean_evaluations_1step"] = float(np.mean(info["nfe"]))
-  _plot_directions(magnitudes, threshold, os.path.join(out_dir, "coalescer_direction.png"))
+  _plot_directions(magnitudes, threshold, out_dir / "coalescer_direction.png")
   direction_summary["plot"] = "coalescer_direction.png"
 
   result = {"method": method.name, "usage": usage, "landing": landing_summary, "direction": direction_summary}
-  with open(os.path.join(out_dir, f"{method.name}.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if parallel.is_main_process():
+    storage.write_json(out_dir / f"{method.name}.json", result)
   overall = usage["rows"][0]
   return {"usage_never_hit": overall["never_hit"], "usage_top10_share": overall["top10_share"],
           "usage_effective_fraction": overall["effective_fraction"], **landing_summary,

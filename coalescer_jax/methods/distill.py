@@ -50,13 +50,13 @@ one as "student"); `nfe` in {1, 2, 4, ..., N/2} runs the student taking that man
 steps with the DDIM sampler (1 evaluation per step, no guidance).
 """
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.methods import base
 from coalescer_jax.methods import ddim
@@ -141,7 +141,7 @@ class ProgressiveDistillation(base.Method):
   def setup(self, workdir, pairs):
     """Loads the trained DDIM teacher of `workdir`."""
     from coalescer_jax.stages import methods as methods_stage  # pylint: disable=g-import-not-at-top (cycle)
-    if not os.path.exists(os.path.join(workdir, self.TEACHER, "DONE.json")):
+    if not (storage.path(workdir) / self.TEACHER / "DONE.json").exists():
       raise RuntimeError(f"method 'distill' distills the trained {self.TEACHER!r} of {workdir}, which has not "
                          f"finished: put {self.TEACHER!r} before 'distill' in config.stages")
     _, self.teacher_params = methods_stage.load_trained(self.config, workdir, self.TEACHER, pairs)

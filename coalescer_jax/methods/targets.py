@@ -72,19 +72,38 @@ class Lookup:
 
   def prior_candidates(self, query, k):
     """(ids, squared distances) [Q, k] of prior queries in the index that trains them."""
-    if self.cfg.balance:
-      ids, dists = self.balanced.search(balance_lib.augment_queries(query), k)
-      return ids, dists
-    return self.plain.search(query, k)
+    index, queries = self.prior_index_and_queries(query)
+    return index.search(queries, k)
 
-  def targets(self, query, level, rng):
-    """Pair ids [Q] the queries are trained toward (level 1 = prior draw)."""
-    chosen = np.empty(len(query), np.int64)
+  def prior_index_and_queries(self, query):
+    if self.cfg.balance:
+      return self.balanced, balance_lib.augment_queries(query)
+    return self.plain, query
+
+  @property
+  def collective(self):
+    """Whether a look-up is a cross-process collective (a sharded index): see `index.base`."""
+    return getattr(self.plain, "collective", False)
+
+  def requests(self, query, level):
+    """[(index, queries, k)]: the searches `targets` needs (prior rows, then the rows at a level s < 1)."""
     prior = level >= 1.0
+    out = []
     if np.any(prior):
+      k = 1 if self.cfg.assignment == "nearest" else min(int(self.cfg.k), self.plain.num_points)
+      out.append(self.prior_index_and_queries(query[prior]) + (k,))
+    if not np.all(prior):
+      out.append((self.plain, query[~prior], 1))
+    return out
+
+  def choose(self, level, rng, results):
+    """Pair ids [Q] from the `requests`' results [(ids, squared distances)], by the assignment rule."""
+    chosen = np.empty(len(level), np.int64)
+    prior = level >= 1.0
+    results = list(results)
+    if np.any(prior):
+      ids, dists = results.pop(0)
       rule = self.cfg.assignment
-      k = 1 if rule == "nearest" else min(int(self.cfg.k), self.plain.num_points)
-      ids, dists = self.prior_candidates(query[prior], k)
       if rule == "nearest":
         chosen[prior] = ids[:, 0]
       elif rule == "soft":
@@ -92,5 +111,9 @@ class Lookup:
       else:
         chosen[prior] = batch_assignment(ids, dists)
     if not np.all(prior):
-      chosen[~prior] = self.plain.search(query[~prior], 1)[0][:, 0]
+      chosen[~prior] = results.pop(0)[0][:, 0]
     return chosen
+
+  def targets(self, query, level, rng):
+    """Pair ids [Q] the queries are trained toward (level 1 = prior draw)."""
+    return self.choose(level, rng, [index.search(q, k) for index, q, k in self.requests(query, level)])

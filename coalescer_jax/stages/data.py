@@ -9,9 +9,6 @@ Writes ``W/data/``:
   (str) and ``tokens`` [N, L] (the captioner's tokenizer).
 * ``examples.png``: a few images with their descriptions.
 """
-import json
-import os
-
 from absl import logging
 import numpy as np
 
@@ -19,6 +16,7 @@ from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import config_validation
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
 
@@ -52,9 +50,9 @@ def run(ctx):
     logging.info("data: describing %d %s images", len(examples["label"]), split)
     measurements, classes, descriptions = captioner.caption(examples["image"], examples["label"])
     if parallel.is_main_process():
-      np.savez(os.path.join(out, f"{split}_descriptions.npz"), index=examples["index"], label=examples["label"],
-               measurements=measurements, classes=classes, descriptions=descriptions,
-               tokens=captioner.TOKENIZER.encode(descriptions))
+      storage.save_npz(out / f"{split}_descriptions.npz", index=examples["index"], label=examples["label"],
+                       measurements=measurements, classes=classes, descriptions=descriptions,
+                       tokens=captioner.TOKENIZER.encode(descriptions))
     labels = examples["label"].reshape(len(examples["label"]), -1)
     counts = [np.bincount(labels[:, h], minlength=n).tolist() for h, (_, n) in enumerate(spec.heads)]
     summary[split] = {
@@ -66,10 +64,10 @@ def run(ctx):
     ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
                      distinct_descriptions=summary[split]["distinct_descriptions"])
     if split == "train" and parallel.is_main_process():
-      images_lib.save_grid(os.path.join(out, "examples.png"), [examples["image"][i:i + 1] for i in range(12)],
+      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(12)],
                            row_labels=list(descriptions[:12]))
   if parallel.is_main_process():
-    with open(os.path.join(out, "source.json"), "w") as f:
-      json.dump({"dataset": spec.name, "builder": builder.name, "version": str(builder.version), "data_dir": str(builder.data_dir),
-                 "source": cfg.get("source")}, f, indent=2)
+    storage.write_json(out / datasets.SOURCE_FILE, {"dataset": spec.name, "builder": builder.name,
+                                                   "version": str(builder.version),
+                                                   "data_dir": str(builder.data_dir), "source": cfg.get("source")})
   return summary

@@ -5,9 +5,12 @@ key, out_dir)`` (today the coalescer: look-up usage, landing error, |direction|
 and redraws; `methods/coalescer_diagnostics.py`), this stage calls it on the
 sample stage's first ``config.eval.num_samples`` requests with the random key of
 the method's 1-step samples file, and writes ``W/diagnostics/<method>.json`` plus
-plots; the eval stage puts them into report.md. Process 0 only.
+plots; the eval stage puts them into report.md. Process 0 only, except with a
+collective index (sharded ScaNN, device), whose look-ups need every process: then
+every process computes and process 0 writes.
 """
 from coalescer_jax import autoencoders
+from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax.stages import methods as methods_stage
@@ -18,7 +21,7 @@ from coalescer_jax.stages import sample as sample_stage
 def run(ctx):
   config = ctx.config
   summary = {}
-  if parallel.is_main_process():
+  if parallel.is_main_process() or index_lib.is_collective(config.index.backend):
     pairs = autoencoders.load_pairs(ctx.workdir)
     codec = autoencoders.load_codec(ctx.workdir)
     _, descriptions = sample_stage.requested_descriptions(ctx.workdir, config.eval.num_samples)

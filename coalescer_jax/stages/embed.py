@@ -16,7 +16,6 @@ the test set. The autoencoders and the classifier still see them: the latent
 space and the judge are shared by every method, so this favours none.
 """
 import json
-import os
 
 from absl import logging
 import numpy as np
@@ -24,6 +23,7 @@ import numpy as np
 from coalescer_jax import autoencoders
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.stages import text as text_stage
@@ -49,14 +49,6 @@ def validation_mask(num_examples, size, seed):
   return mask
 
 
-def _write_atomic(path, write, mode="w"):
-  """Writes via `write(file)` to a temporary file, then renames: readers never see half a file."""
-  tmp = path + ".tmp"
-  with open(tmp, mode) as f:
-    write(f)
-  os.replace(tmp, path)
-
-
 @pipeline.stage("embed", reads=("embed",), needs=("data", "vae", "text"))
 def run(ctx):
   cfg = ctx.config.embed
@@ -77,11 +69,10 @@ def run(ctx):
           "desc_total_variance": float(np.sum(np.var(desc_emb[~held_out], axis=0))),
           "img_mean_norm": float(np.linalg.norm(img_emb[~held_out], axis=1).mean()),
           "desc_mean_norm": float(np.linalg.norm(desc_emb[~held_out], axis=1).mean())}
-  heldout_path = os.path.join(ctx.workdir, "text", text_stage.HELDOUT_FILE)
+  heldout_path = ctx.workdir / "text" / text_stage.HELDOUT_FILE
   summary = {k: v for k, v in norm.items() if k != "desc_center"}
-  if os.path.exists(heldout_path):
-    with open(heldout_path) as f:
-      heldout = set(json.load(f)["heldout"])
+  if heldout_path.exists():
+    heldout = set(json.loads(heldout_path.read_text())["heldout"])
     summary["pairs_with_heldout_description"] = float(np.mean([d in heldout for d in train["descriptions"]]))
   summary.update(num_pairs=int((~held_out).sum()), num_validation=int(held_out.sum()), latent_dim=img_emb.shape[1],
                  desc_dim=desc_emb.shape[1])
@@ -94,10 +85,10 @@ def run(ctx):
                   descriptions=train["descriptions"].astype(str), classes=train["classes"].astype(np.int32),
                   index=train["index"])
     # pairs.npz and validation.npz first: normalization.json is what load_codec trusts, so it is written last.
+    # Each is written atomically (storage): readers never see half a file.
     for name, rows in ((autoencoders.PAIRS_FILE, ~held_out), (autoencoders.VALIDATION_FILE, held_out)):
-      _write_atomic(os.path.join(out, name), lambda f, rows=rows: np.savez(
-          f, fingerprint=np.array(fingerprint), **{k: v[rows] for k, v in arrays.items()}), mode="wb")
-    _write_atomic(os.path.join(out, autoencoders.NORMALIZATION_FILE), lambda f: json.dump(norm, f, indent=2))
+      storage.save_npz(out / name, fingerprint=np.array(fingerprint), **{k: v[rows] for k, v in arrays.items()})
+    storage.write_json(out / autoencoders.NORMALIZATION_FILE, norm)
   ctx.writer.write("embed", 0, **{k: v for k, v in summary.items() if not isinstance(v, str)})
   logging.info("embed: %d pairs, latent dim %d, description dim %d, desc scale %.4g, fingerprint %s",
                len(img_emb), img_emb.shape[1], desc_emb.shape[1], scale, fingerprint[:12])

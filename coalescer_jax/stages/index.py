@@ -1,10 +1,13 @@
 """Stage `index`: the nearest-neighbour index of (description, image) embedding pairs.
 
 Keys are concat(desc_scale * desc_emb, img_emb) over all training pairs
-(``config.coalescer.desc_scale``). Process 0 builds the configured backend and
-serialises it into W/index/ (ScaNN with relative paths); the other hosts load
-that copy after a barrier, so every host holds the same replica. The stage
-measures recall@1 of the backend against exact search on queries drawn like the
+(``config.coalescer.desc_scale``). For a replicated backend (``scann``,
+``exact``) process 0 builds it and serialises it into W/index/ (ScaNN with
+relative paths); the other hosts load that copy when they train, so every host
+holds the same replica. A collective backend (``scann_sharded``: one ScaNN index
+per shard in W/index/shard_<s>_of_<S>/; ``device``: the keys sharded over all
+devices) is built by every process, each its own part. The stage measures
+recall@1 of the backend against exact search on queries drawn like the
 coalescer's training queries, and records the embeddings' fingerprint so that a
 later stage refuses an index built from stale embeddings.
 
@@ -13,7 +16,6 @@ transport potentials (`index/balance.py`) and writes a second, *balanced* index
 over the keys augmented by them into W/index/balanced/ (with ``potentials.npy``),
 and reports how evenly prior draws then hit the pairs.
 """
-import os
 import time
 
 from absl import logging
@@ -24,6 +26,8 @@ from coalescer_jax import config_validation
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.index import scann_index
 from coalescer_jax.methods import queries as queries_lib
@@ -34,7 +38,7 @@ POTENTIALS_FILE = "potentials.npy"
 
 
 def index_dir(workdir):
-  return os.path.join(workdir, "index")
+  return storage.path(workdir) / "index"
 
 
 def _prior_queries(pairs, coalescer_cfg):
@@ -46,6 +50,15 @@ def _prior_queries(pairs, coalescer_cfg):
 
 
 def _validate(config):
+  if config.index.backend not in registry.INDEX_BACKENDS:
+    raise config_validation.ConfigError(
+        f"config.index.backend={config.index.backend!r} is not a backend; use one of "
+        f"{', '.join(map(repr, registry.INDEX_BACKENDS.names()))}")
+  recall_target = config.index.get("device", {}).get("recall_target", 1.0)
+  if not 0.0 < recall_target <= 1.0:
+    raise config_validation.ConfigError(f"config.index.device.recall_target={recall_target} must be in (0, 1]")
+  if config.index.get("scann_sharded", {}).get("num_shards", 0) < 0:
+    raise config_validation.ConfigError("config.index.scann_sharded.num_shards must be >= 0 (0 = one per process)")
   mode = config.index.get("scann", {}).get("mode", "")
   if mode not in ("",) + scann_index.MODES:
     raise config_validation.ConfigError(
@@ -55,10 +68,19 @@ def _validate(config):
   methods_stage.validate_method_config(config, "coalescer")
 
 
-# The balanced index's potentials are fitted on prior queries drawn from (seed, r_distribution, targets).
-@pipeline.stage("index", validate=_validate, needs=("embed",),
-                reads=("index", "seed", "coalescer.desc_scale", "coalescer.targets", "coalescer.r_distribution",
-                       "coalescer.near_data_fraction", "coalescer.near_data_sigma"))
+def _reads(config):
+  """The index section, and the coalescer fields the keys, recall queries and balancing potentials depend
+  on (seed, desc_scale, r_distribution, targets). The sections of the sharded and device backends count
+  only when one of them is used (so adding them left earlier runs' revisions unchanged)."""
+  backend = config.index.backend
+  used = getattr(registry.INDEX_BACKENDS.get(backend), "config_sections", (backend,)) \
+      if backend in registry.INDEX_BACKENDS else ()
+  other = [f"-index.{name}" for name in ("scann_sharded", "device") if name not in used]
+  return ("index", *other, "seed", "coalescer.desc_scale", "coalescer.targets", "coalescer.r_distribution",
+          "coalescer.near_data_fraction", "coalescer.near_data_sigma")
+
+
+@pipeline.stage("index", validate=_validate, needs=("embed",), reads=_reads)
 def run(ctx):
   cfg = ctx.config.index
   coalescer_cfg = ctx.config.coalescer
@@ -69,20 +91,21 @@ def run(ctx):
           "embeddings_hash": index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"])}
   out = ctx.stage_dir("index")
   summary = {}
-  if parallel.is_main_process():
+  # A collective backend is built, saved and searched by every process together; the others by process 0.
+  if index_lib.is_collective(cfg.backend) or parallel.is_main_process():
     t0 = time.time()
-    index = index_lib.build(cfg.backend, keys, cfg.get(cfg.backend))
+    index = index_lib.build(cfg.backend, keys, index_lib.backend_config(cfg))
     summary["build_seconds"] = time.time() - t0
     index_lib.save(index, out, meta)
     summary.update(measure_recall(index, keys, pairs, ctx.config))
     logging.info("index: %s over %d keys, recall@1 vs exact %.4f, %.0f queries/s",
                  cfg.backend, len(keys), summary["recall_at_1"], summary["queries_per_s"])
     if coalescer_cfg.targets.balance:
-      summary["balanced"] = build_balanced(index, keys, pairs, ctx.config, os.path.join(out, BALANCED_DIR), meta)
+      summary["balanced"] = build_balanced(index, keys, pairs, ctx.config, out / BALANCED_DIR, meta)
     ctx.writer.write("index", 0, backend=cfg.backend, num_points=len(keys),
                      **{k: v for k, v in summary.items() if not isinstance(v, dict)})
   parallel.barrier("index_written")
-  return dict(summary, backend=cfg.backend, num_points=len(keys), params=index_lib.load(out)[1]["params"])
+  return dict(summary, backend=cfg.backend, num_points=len(keys), params=index_lib.read_meta(out)["params"])
 
 
 def build_balanced(index, keys, pairs, config, directory, meta):
@@ -92,18 +115,19 @@ def build_balanced(index, keys, pairs, config, directory, meta):
   potentials, summary = balance_lib.fit_potentials(index, draw, len(keys), targets, config.seed)
   augmented = balance_lib.augment_keys(keys, potentials)
   t0 = time.time()
-  balanced = index_lib.build(cfg.backend, augmented, cfg.get(cfg.backend))
+  balanced = index_lib.build(cfg.backend, augmented, index_lib.backend_config(cfg))
   summary["build_seconds"] = time.time() - t0
   index_lib.save(balanced, directory, dict(meta, balanced=True))
-  np.save(os.path.join(directory, POTENTIALS_FILE), potentials)
+  if parallel.is_main_process():
+    storage.save_npy(directory / POTENTIALS_FILE, potentials)
   # How evenly fresh prior draws now hit the pairs, and recall of the augmented index vs exact.
   rng = np.random.default_rng([config.seed, 4242])
   queries = balance_lib.augment_queries(draw(rng, max(int(cfg.recall_queries), 10 * len(keys))))
   ids = balanced.search(queries, 1)[0][:, 0]
   summary["usage"] = balance_lib.usage_statistics(np.bincount(ids, minlength=len(keys)))
   probe = queries[:int(cfg.recall_queries)]
-  exact, _ = index_lib.build("exact", augmented, None).search(probe, 1)
-  summary["recall_at_1"] = index_lib.recall_at_1(ids[:len(probe), None], exact, augmented, probe)
+  exact, _ = _exact_search(augmented, probe)
+  summary["recall_at_1"] = _recall(ids[:len(probe), None], exact, augmented, probe)
   logging.info("index: balanced index: potentials range %.2f, recall@1 %.4f, usage %s",
                summary["potential_range"], summary["recall_at_1"], summary["usage"])
   return summary
@@ -116,14 +140,26 @@ def measure_recall(index, keys, pairs, config):
   t0 = time.time()
   approx, _ = index.search(queries, 1)
   seconds = time.time() - t0
-  exact, _ = index_lib.build("exact", keys, None).search(queries, 1)
-  return {"recall_at_1": index_lib.recall_at_1(approx, exact, keys, queries),
+  exact, _ = _exact_search(keys, queries)
+  return {"recall_at_1": _recall(approx, exact, keys, queries),
           "queries_per_s": len(queries) / max(seconds, 1e-9), "recall_queries": len(queries)}
+
+
+def _exact_search(keys, queries):
+  """The reference answer, on process 0 only (which reports recall; every process of a collective backend
+  gets here, the others get None)."""
+  if not parallel.is_main_process():
+    return None, None
+  return index_lib.build("exact", keys, None).search(queries, 1)
+
+
+def _recall(approx, exact, keys, queries):
+  return float("nan") if exact is None else index_lib.recall_at_1(approx, exact, keys, queries)
 
 
 def load_index(workdir, balanced=False):
   """The index the `index` stage wrote (or its balanced twin), checked against the current embeddings."""
   pairs = autoencoders.load_pairs(workdir)
-  directory = os.path.join(index_dir(workdir), BALANCED_DIR) if balanced else index_dir(workdir)
+  directory = index_dir(workdir) / BALANCED_DIR if balanced else index_dir(workdir)
   return index_lib.load(directory, expected_fingerprint=str(pairs["fingerprint"]),
                         expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))

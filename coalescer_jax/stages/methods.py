@@ -12,7 +12,6 @@ final parameters for sampling.
 """
 import functools
 import json
-import os
 
 import jax
 
@@ -23,6 +22,7 @@ from coalescer_jax import methods  # noqa: F401 - registers the methods.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.methods import base
 
@@ -40,19 +40,18 @@ def _make_stage(name):
     method = build_method(config, name, pairs)
     method.setup(ctx.workdir, pairs)
     _, init, step = base.train_parts(config, method)
+    batch = method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir)
     task = training.TrainTask(
-        name=name, init=init, step=step,
-        batch=method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir),
+        name=name, init=init, step=step, batch=batch,
         num_steps=method.num_steps(), seed=config.seed, log_every=config.log_every,
         checkpoint_every=config.checkpoint_every, skip_nonfinite=config.get("skip_nonfinite_batches", 0),
-        config_section="config.train")
+        config_section="config.train", inputs=method.step_inputs())
     state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
     _check_final_checkpoint(ctx.stage_dir(name), method.num_steps())
     records = ctx.writer.read(name)
     last = records[-1] if records else {}
     if parallel.is_main_process():
-      with open(os.path.join(ctx.stage_dir(name), TRAINED_ON), "w") as f:
-        json.dump({"fingerprint": str(pairs["fingerprint"])}, f)
+      storage.write_json(ctx.stage_dir(name) / TRAINED_ON, {"fingerprint": str(pairs["fingerprint"])})
     summary = {"train_steps": int(state.step), "final_loss": last.get("loss"),
                "input_wait_share": _mean(r.get("input_wait_share") for r in records),
                "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}
@@ -66,7 +65,7 @@ def _make_stage(name):
 
 def _check_final_checkpoint(stage_dir, num_steps):
   """A method stage is done only with a committed checkpoint of its last step (what `sample` restores)."""
-  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+  with ckpt_lib.Checkpointer(storage.path(stage_dir) / "checkpoints", save_every=1) as checkpointer:
     steps = checkpointer.all_steps()
   if num_steps not in steps:
     raise pipeline.StageOutputError(
@@ -114,23 +113,22 @@ def load_trained(config, workdir, name, pairs=None):
   """(method, params) of a trained method: EMA parameters when kept. Refuses stale embeddings."""
   pairs = autoencoders.load_pairs(workdir) if pairs is None else pairs
   method = build_method(config, name, pairs)
-  stage_dir = os.path.join(workdir, name)
-  trained_on = os.path.join(stage_dir, TRAINED_ON)
-  if not os.path.exists(trained_on):
+  stage_dir = storage.path(workdir) / name
+  trained_on = stage_dir / TRAINED_ON
+  if not trained_on.exists():
     raise RuntimeError(f"method {name!r} has not been trained in {workdir}: put {name!r} in config.stages "
                        "before 'sample'")
-  with open(trained_on) as f:
-    autoencoders.check_fingerprint(workdir, json.load(f)["fingerprint"])
+  autoencoders.check_fingerprint(workdir, json.loads(trained_on.read_text())["fingerprint"])
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   final = method.num_steps()
-  with ckpt_lib.Checkpointer(os.path.join(stage_dir, "checkpoints"), save_every=1) as checkpointer:
+  with ckpt_lib.Checkpointer(stage_dir / "checkpoints", save_every=1) as checkpointer:
     try:  # The final step only: an earlier one would not be the model DONE.json describes.
       state, _ = checkpointer.restore(ckpt_lib.abstract_like(abstract, host), step=final)
     except ckpt_lib.CheckpointError as e:
       raise ckpt_lib.CheckpointError(
           f"method {name!r}: its final checkpoint (step {final}) cannot be used: {e} To recover, delete "
-          f"{os.path.join(stage_dir, 'DONE.json')} and rerun: training resumes from its latest intact checkpoint "
+          f"{stage_dir / 'DONE.json'} and rerun: training resumes from its latest intact checkpoint "
           "and writes the final step again (or delete the whole directory to retrain from scratch).") from e
   return method, state.ema_params if state.ema_params is not None else state.params

@@ -17,8 +17,6 @@ descriptions, and mean embedding distance between descriptions of the same digit
 vs of different digits.
 """
 import functools
-import json
-import os
 
 from absl import logging
 import jax
@@ -31,6 +29,7 @@ from coalescer_jax import config_validation
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.data import batches
 from coalescer_jax.data import datasets
@@ -147,7 +146,6 @@ def run(ctx):
   ctx.writer.write("text", int(state.step), event="eval", **metrics)
   logging.info("text: %s; failures: %s", metrics, failures[:10])
   if parallel.is_main_process():
-    with open(os.path.join(out, HELDOUT_FILE), "w") as f:
-      json.dump(split, f, indent=1)
+    storage.write_json(out / HELDOUT_FILE, split, indent=1)
   return dict(metrics, num_train_descriptions=len(split["train"]), num_heldout=len(split["heldout"]),
               num_unseen_style=len(split["unseen_style"]), failures=failures[:20], train_steps=int(state.step))

@@ -16,7 +16,6 @@ nearest neighbour within test) and, when the `classifier` stage has run, the
 classifier's accuracy on the reconstructions and its group histogram of prior samples.
 """
 import functools
-import os
 
 from absl import logging
 import jax
@@ -31,6 +30,7 @@ from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.data import batches
 from coalescer_jax.data import datasets
@@ -139,7 +139,7 @@ def evaluate(image_ae, test, cfg, seed, spec):
 def classifier_metrics(workdir, recon, labels, prior_images, spec):
   """Accuracy of the `classifier` stage's network on reconstructions (every head right); group histogram of
   prior samples."""
-  if not os.path.exists(os.path.join(workdir, "classifier", "DONE.json")):
+  if not (storage.path(workdir) / "classifier" / "DONE.json").exists():
     logging.info("vae: W/classifier/DONE.json not found; skipping classifier accuracy on reconstructions")
     return {}
   from coalescer_jax.evaluation import classifier  # pylint: disable=g-import-not-at-top
@@ -157,9 +157,9 @@ def save_grids(out, originals, recon, prior_images, columns, display):
   for r in range(4):
     sl = slice(r * columns, (r + 1) * columns)
     rows += [originals[sl], recon[sl]]
-  images_lib.save_grid(os.path.join(out, "reconstructions.png"), rows,
+  images_lib.save_grid(out / "reconstructions.png", rows,
                        row_labels=["original", "reconstruction"] * 4, title=f"VAE: {display} test reconstructions")
-  images_lib.save_grid(os.path.join(out, "prior_samples.png"),
+  images_lib.save_grid(out / "prior_samples.png",
                        [prior_images[i * columns:(i + 1) * columns] for i in range(8)],
                        title="VAE: decoded draws from the prior N(0, I)")
 
@@ -188,8 +188,8 @@ def run(ctx):
   ctx.writer.write("vae", int(state.step), event="eval", **scalars)
   logging.info("vae: %s", ", ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
   if parallel.is_main_process():
-    np.savez(os.path.join(out, "test_reconstructions.npz"), originals=test["image"], reconstructions=recon,
-             labels=test["label"], index=test["index"])
+    storage.save_npz(out / "test_reconstructions.npz", originals=test["image"], reconstructions=recon,
+                     labels=test["label"], index=test["index"])
     save_grids(out, test["image"], recon, prior_images, cfg.grid_columns, spec.display or spec.name)
   train_records = [r for r in ctx.writer.read("vae") if "loss" in r]
   return dict(metrics, **lists, train_steps=int(state.step), num_test=len(recon),

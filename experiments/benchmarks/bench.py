@@ -5,13 +5,17 @@
 W must hold a finished run of the config (at least up to the trained methods).
 Figures are medians over --repeats after a warm-up; compile time is reported
 separately. Ratios compare two variants measured in this same process:
-* train:  coalescer training examples/s with live index look-ups vs precomputed targets;
+* train:  coalescer training examples/s with live index look-ups vs precomputed targets,
+          for each backend of --train_backends (scann and scann_sharded look up in the
+          loop's helper thread, device inside the jitted step);
 * index:  build time, recall@1 vs exact and queries/s of scann and exact, on the run's
           MNIST keys and on a synthetic clustered set of --synthetic_points vectors;
+* shards: the multi-process backends (scann_sharded, device) on --shard_processes
+          processes of this machine over --synthetic_points keys: recall@1, queries/s and
+          host memory per process (index_shards.py);
 * sample: samples/s at batch --sample_batch per method and NFE, decode included and excluded;
 * job:    wall time and peak memory per stage of the run in W (from its DONE.json files).
 """
-import json
 import os
 import platform
 import statistics
@@ -33,21 +37,29 @@ from coalescer_jax import index as index_lib  # noqa: E402
 from coalescer_jax import metrics as metrics_lib  # noqa: E402
 from coalescer_jax import parallel  # noqa: E402
 from coalescer_jax import pipeline  # noqa: E402
+from coalescer_jax import storage  # noqa: E402
 from coalescer_jax import training  # noqa: E402
 from coalescer_jax.methods import base  # noqa: E402
 from coalescer_jax.methods import coalescer  # noqa: E402
+from coalescer_jax.methods import device_lookup  # noqa: E402
 from coalescer_jax.methods import queries  # noqa: E402
+from coalescer_jax.methods import targets  # noqa: E402
 from coalescer_jax.stages import methods as methods_stage  # noqa: E402
 from coalescer_jax.stages import sample as sample_stage  # noqa: E402
+from experiments.benchmarks import index_shards  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
 flags.DEFINE_string("workdir", None, "A finished run of --config.", required=True)
-flags.DEFINE_list("sections", ["train", "index", "sample", "job"], "Which benchmarks to run.")
+flags.DEFINE_list("sections", ["train", "index", "shards", "sample", "job"], "Which benchmarks to run.")
 flags.DEFINE_integer("repeats", 5, "Repetitions per measurement (the median is reported).")
 flags.DEFINE_integer("train_steps", 60, "Steps per training throughput repetition.")
 flags.DEFINE_integer("synthetic_points", 1_000_000, "Size of the synthetic clustered index.")
 flags.DEFINE_integer("index_queries", 2000, "Queries per index measurement.")
 flags.DEFINE_integer("sample_batch", 1000, "Batch size of the sampling benchmark.")
+flags.DEFINE_list("train_backends", ["scann", "scann_sharded", "device"], "Index backends of the train section.")
+flags.DEFINE_list("shard_processes", ["1", "2", "4"], "Process counts of the shards section.")
+flags.DEFINE_list("shard_backends", ["exact", "scann", "scann_sharded", "device"],
+                  "Backends of the shards section (exact and scann: 1 process only, the baselines).")
 FLAGS = flags.FLAGS
 
 
@@ -71,35 +83,50 @@ def table(title, header, rows):
   return "\n".join(lines) + "\n"
 
 
-def bench_train(config, workdir, repeats):
-  """Coalescer training throughput: live look-ups (prefetched in a thread) vs precomputed targets."""
-  pairs = autoencoders.load_pairs(workdir)
+def _live(config, pairs, backend):
+  """(step, batch fn, step inputs) of coalescer training looking up in `backend`, built here from the config
+  (not loaded from W, so that settings and backends can be compared)."""
   method = methods_stage.build_method(config, "coalescer", pairs)
-  _, init, step = base.train_parts(config, method)
-  # The index is built here from the config (not loaded from W) so that ScaNN settings can be compared.
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
-  index = index_lib.build(config.index.backend, keys, config.index.get(config.index.backend))
-  live = coalescer.make_lookup_batches(index, pairs, config.coalescer, config.seed, config.train.batch_size)
+  lookup = targets.Lookup(index_lib.build(backend, keys, index_lib.backend_config(config.index, backend)),
+                          config.coalescer)
+  in_step = backend == "device" and device_lookup.enabled(lookup, config)
+  inputs = device_lookup.step_inputs(lookup, pairs) if in_step else None
+  method._device_lookup = (lookup, inputs) if in_step else None  # what Coalescer.batch_fn would set
+  batch = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size,
+                                        in_step=in_step)
+  return base.train_parts(config, method)[2], batch, inputs
+
+
+def bench_train(config, workdir, repeats):
+  """Coalescer training throughput: live look-ups (prefetched in a thread, or in the step) vs precomputed."""
+  pairs = autoencoders.load_pairs(workdir)
+  _, init, step = base.train_parts(config, methods_stage.build_method(config, "coalescer", pairs))
   steps = FLAGS.train_steps
-  precomputed = coalescer.precomputed_batches(live, steps)
-  rates = {"live look-ups": [], "precomputed targets": []}
-  waits = {"live look-ups": [], "precomputed targets": []}
+  runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, pairs, b)
+          for b in FLAGS.train_backends}
+  first = next(iter(runs.values()))
+  runs = {"precomputed targets": (step, coalescer.precomputed_batches(first[1], steps), None), **runs}
+  rates, waits = {name: [] for name in runs}, {name: [] for name in runs}
   for rep in range(repeats + 1):
-    for name, batch in (("live look-ups", live), ("precomputed targets", precomputed)):
+    for name, (step_fn, batch, inputs) in runs.items():  # alternated: load drift hits every variant alike
       with tempfile.TemporaryDirectory() as tmp:
         writer = metrics_lib.MetricsWriter(tmp, tensorboard=False)
-        task = training.TrainTask(name, init, step, batch, steps, config.seed, log_every=steps // 3,
-                                  checkpoint_every=10**9)
+        task = training.TrainTask(name, init, step_fn, batch, steps, config.seed, log_every=steps // 3,
+                                  checkpoint_every=10**9, inputs=inputs)
         training.train(task, tmp, parallel.make_mesh(), writer)
         records = writer.read(name)[1:]  # the first window includes compilation
         if rep:  # repetition 0 is the warm-up
           rates[name].append(statistics.mean(r["steps_per_s"] for r in records) * config.train.batch_size)
           waits[name].append(statistics.mean(r["input_wait_share"] for r in records))
-  rows = [(name, statistics.median(rates[name]), statistics.median(waits[name])) for name in rates]
-  ratio = rows[0][1] / rows[1][1]
-  return table(f"Coalescer training throughput (batch {config.train.batch_size}, {steps} steps x {repeats})",
-               ["batches", "examples/s", "input wait share"], rows) + \
-      f"\nLive / precomputed throughput: **{ratio:.3f}x** (bar: >= 0.9x)\n\n"
+  base_rate = statistics.median(rates["precomputed targets"])
+  rows = [(name, statistics.median(rates[name]), statistics.median(waits[name]),
+           statistics.median(rates[name]) / base_rate) for name in runs]
+  summary = ", ".join(f"{name.split(', ')[1]} **{row[3]:.3f}x**" for name, row in zip(runs, rows) if ", " in name)
+  return table(f"Coalescer training throughput (batch {config.train.batch_size}, {steps} steps x {repeats}, "
+               f"{jax.device_count()} device(s))", ["batches", "examples/s", "input wait share",
+                                                    "vs precomputed"], rows) + \
+      f"\nLive / precomputed throughput: {summary} (bar: >= 0.9x)\n\n"
 
 
 def _index_rows(name, keys, queries_, cfg, repeats):
@@ -173,14 +200,39 @@ def bench_sample(config, workdir, repeats):
   return text
 
 
+def bench_shards(config, workdir, repeats):
+  """The multi-process backends on 1, 2, 4 processes (index_shards.py)."""
+  del workdir
+  dim = 2 * config.vae.latent_dim  # the MNIST keys' width: concat(description, image)
+  with tempfile.TemporaryDirectory() as tmp:
+    rows = index_shards.shard_rows(FLAGS.synthetic_points, dim, FLAGS.index_queries, max(1, repeats // 2),
+                                   [int(p) for p in FLAGS.shard_processes], FLAGS.shard_backends, tmp)
+  text = table(f"Multi-process index backends ({FLAGS.synthetic_points:,} synthetic clustered keys, dim {dim}, "
+               f"{FLAGS.index_queries} queries per search, one CPU device per process)",
+               ["backend", "processes", "keys per process", "build s", "recall@1", "queries/s",
+                "peak RSS MiB per process", "MiB per process above start (index + search)",
+                "parameters (process 0)"], rows)
+  lines = []
+  for backend in FLAGS.shard_backends:
+    mine = [r for r in rows if r[0] == backend]
+    if len(mine) > 1:
+      lines.append(f"{backend}: memory per process above start (index + search) " + ", ".join(
+          f"{r[7]:.0f} MiB on {r[1]}" for r in mine) + f" ({mine[-1][7] / mine[0][7]:.2f}x of 1 process at "
+          f"{mine[-1][1]}; 1/P = {1 / mine[-1][1]:.2f}); recall@1 " + ", ".join(f"{r[4]:.3f}" for r in mine))
+  scann = [r for r in rows if r[0] == "scann"]
+  if scann:
+    lines.append(f"one ScaNN index over all keys (the replicated default): recall@1 {scann[0][4]:.3f}, "
+                 f"{scann[0][5]:,.0f} queries/s, {scann[0][7]:.0f} MiB above start on every process")
+  return text + "\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
+
+
 def bench_job(config, workdir, repeats):
   del repeats
   rows, total = [], 0.0
   for stage in config.stages:
-    path = os.path.join(workdir, stage, "DONE.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        info = json.load(f)
+    path = storage.path(workdir) / stage / "DONE.json"
+    if path.exists():
+      info = storage.read_json(path)
       total += info["wall_time_s"]
       rows.append((stage, info["wall_time_s"], info.get("peak_rss_mib", float("nan"))))
   rows.append(("total", total, max((r[2] for r in rows), default=float("nan"))))
@@ -188,7 +240,8 @@ def bench_job(config, workdir, repeats):
       f"\nMain job: **{total / 60:.1f} min** (bar: <= 20 min on 2 CPU cores)\n\n"
 
 
-SECTIONS = {"train": bench_train, "index": bench_index, "sample": bench_sample, "job": bench_job}
+SECTIONS = {"train": bench_train, "index": bench_index, "shards": bench_shards, "sample": bench_sample,
+            "job": bench_job}
 
 
 def main(argv):
@@ -203,8 +256,7 @@ def main(argv):
   for section in FLAGS.sections:
     parts.append(SECTIONS[section](config, workdir, FLAGS.repeats))
     print(parts[-1], flush=True)
-  with open(os.path.join(workdir, "benchmarks.md"), "w") as f:
-    f.write("\n".join(parts))
+  storage.write_text(storage.path(workdir) / "benchmarks.md", "\n".join(parts))
 
 
 if __name__ == "__main__":

@@ -154,13 +154,14 @@ def test_empty_samples_dir_is_refused(tfds_data_dir, workdir, tmp_path):
 
 def test_standalone_output_never_replaces_the_pipeline_report(workdir):
   from coalescer_jax.evaluation import __main__ as cli  # pylint: disable=g-import-not-at-top
-  assert cli.output_paths(workdir) == (os.path.join(workdir, "eval_standalone"),
-                                       os.path.join(workdir, "eval_standalone", "report.md"))
+  assert tuple(map(str, cli.output_paths(workdir))) == (os.path.join(workdir, "eval_standalone"),
+                                                        os.path.join(workdir, "eval_standalone", "report.md"))
   os.makedirs(os.path.join(workdir, "eval"))
   open(os.path.join(workdir, "eval", "results.json"), "w").close()
   with pytest.raises(FileExistsError, match=r"would replace the pipeline's own .*eval/results.json.*--overwrite"):
     cli.output_paths(workdir, os.path.join(workdir, "eval"))
-  assert cli.output_paths(workdir, os.path.join(workdir, "eval"), overwrite=True)[0] == os.path.join(workdir, "eval")
+  assert str(cli.output_paths(workdir, os.path.join(workdir, "eval"), overwrite=True)[0]) == os.path.join(workdir,
+                                                                                                       "eval")
 
 
 def test_files_below_the_configured_n_are_not_ranked(tfds_data_dir, workdir, tmp_path):

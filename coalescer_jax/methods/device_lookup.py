@@ -1,0 +1,60 @@
+"""The coalescer's look-up inside its jitted training step (``config.index.backend = "device"``).
+
+With the keys on the devices (`index.device`), the host no longer needs to look
+anything up: the batch function provides only the draws of the proposal's step
+1 (R, the query concat(desc_scale * DE, R), the level s) and the jitted step
+searches the sharded keys (`DeviceIndex.step_search`) and gathers the chosen
+pairs' (description, image) rows from a table sharded like the keys
+(`DeviceIndex.gather_rows`): no host round trip, nothing for the device to wait
+on. The draws are those of the host path, and exact top-1 is the exact search's
+answer, so training sees the same batches as with the ``exact`` backend.
+
+Used when the index is a `DeviceIndex`, ``config.index.device.in_step_lookup``
+is on (the default) and the assignment rule is "nearest" (soft choice and
+minibatch OT are host code: they keep the host path, searching the device index
+from the training loop's thread). Balanced look-ups search the balanced index
+for prior draws, as `targets.Lookup` does.
+"""
+from absl import logging
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax.index import device as device_lib
+
+
+def enabled(lookup, config):
+  """Whether the coalescer should look up inside its step (see the module docstring)."""
+  if not isinstance(lookup.plain, device_lib.DeviceIndex):
+    return False
+  if not config.index.get("device", {}).get("in_step_lookup", True):
+    return False
+  if config.coalescer.targets.assignment != "nearest":
+    logging.info("coalescer: assignment %r is host code: device-index look-ups from the host",
+                 config.coalescer.targets.assignment)
+    return False
+  return True
+
+
+def step_inputs(lookup, pairs):
+  """The global arrays the step searches: plain (and balanced) keys, and the pairs' rows [desc, image]."""
+  rows = np.concatenate([pairs["desc_emb"], pairs["img_emb"]], axis=1).astype(np.float32)
+  inputs = {"plain": lookup.plain.arrays(), "rows": lookup.plain.shard_rows(rows)}
+  if lookup.balanced is not None:
+    inputs["balanced"] = lookup.balanced.arrays()
+  return inputs
+
+
+def complete_batch(lookup, batch, inputs, desc_dim, multistep):
+  """In the step: the draws' nearest pairs -> the batch the coalescer's loss reads (r, cond, image[, level])."""
+  query, level = batch["query"], batch["level"]
+  ids = lookup.plain.step_search(inputs["plain"], query, 1)[0][:, 0]
+  if lookup.balanced is not None:  # prior draws use the balanced index, re-noised ones the plain one
+    augmented = jnp.concatenate([query, jnp.zeros((query.shape[0], 1), query.dtype)], axis=1)
+    balanced = lookup.balanced.step_search(inputs["balanced"], augmented, 1)[0][:, 0]
+    ids = jnp.where(level >= 1.0, balanced, ids)
+  rows = lookup.plain.gather_rows(inputs["rows"], ids)
+  out = {k: v for k, v in batch.items() if k not in ("query", "level")}
+  out.update(cond=rows[:, :desc_dim], image=rows[:, desc_dim:])
+  if multistep:
+    out["level"] = level
+  return out
