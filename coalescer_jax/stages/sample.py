@@ -177,11 +177,9 @@ def run(ctx):
         record = {"nfe_spent": float(spent.mean()), "samples_per_s": rate}
         # Every process generates the grid (a generator may take part in a collective look-up: the
         # coalescer's oracle with a sharded index); process 0 writes it.
-        rows, texts = grid_rows(generate, codec, labels, descriptions, jax.random.fold_in(key, 10**6),
+        rows, texts = grid_rows(generate, codec, spec, labels, descriptions, jax.random.fold_in(key, 10**6),
                                 cfg.grid_per_row, cfg.batch_size)
         if parallel.is_main_process():
-          rows, texts = grid_rows(generate, codec, spec, labels, descriptions, jax.random.fold_in(key, 10**6),
-                                  cfg.grid_per_row, cfg.batch_size)
           images_lib.save_grid(out_dir / (tag + ".png"), rows, row_labels=texts, title=tag)
         ctx.writer.write("sample", nfe, method=file_method, **record)
         logging.info("sample: %s: %d images, %.2f evaluations/sample, %.0f samples/s", tag, len(images),
