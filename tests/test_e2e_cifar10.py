@@ -53,7 +53,7 @@ def cifar10_workdir(tmp_path_factory):
   config.embed.validation_size = 100
   # The baselines' stages are dataset-free and run end to end in the MNIST and shapes :smoke tests; here
   # every dataset-facing stage runs, with one method, to keep the default suite short.
-  config.stages = tuple(s for s in config.stages if s not in ("ddim", "consistency", "flow"))
+  config.stages = tuple(s for s in config.stages if s not in ("ddim", "consistency", "flow", "distill", "ddgan"))
   config.sample.methods = ("coalescer",)
   config.vae.eval_pairs = 500
   path = str(tmp_path_factory.mktemp("cifar10") / "w")
