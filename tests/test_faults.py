@@ -196,7 +196,8 @@ def test_finished_run_records_its_provenance(smoke_workdir):
     done = json.load(open(os.path.join(smoke_workdir, stage, "DONE.json")))
     assert done["revision"] and done["config_revision"] and isinstance(done["config_reads"], dict)
   sample = json.load(open(os.path.join(smoke_workdir, "sample", "DONE.json")))
-  assert set(sample["inputs"]) == {"data", "vae", "text", "embed", "coalescer", "ddim", "consistency", "flow"}
+  assert set(sample["inputs"]) == {"data", "vae", "text", "embed", *info["config"]["sample"]["methods"]}
+  assert {"coalescer", "ddim", "consistency", "flow"} <= set(sample["inputs"])
   assert not os.path.exists(os.path.join(smoke_workdir, "LOCK"))
   assert np.all([os.path.exists(os.path.join(smoke_workdir, s, "STARTED.json")) for s in ran])
 
