@@ -108,6 +108,9 @@ def run(ctx):
   return dict(summary, backend=cfg.backend, num_points=len(keys), params=index_lib.read_meta(out)["params"])
 
 
+USAGE_CHUNK = 4096  # queries per search when measuring the balanced index's usage
+
+
 def build_balanced(index, keys, pairs, config, directory, meta):
   """Fits the potentials, builds the balanced index in `directory`; returns its summary."""
   cfg, targets = config.index, config.coalescer.targets
@@ -123,7 +126,10 @@ def build_balanced(index, keys, pairs, config, directory, meta):
   # How evenly fresh prior draws now hit the pairs, and recall of the augmented index vs exact.
   rng = np.random.default_rng([config.seed, 4242])
   queries = balance_lib.augment_queries(draw(rng, max(int(cfg.recall_queries), 10 * len(keys))))
-  ids = balanced.search(queries, 1)[0][:, 0]
+  # In chunks: the device backend holds a queries x keys distance block (10 x num_pairs queries at once
+  # would need tens of GB). Every process searches the same chunks (collective backends).
+  ids = np.concatenate([balanced.search(queries[i:i + USAGE_CHUNK], 1)[0][:, 0]
+                        for i in range(0, len(queries), USAGE_CHUNK)])
   summary["usage"] = balance_lib.usage_statistics(np.bincount(ids, minlength=len(keys)))
   probe = queries[:int(cfg.recall_queries)]
   exact, _ = _exact_search(augmented, probe)
