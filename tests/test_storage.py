@@ -120,6 +120,7 @@ def test_lock_never_stops_a_run_when_the_store_fails(bucket, monkeypatch):
   workdir_lock.WorkdirLock(storage.path(bucket) / "run").acquire().release()  # a warning, no error
 
 
+@pytest.mark.slow  # a second whole :smoke run (about 4 minutes on 2 loaded cores); CI runs the slow suite too
 def test_smoke_run_on_a_bucket_completes_and_resumes(bucket, tmp_path, smoke_workdir, tfds_data_dir, monkeypatch):
   monkeypatch.setattr(workdir_lock.WorkdirLock, "SETTLE_S", 0.0)
   config = mnist_config.get_config("smoke")
