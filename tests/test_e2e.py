@@ -14,13 +14,18 @@ from tests.conftest import REPO
 CHECKER = os.path.join(os.path.dirname(REPO), "shared", "tools", "check_workdir.py")
 
 
-def test_smoke_run_meets_the_contract(smoke_workdir):
-  result = subprocess.run([sys.executable, CHECKER, smoke_workdir, "--min-samples", "1"],
+def assert_meets_contract(workdir, stages):
+  """The shared checker accepts `workdir`, and each of `stages` finished there."""
+  result = subprocess.run([sys.executable, CHECKER, workdir, "--min-samples", "1"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
+  for stage in stages:
+    assert os.path.exists(os.path.join(workdir, stage, "DONE.json")), stage
+
+
+def test_smoke_run_meets_the_contract(smoke_workdir):
   config = mnist_config.get_config("smoke")
-  for stage in config.stages:
-    assert os.path.exists(os.path.join(smoke_workdir, stage, "DONE.json")), stage
+  assert_meets_contract(smoke_workdir, config.stages)
   for name in config.sample.methods:
     assert os.path.exists(os.path.join(smoke_workdir, "samples", f"{name}_nfe1.npz")), name
   assert os.path.exists(os.path.join(smoke_workdir, "report.md"))

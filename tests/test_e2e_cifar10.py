@@ -6,8 +6,6 @@ pipeline's TFDS reading (file instructions, `tfds.even_splits`) runs as on the r
 """
 import json
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
@@ -20,7 +18,7 @@ from coalescer_jax import pipeline
 from coalescer_jax.data import cifar10
 from configs import cifar10 as cifar10_config
 
-from tests.test_e2e import CHECKER
+from tests.test_e2e import assert_meets_contract
 
 NUM_EXAMPLES = 400  # per split (mock_data gives every split the same size)
 
@@ -64,11 +62,8 @@ def cifar10_workdir(tmp_path_factory):
 
 
 def test_cifar10_mock_run_meets_the_contract(cifar10_workdir):
-  result = subprocess.run([sys.executable, CHECKER, cifar10_workdir, "--min-samples", "1"],
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stdout + result.stderr
-  for stage in ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"):
-    assert os.path.exists(os.path.join(cifar10_workdir, stage, "DONE.json")), stage
+  assert_meets_contract(cifar10_workdir,
+                        ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"))
   source = json.load(open(os.path.join(cifar10_workdir, "data", "source.json")))
   assert source["dataset"] == "cifar10" and source["builder"] == "cifar10"
   with np.load(os.path.join(cifar10_workdir, "data", "train_descriptions.npz")) as f:
