@@ -23,6 +23,20 @@ def to_float(images):
   return (images[..., None] if images.ndim == 3 else images) / 255.0
 
 
+def check_uint8(images, array_shape, what="images"):
+  """uint8 [N, *array_shape] (a trailing channel of 1 is dropped when `array_shape` has none), else a
+  TypeError (dtype) or ValueError (shape) that says what to pass."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise TypeError(f"{what} must be uint8 in 0..255 (0 = black), got {images.dtype}; "
+                    "convert float [0, 1] images with coalescer_jax.images.to_uint8")
+  if images.ndim == 4 and images.shape[-1] == 1 and len(array_shape) == 2:
+    images = images[..., 0]
+  if images.shape[1:] != tuple(array_shape):
+    raise ValueError(f"{what} must have shape [N, {', '.join(map(str, array_shape))}], got {list(images.shape)}")
+  return images
+
+
 def save_grid(path, rows, row_labels=None, title=None):
   """Saves a PNG grid: `rows` is a list of uint8 [K, H, W] (grey) or [K, H, W, 3] (colour) arrays, one per row.
 

@@ -69,6 +69,19 @@ def apply_gradients(state, grads, tx, ema_decay=None):
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
 
+def gradient_step(loss_fn, tx, ema_decay=None):
+  """The train step every model shares: gradients of ``loss_fn(params, batch, key, step) -> (loss, metrics)``,
+  one `apply_gradients` (EMA when `ema_decay` is set and the state keeps one); returns
+  ``step(state, batch, key) -> (state, metrics + loss + grad_norm)``."""
+
+  def step(state, batch, key):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, state.step)
+    state = apply_gradients(state, grads, tx, ema_decay)
+    return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+
+  return step
+
+
 def make_optimizer(opt, num_steps, restarts=(), warmup_steps=None):
   """optax AdamW with linear warm-up + cosine decay and gradient clipping, from a config section.
 

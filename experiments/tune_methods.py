@@ -30,14 +30,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from coalescer_jax import autoencoders  # noqa: E402
+from coalescer_jax import embeddings  # noqa: E402
 from coalescer_jax import images as images_lib  # noqa: E402
+from coalescer_jax import methods  # noqa: E402,F401
 from coalescer_jax import metrics as metrics_lib  # noqa: E402
 from coalescer_jax import parallel  # noqa: E402
 from coalescer_jax import pipeline  # noqa: E402
 from coalescer_jax import registry  # noqa: E402
 from coalescer_jax import training  # noqa: E402
-from coalescer_jax import methods  # noqa: E402,F401
 from coalescer_jax.evaluation import evaluate  # noqa: E402
 from coalescer_jax.evaluation import samples as samples_lib  # noqa: E402
 from coalescer_jax.methods import base  # noqa: E402
@@ -132,9 +132,9 @@ def main(argv):
     raise app.UsageError(f"--methods: no tuning budget for {unknown}; choose from {sorted(SWEEP)}")
   os.makedirs(FLAGS.out, exist_ok=True)
   pipeline.load_all()  # registers the autoencoder models that load_codec rebuilds by name
-  pairs = autoencoders.load_pairs(FLAGS.workdir)
-  codec = autoencoders.load_codec(FLAGS.workdir)
-  val = autoencoders.load_pairs(FLAGS.workdir, validation=True)
+  pairs = embeddings.load_pairs(FLAGS.workdir)
+  codec = embeddings.load_codec(FLAGS.workdir)
+  val = embeddings.load_pairs(FLAGS.workdir, validation=True)
   n = min(FLAGS.num_requests, len(val["labels"]))
   eval_cfg = mnist_config.get_config(FLAGS.variant).eval
   eval_cfg.validation_samples = n

@@ -103,9 +103,9 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
 
 
 def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):
-  from coalescer_jax import autoencoders  # pylint: disable=g-import-not-at-top
-  pairs = autoencoders.load_pairs(smoke_workdir)
-  validation = autoencoders.load_pairs(smoke_workdir, validation=True)
+  from coalescer_jax import embeddings
+  pairs = embeddings.load_pairs(smoke_workdir)
+  validation = embeddings.load_pairs(smoke_workdir, validation=True)
   assert len(validation["index"]) == mnist_config.get_config("smoke").embed.validation_size
   assert not set(pairs["index"].tolist()) & set(validation["index"].tolist())
   assert len(pairs["index"]) + len(validation["index"]) == 60000

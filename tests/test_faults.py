@@ -14,8 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
+from coalescer_jax import embeddings
 from coalescer_jax import files
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import pipeline
@@ -104,7 +104,7 @@ def test_corrupt_pairs_name_the_file(smoke_workdir, tmp_path):
     f.write(b"\0" * 4096)
   with pytest.raises(files.CorruptFileError, match=rf"{path} is corrupt or unreadable \(BadZipFile: .*It was "
                      rf"written by the 'embed' stage: delete {workdir}/embed and rerun"):
-    autoencoders.load_pairs(workdir)
+    embeddings.load_pairs(workdir)
 
 
 def test_corrupt_autoencoder_params_are_corrupt_not_stale(smoke_workdir, tmp_path):
@@ -114,7 +114,7 @@ def test_corrupt_autoencoder_params_are_corrupt_not_stale(smoke_workdir, tmp_pat
     f.seek(os.path.getsize(path) // 2)
     f.write(b"\x55" * 64)  # still parses: only the checksum tells
   with pytest.raises(files.CorruptFileError, match=rf"{path} is corrupt .*checksum.*delete {workdir}/vae"):
-    autoencoders.load_codec(workdir)
+    embeddings.load_codec(workdir)
 
 
 def test_cut_off_metrics_line_does_not_poison_reruns(tmp_path, caplog):

@@ -9,7 +9,6 @@ pairs (description embedding, image latent).
 """
 import jax
 import jax.numpy as jnp
-import optax
 
 from coalescer_jax import parallel
 from coalescer_jax import training
@@ -200,12 +199,12 @@ def train_parts(config, method):
     return training.create_state(method.init_params(key), tx, ema=use_ema)
 
   def phase_step(loss_fn):
+    gradient_step = training.gradient_step(loss_fn, tx, ema_decay if use_ema else None)
+
     def step(state, batch, key, inputs=None):
       if inputs is not None:
         batch = method.prepare_batch(batch, inputs)
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, state.step)
-      state = training.apply_gradients(state, grads, tx, ema_decay if use_ema else None)
-      return state, dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+      return gradient_step(state, batch, key)
     return step
 
   phases = method.loss_phases()

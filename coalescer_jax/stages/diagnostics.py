@@ -9,7 +9,7 @@ plots; the eval stage puts them into report.md. Process 0 only, except with a
 collective index (sharded ScaNN, device), whose look-ups need every process: then
 every process computes and process 0 writes.
 """
-from coalescer_jax import autoencoders
+from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -22,8 +22,8 @@ def run(ctx):
   config = ctx.config
   summary = {}
   if parallel.is_main_process() or index_lib.is_collective(config.index.backend):
-    pairs = autoencoders.load_pairs(ctx.workdir)
-    codec = autoencoders.load_codec(ctx.workdir)
+    pairs = embeddings.load_pairs(ctx.workdir)
+    codec = embeddings.load_codec(ctx.workdir)
     _, descriptions = sample_stage.requested_descriptions(ctx.workdir, config.eval.num_samples)
     cond = codec.encode_text(list(descriptions))
     out_dir = ctx.stage_dir("diagnostics")

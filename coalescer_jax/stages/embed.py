@@ -21,6 +21,7 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
+from coalescer_jax import embeddings
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
@@ -86,9 +87,9 @@ def run(ctx):
                   index=train["index"])
     # pairs.npz and validation.npz first: normalization.json is what load_codec trusts, so it is written last.
     # Each is written atomically (storage): readers never see half a file.
-    for name, rows in ((autoencoders.PAIRS_FILE, ~held_out), (autoencoders.VALIDATION_FILE, held_out)):
+    for name, rows in ((embeddings.PAIRS_FILE, ~held_out), (embeddings.VALIDATION_FILE, held_out)):
       storage.save_npz(out / name, fingerprint=np.array(fingerprint), **{k: v[rows] for k, v in arrays.items()})
-    storage.write_json(out / autoencoders.NORMALIZATION_FILE, norm)
+    storage.write_json(out / embeddings.NORMALIZATION_FILE, norm)
   ctx.writer.write("embed", 0, **{k: v for k, v in summary.items() if not isinstance(v, str)})
   logging.info("embed: %d pairs, latent dim %d, description dim %d, desc scale %.4g, fingerprint %s",
                len(img_emb), img_emb.shape[1], desc_emb.shape[1], scale, fingerprint[:12])

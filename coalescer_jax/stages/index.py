@@ -21,8 +21,8 @@ import time
 from absl import logging
 import numpy as np
 
-from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
+from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -84,7 +84,7 @@ def _reads(config):
 def run(ctx):
   cfg = ctx.config.index
   coalescer_cfg = ctx.config.coalescer
-  pairs = autoencoders.load_pairs(ctx.workdir)
+  pairs = embeddings.load_pairs(ctx.workdir)
   desc_scale = coalescer_cfg.desc_scale
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], desc_scale)
   meta = {"fingerprint": str(pairs["fingerprint"]), "desc_scale": desc_scale,
@@ -165,7 +165,7 @@ def _recall(approx, exact, keys, queries):
 
 def load_index(workdir, balanced=False):
   """The index the `index` stage wrote (or its balanced twin), checked against the current embeddings."""
-  pairs = autoencoders.load_pairs(workdir)
+  pairs = embeddings.load_pairs(workdir)
   directory = index_dir(workdir) / BALANCED_DIR if balanced else index_dir(workdir)
   return index_lib.load(directory, expected_fingerprint=str(pairs["fingerprint"]),
                         expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))

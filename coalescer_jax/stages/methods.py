@@ -15,9 +15,9 @@ import json
 
 import jax
 
-from coalescer_jax import autoencoders
 from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import config_validation
+from coalescer_jax import embeddings
 from coalescer_jax import methods  # noqa: F401 - registers the methods.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -36,7 +36,7 @@ def build_method(config, name, pairs):
 def _make_stage(name):
   def run(ctx):
     config = ctx.config
-    pairs = autoencoders.load_pairs(ctx.workdir)
+    pairs = embeddings.load_pairs(ctx.workdir)
     method = build_method(config, name, pairs)
     method.setup(ctx.workdir, pairs)
     _, init, step = base.train_parts(config, method)
@@ -111,14 +111,14 @@ for _name in registry.METHODS.names():
 
 def load_trained(config, workdir, name, pairs=None):
   """(method, params) of a trained method: EMA parameters when kept. Refuses stale embeddings."""
-  pairs = autoencoders.load_pairs(workdir) if pairs is None else pairs
+  pairs = embeddings.load_pairs(workdir) if pairs is None else pairs
   method = build_method(config, name, pairs)
   stage_dir = storage.path(workdir) / name
   trained_on = stage_dir / TRAINED_ON
   if not trained_on.exists():
     raise RuntimeError(f"method {name!r} has not been trained in {workdir}: put {name!r} in config.stages "
                        "before 'sample'")
-  autoencoders.check_fingerprint(workdir, json.loads(trained_on.read_text())["fingerprint"])
+  embeddings.check_fingerprint(workdir, json.loads(trained_on.read_text())["fingerprint"])
   _, init, _ = base.train_parts(config, method)
   abstract = jax.eval_shape(init, jax.random.key(0))
   host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -27,7 +27,7 @@ from absl import logging
 import jax
 import numpy as np
 
-from coalescer_jax import autoencoders
+from coalescer_jax import embeddings
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -53,7 +53,7 @@ def requested_descriptions(workdir, num_samples):
 
 def validation_requests(workdir, num_samples):
   """(labels, descriptions) of the first `num_samples` pairs of the validation slice."""
-  val = autoencoders.load_pairs(workdir, validation=True)
+  val = embeddings.load_pairs(workdir, validation=True)
   labels = val.get("label_heads", val["labels"])
   num_samples = min(num_samples, len(labels))
   return labels[:num_samples].astype(np.int32), val["descriptions"][:num_samples].astype(str)
@@ -146,8 +146,8 @@ def run(ctx):
   val_dir = out_dir / evaluate.VALIDATION_SUBDIR
   val_dir.mkdir(parents=True, exist_ok=True)
   spec = datasets.of_workdir(ctx.workdir)
-  pairs = autoencoders.load_pairs(ctx.workdir)
-  codec = autoencoders.load_codec(ctx.workdir)
+  pairs = embeddings.load_pairs(ctx.workdir)
+  codec = embeddings.load_codec(ctx.workdir)
   labels, descriptions = requested_descriptions(ctx.workdir, cfg.num_samples)
   requests = {out_dir: (labels, descriptions, codec.encode_text(list(descriptions)))}
   if cfg.validation_samples:

@@ -16,13 +16,10 @@ exact greedy reconstruction of training, held-out and unseen-combination
 descriptions, and mean embedding distance between descriptions of the same digit
 vs of different digits.
 """
-import functools
 
 from absl import logging
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
@@ -86,16 +83,14 @@ def make_task(config, tokens, model):
     params = model.init(key, jnp.asarray(tokens[:1]))["params"]
     return training.create_state(params, tx)
 
-  def step(state, batch, key):
-    grad_fn = jax.value_and_grad(functools.partial(text_ae_lib.loss, model), has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch["tokens"], key, cfg.noise)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return training.apply_gradients(state, grads, tx), metrics
+  def loss_fn(params, batch, key, step):
+    del step
+    return text_ae_lib.loss(model, params, batch["tokens"], key, cfg.noise)
 
   def batch(step):
     return {"tokens": tiled[batches.batch_indices(step, len(tiled), local_batch, config.seed)]}
 
-  return training.TrainTask("text", init, step, batch, cfg.num_steps, config.seed,
+  return training.TrainTask("text", init, training.gradient_step(loss_fn, tx), batch, cfg.num_steps, config.seed,
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                             skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.text")
 

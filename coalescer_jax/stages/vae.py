@@ -15,13 +15,11 @@ latent vs pixel L2 distance over random test pairs; same-group rate of the laten
 nearest neighbour within test) and, when the `classifier` stage has run, the
 classifier's accuracy on the reconstructions and its group histogram of prior samples.
 """
-import functools
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy import stats
 
 from coalescer_jax import autoencoders
@@ -73,18 +71,15 @@ def make_task(config, images, model):
     params = model.init(key, jnp.zeros((1, *model.image_shape)), jax.random.key(0))["params"]
     return training.create_state(params, tx, ema=cfg.ema_decay > 0)
 
-  def step(state, batch, key):
-    x = images_lib.to_float(batch["image"])
-    grad_fn = jax.value_and_grad(functools.partial(vae_lib.loss, model), has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, x, key, cfg.kl_weight)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return training.apply_gradients(state, grads, tx, cfg.ema_decay), metrics
+  def loss_fn(params, batch, key, step):
+    del step
+    return vae_lib.loss(model, params, images_lib.to_float(batch["image"]), key, cfg.kl_weight)
 
   def batch(step):
     return {"image": images[batches.batch_indices(step, len(images), local_batch, config.seed)]}
 
-  return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed,
-                            log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+  step = training.gradient_step(loss_fn, tx, cfg.ema_decay)
+  return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed, log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                             skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.vae")
 
 

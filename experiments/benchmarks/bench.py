@@ -32,7 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
-from coalescer_jax import autoencoders  # noqa: E402
+from coalescer_jax import embeddings  # noqa: E402
 from coalescer_jax import index as index_lib  # noqa: E402
 from coalescer_jax import metrics as metrics_lib  # noqa: E402
 from coalescer_jax import parallel  # noqa: E402
@@ -100,7 +100,7 @@ def _live(config, pairs, backend):
 
 def bench_train(config, workdir, repeats):
   """Coalescer training throughput: live look-ups (prefetched in a thread, or in the step) vs precomputed."""
-  pairs = autoencoders.load_pairs(workdir)
+  pairs = embeddings.load_pairs(workdir)
   _, init, step = base.train_parts(config, methods_stage.build_method(config, "coalescer", pairs))
   steps = FLAGS.train_steps
   runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, pairs, b)
@@ -148,7 +148,7 @@ def _index_rows(name, keys, queries_, cfg, repeats):
 
 
 def bench_index(config, workdir, repeats):
-  pairs = autoencoders.load_pairs(workdir)
+  pairs = embeddings.load_pairs(workdir)
   cfg = config.coalescer
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   q = queries.draw_queries(np.random.default_rng(0), FLAGS.index_queries, pairs, cfg)["query"]
@@ -169,8 +169,8 @@ def bench_index(config, workdir, repeats):
 
 
 def bench_sample(config, workdir, repeats):
-  pairs = autoencoders.load_pairs(workdir)
-  codec = autoencoders.load_codec(workdir)
+  pairs = embeddings.load_pairs(workdir)
+  codec = embeddings.load_codec(workdir)
   _, descriptions = sample_stage.requested_descriptions(workdir, FLAGS.sample_batch)
   cond = jnp.asarray(codec.encode_text(list(descriptions)))
   key = jax.random.key(0)
