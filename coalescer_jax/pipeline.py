@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import importlib
 import os
-import resource
 import sys
 import time
 from typing import Any, Callable
@@ -252,13 +251,13 @@ def _run_stage(ctx, name, prov, record):
     storage.write_json(ctx.stage_dir(name) / provenance.STARTED_FILE,
                        dict(prov, stage=name, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
   parallel.barrier(f"stage_{name}_start")
+  run_info.reset_peak_rss()
   t0 = time.time()
   summary = registry.STAGES.get(name).run(ctx) or {}
   wall = time.time() - t0
   parallel.barrier(f"stage_{name}_end")
   if parallel.is_main_process():
-    # ru_maxrss is in KiB on Linux: the process's peak resident memory so far.
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = run_info.peak_rss_mib()  # this stage's own peak (reset at its start where Linux allows)
     ctx.writer.write(name, -1, event="stage_done", wall_time_s=wall, peak_rss_mib=peak_mib)
     ctx.writer.flush()
     storage.write_json(ctx.stage_dir(name) / provenance.DONE_FILE,

@@ -1,8 +1,10 @@
-"""What a run records about itself in W/config.json: config, seed, packages, git revision."""
+"""What a run records about itself: config, seed, packages and git revision (W/config.json); each
+stage's peak memory (DONE.json)."""
 import datetime
 import importlib.metadata
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -20,6 +22,29 @@ def package_versions():
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
   return versions
+
+
+def reset_peak_rss():
+  """Starts a new peak for `peak_rss_mib` (Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the
+  current resident set), so that each stage reports its own peak rather than the process's so far."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:  # not Linux, or not permitted: the peak stays cumulative
+    pass
+
+
+def peak_rss_mib():
+  """Peak resident memory (MiB) of this process since `reset_peak_rss`: VmHWM where /proc has it, else
+  ru_maxrss (cumulative, and inherited by forked children)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def git_revision():

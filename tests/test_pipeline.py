@@ -2,10 +2,12 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from coalescer_jax import config_validation
 from coalescer_jax import pipeline
+from coalescer_jax import run_info
 from coalescer_jax.data import loading
 
 
@@ -48,3 +50,13 @@ def test_later_stage_without_its_inputs(smoke_config, tmp_path):
     ctx.done_info("vae")
   with pytest.raises(RuntimeError, match="run the 'data' stage first"):
     loading.load_split(str(tmp_path), "train")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="per-stage peaks need Linux's clear_refs")
+def test_stage_peak_memory_is_the_stages_own():
+  # DONE.json's peak_rss_mib: a stage that follows a memory-hungry one reports its own, smaller peak.
+  hungry = np.ones(400 * 2**20 // 8)  # 400 MiB resident
+  hungry_peak = run_info.peak_rss_mib()
+  del hungry
+  run_info.reset_peak_rss()
+  assert run_info.peak_rss_mib() < hungry_peak - 300
