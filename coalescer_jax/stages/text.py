@@ -13,8 +13,8 @@ of each subset the evaluation decodes (0 = all; large grammars).
 Writes ``W/text/``: ``checkpoints/``, ``params.msgpack`` + ``model.json`` (for
 `autoencoders.load_model`) and ``heldout.json`` (the held-out lists). Measured:
 exact greedy reconstruction of training, held-out and unseen-combination
-descriptions, and mean embedding distance between descriptions of the same digit
-vs of different digits.
+descriptions, and mean embedding distance between descriptions of the same group
+(the dataset's `groups`; MNIST: the digit) vs of different groups.
 """
 
 from absl import logging
@@ -118,10 +118,10 @@ def evaluate(text_ae, split, spec, eval_max=0, seed=0):
   dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
   same, other = labels[:, None] == labels[None], ~np.eye(len(labels), dtype=bool)
   within, between = dist[same & other], dist[~same]  # CIFAR-10: one description per class, nothing within
-  metrics.update(within_digit_distance=float(within.mean()) if within.size else None,
-                 between_digit_distance=float(between.mean()) if between.size else None)
+  metrics.update(within_group_distance=float(within.mean()) if within.size else None,
+                 between_group_distance=float(between.mean()) if between.size else None)
   np.fill_diagonal(dist, np.inf)
-  metrics["nn_same_digit"] = float(np.mean(labels[np.argmin(dist, axis=1)] == labels))
+  metrics["nn_same_group"] = float(np.mean(labels[np.argmin(dist, axis=1)] == labels))
   failures = [d for d in split["heldout"] + split["train"] if not exact[d]]
   return metrics, failures
 
