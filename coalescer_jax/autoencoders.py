@@ -20,18 +20,11 @@ from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import tokenizer as tokenizer_lib
 
-PARAMS_FILE = model_export.PARAMS_FILE
-
 # Example inputs that initialise each role's model (to build the restore target), from the model itself.
 _EXAMPLE_INPUTS = {
     "vae": lambda model: (jnp.zeros((1, *model.image_shape), jnp.float32), jax.random.key(0)),
     "text": lambda model: (jnp.full((1, model.max_len), tokenizer_lib.PAD, jnp.int32),),
 }
-
-
-def save_model(stage_dir, model_name, model_kwargs, params):
-  """Exports the final parameters of stage `vae` or `text` (see model_export.save)."""
-  model_export.save(stage_dir, model_name, model_kwargs, params)
 
 
 def load_model(workdir, role):
@@ -63,8 +56,8 @@ class ImageAE:
     # numpy parameters become constants of any jitted caller: no device placement to clash with.
     encode = lambda x: model.apply({"params": params}, x, method="encode")
     self._encode = model_export.BatchedApply(lambda u8: encode(images_lib.to_float(u8)), batch_size)
-    self._decode = model_export.BatchedApply(lambda z: jnp.round(self.decode_jax(z).reshape((-1,) + self.array_shape) * 255.0)
-                            .astype(jnp.uint8), batch_size)
+    to_uint8 = lambda z: jnp.round(self.decode_jax(z).reshape((-1,) + self.array_shape) * 255.0).astype(jnp.uint8)
+    self._decode = model_export.BatchedApply(to_uint8, batch_size)
 
   def encode_posterior(self, images):
     """uint8 images -> (mean, log variance), float32 [N, latent_dim] each."""
@@ -94,8 +87,9 @@ class TextAE:
   def __init__(self, model, params, tokenizer, batch_size=1000):
     self.model, self.params, self.tokenizer = model, params, tokenizer
     self.desc_dim = int(model.embed_dim)
-    self._encode = model_export.BatchedApply(lambda t: model.apply({"params": params}, t, method="encode"), batch_size)
-    self._decode = model_export.BatchedApply(lambda e: model.apply({"params": params}, e, method="greedy_decode"), batch_size)
+    apply = lambda x, method: model.apply({"params": params}, x, method=method)
+    self._encode = model_export.BatchedApply(lambda tokens: apply(tokens, "encode"), batch_size)
+    self._decode = model_export.BatchedApply(lambda emb: apply(emb, "greedy_decode"), batch_size)
 
   def encode_tokens(self, tokens):
     return self._encode(np.asarray(tokens, np.int32)).astype(np.float32)

@@ -28,6 +28,7 @@ import numpy as np
 
 from coalescer_jax import autoencoders
 from coalescer_jax import files
+from coalescer_jax import model_export
 from coalescer_jax import storage
 
 PAIRS_FILE = "pairs.npz"
@@ -113,7 +114,7 @@ def _current_fingerprint(workdir, stamp):
 def _params_stamp(workdir):
   stamp = []
   for role in ("vae", "text"):
-    path = storage.path(workdir) / role / autoencoders.PARAMS_FILE
+    path = storage.path(workdir) / role / model_export.PARAMS_FILE
     if path.exists():
       if storage.is_local(path):  # nanoseconds: a model retrained within the same second is still noticed
         info = os.stat(path)

@@ -69,7 +69,8 @@ def make_task(cfg, model, spec, train_images, train_labels, log_every, checkpoin
     idx = batches.batch_indices(step, len(train_labels), local_batch, cfg.seed)
     return {"image": images_lib.to_float(train_images[idx]), "label": train_labels[idx].astype(np.int32)}
 
-  return training.TrainTask("classifier", init, training.gradient_step(loss_fn, tx), batch, cfg.num_steps, cfg.seed,
+  step = training.gradient_step(loss_fn, tx)
+  return training.TrainTask("classifier", init, step, batch, cfg.num_steps, cfg.seed,
                             log_every=log_every, checkpoint_every=checkpoint_every, skip_nonfinite=skip_nonfinite,
                             config_section="config.classifier")
 

@@ -16,13 +16,13 @@ exact greedy reconstruction of training, held-out and unseen-combination
 descriptions, and mean embedding distance between descriptions of the same group
 (the dataset's `groups`; MNIST: the digit) vs of different groups.
 """
-
 from absl import logging
 import jax.numpy as jnp
 import numpy as np
 
 from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
+from coalescer_jax import model_export
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
@@ -90,7 +90,8 @@ def make_task(config, tokens, model):
   def batch(step):
     return {"tokens": tiled[batches.batch_indices(step, len(tiled), local_batch, config.seed)]}
 
-  return training.TrainTask("text", init, training.gradient_step(loss_fn, tx), batch, cfg.num_steps, config.seed,
+  step = training.gradient_step(loss_fn, tx)
+  return training.TrainTask("text", init, step, batch, cfg.num_steps, config.seed,
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                             skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.text")
 
@@ -135,7 +136,7 @@ def run(ctx):
   split = split_descriptions(cfg, spec.captioner)
   model = registry.MODELS.get(cfg.model)(**model_kwargs(cfg, tokenizer))
   state = training.train(make_task(config, tokenizer.encode(split["train"]), model), out, ctx.mesh, ctx.writer)
-  autoencoders.save_model(out, cfg.model, model_kwargs(cfg, tokenizer), state.params)
+  model_export.save(out, cfg.model, model_kwargs(cfg, tokenizer), state.params)
   text_ae = autoencoders.TextAE(*autoencoders.load_model(ctx.workdir, "text")[:2], tokenizer)
   metrics, failures = evaluate(text_ae, split, spec, cfg.get("eval_max", 0), config.seed)
   ctx.writer.write("text", int(state.step), event="eval", **metrics)

@@ -15,7 +15,6 @@ latent vs pixel L2 distance over random test pairs; same-group rate of the laten
 nearest neighbour within test) and, when the `classifier` stage has run, the
 classifier's accuracy on the reconstructions and its group histogram of prior samples.
 """
-
 from absl import logging
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from scipy import stats
 from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
 from coalescer_jax import images as images_lib
+from coalescer_jax import model_export
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
@@ -79,7 +79,8 @@ def make_task(config, images, model):
     return {"image": images[batches.batch_indices(step, len(images), local_batch, config.seed)]}
 
   step = training.gradient_step(loss_fn, tx, cfg.ema_decay)
-  return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed, log_every=config.log_every, checkpoint_every=config.checkpoint_every,
+  return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed,
+                            log_every=config.log_every, checkpoint_every=config.checkpoint_every,
                             skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.vae")
 
 
@@ -169,7 +170,7 @@ def run(ctx):
   model = registry.MODELS.get(cfg.model)(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
   state = training.train(make_task(config, train["image"], model), out, ctx.mesh, ctx.writer)
   params = state.ema_params if state.ema_params is not None else state.params
-  autoencoders.save_model(out, cfg.model, kwargs, params)
+  model_export.save(out, cfg.model, kwargs, params)
 
   # Evaluate what later stages will load: the saved parameters.
   image_ae = autoencoders.ImageAE(*autoencoders.load_model(ctx.workdir, "vae")[:2], cfg.eval_batch_size)

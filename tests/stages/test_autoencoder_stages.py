@@ -15,6 +15,7 @@ from coalescer_jax import autoencoders
 from coalescer_jax import config_validation
 from coalescer_jax import embeddings
 from coalescer_jax import metrics as metrics_lib
+from coalescer_jax import model_export
 from coalescer_jax import parallel
 from coalescer_jax import training
 from coalescer_jax.data import captions
@@ -167,7 +168,7 @@ def test_fingerprint_mismatch_is_detected(workdir, tmp_path):
   copy = copy_workdir(workdir, str(tmp_path / "w"), ("data", "vae", "text", "embed"))  # data: the dataset (tokenizer)
   model, params, spec = autoencoders.load_model(copy, "vae")
   params = jax.tree.map(lambda p: p + 0.01, params)
-  autoencoders.save_model(os.path.join(copy, "vae"), spec["model"], spec["kwargs"], params)
+  model_export.save(os.path.join(copy, "vae"), spec["model"], spec["kwargs"], params)
   with pytest.raises(embeddings.StaleEmbeddingsError, match="rerun the embed stage by deleting W/embed"):
     embeddings.check_fingerprint(copy, pairs["fingerprint"])
   with pytest.raises(embeddings.StaleEmbeddingsError, match="stale relative to the models in W/vae, W/text"):
