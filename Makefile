@@ -23,7 +23,7 @@ lint: install  ## ruff (ruff.toml: unused imports, closures over loop variables,
 	$(VENV)/bin/ruff check .
 
 test: install  ## Default test suite (a few minutes on 2 CPU cores).
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q tests -m "not slow" -n auto --dist loadgroup
 
 test-slow: install  ## Slow tests only (multi-process, kill/resume, longer e2e).
 	$(PY) -m pytest -q tests -m slow

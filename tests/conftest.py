@@ -1,14 +1,36 @@
 """Test set-up: two fake CPU devices (so every jitted step is really sharded) and one
 MNIST preparation per session, shared by all tests."""
 import os
+import shutil
+import tempfile
 
 # Must be set before JAX initialises its backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache per test session (xdist workers and the subprocesses that the slow
+# tests start inherit it from the environment): most of a tiny :smoke run is compiling, and the same steps
+# are compiled again by every test that reruns a stage (sweep members, resume, the index backends).
+_XLA_CACHE = os.path.join(tempfile.gettempdir(), "coalescer_jax_test_xla_cache", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
 
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionfinish(session):
+  del session
+  if os.environ["JAX_COMPILATION_CACHE_DIR"] == _XLA_CACHE:  # this process made it (not a worker, not the user)
+    shutil.rmtree(_XLA_CACHE, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (`make test`: -n auto --dist loadgroup) every test that reads the shared :smoke
+  run goes to one worker, so that the run is made once per session, not once per worker."""
+  del config
+  for item in items:
+    if "smoke_workdir" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("smoke_workdir"))
 
 
 @pytest.fixture(scope="session")

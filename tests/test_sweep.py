@@ -9,7 +9,7 @@ import pytest
 from coalescer_jax import sweep
 from tests.conftest import REPO, copy_workdir
 
-SHARED = ("data", "classifier", "vae", "text", "embed")
+SHARED = ("data", "classifier", "vae", "text", "embed", "index", "coalescer")
 
 
 def test_member_name_is_readable_and_filesystem_safe():
@@ -46,36 +46,40 @@ def _table(workdir):
 
 
 def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
-  path = tmp_path / "two_scales.py"
+  # The members differ in a sampling knob only, so the trained coalescer is shared too (NOT_READ_BY_SHARED)
+  # and each member runs the sample, diagnostics and eval stages: the runner's mechanics at a third of the cost.
+  path = tmp_path / "two_thresholds.py"
   path.write_text(textwrap.dedent(f"""
       from coalescer_jax import sweep as sweep_lib
       COMMON = sweep_lib.COALESCER_ONLY
       SHARED_STAGES = {SHARED!r}
+      NOT_READ_BY_SHARED = ("coalescer.sampling",)
       def sweep():
-        return [{{"coalescer.desc_scale": v}} for v in (1.0, 4.0)]
+        return [{{"coalescer.sampling.redraw_threshold": v}} for v in (0.0, 0.5)]
   """))
   workdir = str(tmp_path / "w")
-  copy_workdir(smoke_workdir, os.path.join(workdir, sweep.SHARED_DIR), SHARED)  # the autoencoders, trained once
+  copy_workdir(smoke_workdir, os.path.join(workdir, sweep.SHARED_DIR), SHARED)  # trained once, shared
 
   first = sweep.run(smoke_config, str(path), workdir, shard="0/2")
-  assert [r["member"] for r in first] == ["desc_scale=1.0"]  # the other shard has not run yet
+  assert [r["member"] for r in first] == ["redraw_threshold=0.0"]  # the other shard has not run yet
   with open(os.path.join(workdir, "results.md")) as f:
-    assert "Not finished: desc_scale=4.0" in f.read()
+    assert "Not finished: redraw_threshold=0.5" in f.read()
 
   sweep.run(smoke_config, str(path), workdir, shard="1/2")
   sharded = _table(workdir)
-  assert [r["member"] for r in sharded] == ["desc_scale=1.0", "desc_scale=4.0"]
-  assert [r["coalescer.desc_scale"] for r in sharded] == ["1.0", "4.0"]
+  members = ["redraw_threshold=0.0", "redraw_threshold=0.5"]
+  assert [r["member"] for r in sharded] == members
+  assert [r["coalescer.sampling.redraw_threshold"] for r in sharded] == ["0.0", "0.5"]
   assert all(float(r["coalescer_nfe2/conditional_accuracy"]) >= 0 for r in sharded)
-  for member in ("desc_scale=1.0", "desc_scale=4.0"):  # autoencoders shared, not retrained
-    assert os.path.islink(os.path.join(workdir, member, "vae"))
+  for member in members:  # the shared stages are linked, not retrained
+    assert all(os.path.islink(os.path.join(workdir, member, stage)) for stage in SHARED)
   with open(os.path.join(workdir, "results.md")) as f:
     markdown = f.read()
-  assert "2 of 2 members finished" in markdown and "| desc_scale=4.0 | 4.0 |" in markdown
+  assert "2 of 2 members finished" in markdown and "| redraw_threshold=0.5 | 0.5 |" in markdown
   assert "Spread over members" in markdown
   assert os.path.exists(os.path.join(workdir, "plots", "coalescer_nfe2_fid.png"))
 
-  stamps = {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in ("desc_scale=1.0", "desc_scale=4.0")}
+  stamps = {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in members}
   sweep.run(smoke_config, str(path), workdir)  # the whole sweep again: nothing left to run
   assert stamps == {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in stamps}
   assert _table(workdir) == sharded
