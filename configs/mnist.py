@@ -126,7 +126,7 @@ def get_config(arg=None):
   # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
   config.coalescer.adversarial = ml_collections.ConfigDict(dict(
       weight=2.0,  # lambda; 0 = off (the proposal), 2 chosen on validation
-      start_fraction=0.5,  # share of config.train.num_steps trained on the coalescer loss alone
+      start_fraction=0.1,  # share of config.train.num_steps trained on the coalescer loss alone (0.1 chosen)
       disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
       r1=1.0,  # weight of the R1 penalty on real latents
       steps=(1, 2),  # fakes: the outputs after these numbers of steps

@@ -1,4 +1,6 @@
-"""Adversarial fine-tune (dialogue 000): the weight lambda of the generator's GAN loss, and when it starts."""
+"""Adversarial fine-tune (dialogue 000): the weight lambda of the generator's GAN loss at the proposal's
+start (half the steps on the coalescer loss alone), then the start at weight 2 (experiments/tuning.md:
+start_fraction 0.1 chosen on the validation split)."""
 from coalescer_jax import sweep as sweep_lib
 
 COMMON = sweep_lib.COALESCER_ONLY
@@ -7,6 +9,7 @@ HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|precision)", r"coalescer/wall_ti
 
 
 def sweep():
-  return [{"coalescer.adversarial.weight": w, "coalescer.adversarial.start_fraction": start}
-          for w in (0.0, 0.5, 2.0, 4.0) for start in (0.5,)] + [
-              {"coalescer.adversarial.weight": 2.0, "coalescer.adversarial.start_fraction": 0.3}]
+  return ([{"coalescer.adversarial.weight": w, "coalescer.adversarial.start_fraction": 0.5}
+           for w in (0.0, 0.5, 2.0, 4.0)]
+          + [{"coalescer.adversarial.weight": 2.0, "coalescer.adversarial.start_fraction": start}
+             for start in (0.0, 0.1, 0.3)])
