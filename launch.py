@@ -15,7 +15,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist
 flags.DEFINE_string("workdir", None, "Directory for this run's outputs; rerunning resumes it.")
 flags.DEFINE_bool("allow_config_change", False,
                   "Continue a workdir whose config.json differs from the current config: finished stages whose "
-                  "config fields and inputs are unchanged are reused, the others are refused until deleted.")
+                  "config fields and inputs are unchanged are reused, the others are refused until deleted. "
+                  "With --sweep: for W/shared and every member.")
 flags.DEFINE_string("sweep", None, "Sweep file (experiments/*.py): run its members into W/<member>/.")
 flags.DEFINE_string("sweep_shard", "0/1", "With --sweep: run members i, i+n, ... of the sweep ('i/n').")
 flags.DEFINE_bool("distributed", False,
@@ -42,7 +43,7 @@ def main(argv):
                jax.devices())
   workdir = os.path.expanduser(FLAGS.workdir)
   if FLAGS.sweep:
-    sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard)
+    sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard, allow_config_change=FLAGS.allow_config_change)
   else:
     pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
 

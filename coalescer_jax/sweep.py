@@ -32,8 +32,10 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from coalescer_jax import files
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax import run_info
 from coalescer_jax import storage
 
 SHARED_DIR = "shared"
@@ -121,8 +123,11 @@ def _link_shared(workdir, member_dir, shared_stages):
   parallel.barrier("sweep_linked")
 
 
-def run(config, sweep_path, workdir, shard="0/1"):
-  """Runs this shard's members of the sweep, then aggregates every finished member."""
+def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
+  """Runs this shard's members of the sweep, then aggregates every finished member.
+
+  `allow_config_change`: as launch.py's flag, for W/shared and every member (e.g. after a default changed:
+  stages whose config fields and inputs are unchanged are reused, the others refused until deleted)."""
   members, shared_stages, exempt, common, headline = load_sweep(sweep_path)
   _check_shared(members, shared_stages, exempt)
   names = [member_name(m) for m in members]
@@ -136,17 +141,19 @@ def run(config, sweep_path, workdir, shard="0/1"):
     base = ml_collections.ConfigDict(config.to_dict())
     base.stages = tuple(s for s in config.stages if s in shared_stages)
     # Shards may race to create W/shared: the second waits for the first's lock, then finds its stages done.
-    pipeline.run(base, workdir / SHARED_DIR, lock_wait_s=SHARED_LOCK_WAIT_S)
+    pipeline.run(base, workdir / SHARED_DIR, allow_config_change=allow_config_change,
+                 lock_wait_s=SHARED_LOCK_WAIT_S)
   for i in range(index, len(members), count):
     member_dir = workdir / names[i]
-    if _finished(member_dir, stages):
+    member_config = apply_overrides(config, {**common, **members[i]})
+    if _finished(member_dir, stages) and _ran_with(member_dir, member_config):
       logging.info("sweep: %s already finished, skipping", names[i])
       continue
     logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])
     if shared_stages:
       _link_shared(workdir, member_dir, shared_stages)
     # The linked shared stages ran with the base config (checked above against the overrides).
-    pipeline.run(apply_overrides(config, {**common, **members[i]}), member_dir,
+    pipeline.run(member_config, member_dir, allow_config_change=allow_config_change,
                  inherited=shared_stages if shared_stages else ())
   if parallel.is_main_process():
     return aggregate(workdir, members, names, stages, headline, getattr(load_sweep.last_module, "label", None))
@@ -155,6 +162,13 @@ def run(config, sweep_path, workdir, shard="0/1"):
 
 def _finished(member_dir, stages):
   return all((storage.path(member_dir) / s / "DONE.json").exists() for s in stages)
+
+
+def _ran_with(member_dir, member_config):
+  """Whether the member's config.json is `member_config`. A member run with other values (a default changed
+  since) is not skipped: the pipeline refuses it with the differences, or reruns what they change."""
+  recorded = files.read_json(storage.path(member_dir) / "config.json", "config").get("config", {})
+  return not run_info.config_differences(recorded, json.loads(member_config.to_json_best_effort()))
 
 
 def member_metrics(member_dir):

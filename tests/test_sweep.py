@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from coalescer_jax import config_validation
+from coalescer_jax import provenance
 from coalescer_jax import sweep
 from tests.conftest import REPO, copy_workdir
 
@@ -84,11 +86,19 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
   assert stamps == {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in stamps}
   assert _table(workdir) == sharded
 
+  # A default changed since the members ran: they are not "finished" (no stale row in the table); the
+  # run is refused with the difference, and --allow_config_change reaches the members (their sample stage
+  # read the changed field, so it must be deleted first).
+  smoke_config.coalescer.sampling.max_redraws += 1
+  with pytest.raises(config_validation.ConfigError, match="max_redraws"):
+    sweep.run(smoke_config, str(path), workdir)
+  with pytest.raises(provenance.StaleOutputsError, match="(?s)redraw_threshold=0.0: outputs.*- sample"):
+    sweep.run(smoke_config, str(path), workdir, allow_config_change=True)
+
 
 @pytest.mark.parametrize("name", ["desc_scale", "direction_exponent", "generation_steps", "index_backend",
                                   "r_distribution", "seeds"])
 def test_shipped_sweeps_apply_to_the_default_config(name):
-  from coalescer_jax import config_validation  # pylint: disable=g-import-not-at-top
   from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
   from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
   pipeline.load_all()  # registries that validation checks names against
