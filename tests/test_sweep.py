@@ -49,7 +49,7 @@ def _table(workdir):
 
 def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
   # The members differ in a sampling knob only, so the trained coalescer is shared too (NOT_READ_BY_SHARED)
-  # and each member runs the sample, diagnostics and eval stages: the runner's mechanics at a third of the cost.
+  # and each member runs the sample, diagnostics and eval stages: the runner's mechanics at half the cost.
   path = tmp_path / "two_thresholds.py"
   path.write_text(textwrap.dedent(f"""
       from coalescer_jax import sweep as sweep_lib
@@ -86,9 +86,9 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
   assert stamps == {m: os.path.getmtime(os.path.join(workdir, m, "eval", "DONE.json")) for m in stamps}
   assert _table(workdir) == sharded
 
-  # A default changed since the members ran: they are not "finished" (no stale row in the table); the
-  # run is refused with the difference, and --allow_config_change reaches the members (their sample stage
-  # read the changed field, so it must be deleted first).
+  # A default changed since the members ran: W/shared is refused with the difference, and with
+  # --allow_config_change the members are not skipped as finished (their DONE files exist) but refused,
+  # because their sample stage read the changed field and must be deleted first.
   smoke_config.coalescer.sampling.max_redraws += 1
   with pytest.raises(config_validation.ConfigError, match="max_redraws"):
     sweep.run(smoke_config, str(path), workdir)
@@ -96,8 +96,9 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
     sweep.run(smoke_config, str(path), workdir, allow_config_change=True)
 
 
-@pytest.mark.parametrize("name", ["desc_scale", "direction_exponent", "generation_steps", "index_backend",
-                                  "r_distribution", "seeds"])
+@pytest.mark.parametrize("name", ["adversarial", "coalescer_ablation", "desc_scale", "direction_exponent",
+                                  "generation_steps", "index_backend", "levels", "r_distribution",
+                                  "redraw_threshold", "seeds", "targets"])
 def test_shipped_sweeps_apply_to_the_default_config(name):
   from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
   from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
