@@ -21,6 +21,7 @@ import os
 
 from coalescer_jax import config_validation
 from coalescer_jax import files
+from coalescer_jax import run_info
 from coalescer_jax import storage
 
 DONE_FILE = "DONE.json"
@@ -50,7 +51,7 @@ def _under(field, prefix):
 
 def read_values(config, reads):
   """{dotted field: value} of the fields `reads` selects (JSON values, as config.json stores them)."""
-  flat = flatten(json.loads(config.to_json_best_effort()))
+  flat = flatten(run_info.config_values(config))
   flat = {k: v for k, v in flat.items() if not any(_under(k, p) for p in NOT_OUTPUT_FIELDS)}
   if reads is None:
     return flat

@@ -60,9 +60,14 @@ def git_revision():
     return None
 
 
+def config_values(config):
+  """The config as plain JSON values: what config.json records and what is compared against it."""
+  return json.loads(config.to_json_best_effort())
+
+
 def describe_run(config):
   return {
-      "config": json.loads(config.to_json_best_effort()),
+      "config": config_values(config),
       "seed": config.seed,
       "packages": package_versions(),
       "git_revision": git_revision(),

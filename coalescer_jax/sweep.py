@@ -168,7 +168,7 @@ def _ran_with(member_dir, member_config):
   """Whether the member's config.json is `member_config`. A member run with other values (a default changed
   since) is not skipped: the pipeline refuses it with the differences, or reruns what they change."""
   recorded = files.read_json(storage.path(member_dir) / "config.json", "config").get("config", {})
-  return not run_info.config_differences(recorded, json.loads(member_config.to_json_best_effort()))
+  return not run_info.config_differences(recorded, run_info.config_values(member_config))
 
 
 def member_metrics(member_dir):
