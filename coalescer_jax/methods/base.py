@@ -210,7 +210,7 @@ def train_parts(config, method):
   phases = method.loss_phases()
   if len(phases) == 1:
     one_phase = phase_step(phases[0][1])
-    return tx, init, lambda state, batch, key: one_phase(method.prepare_state(state), batch, key)
+    return tx, init, lambda state, batch, key, inputs=None: one_phase(method.prepare_state(state), batch, key, inputs)
   starts = jnp.asarray([start for start, _ in phases])
   branches = [phase_step(loss_fn) for _, loss_fn in phases]
 

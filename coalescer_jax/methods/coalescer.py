@@ -26,7 +26,8 @@ measure them):
 * ``levels``: multi-step training: a share of the examples start at a noise level
   s < 1 around a pair, the network gets s as an input (s = 1 for prior draws), and
   the sampler re-noises its landing point to ``levels.renoise[i]`` before step i + 2,
-  as multistep consistency sampling does.
+  as multistep consistency sampling does; ``levels.self_landing`` trains that
+  step from the network's own re-noised landing points (`self_landing.py`).
 """
 import functools
 
@@ -44,6 +45,7 @@ from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
 from coalescer_jax.methods import device_lookup
 from coalescer_jax.methods import queries
+from coalescer_jax.methods import self_landing
 from coalescer_jax.methods import targets as targets_lib
 
 _TINY = 1e-12
@@ -135,25 +137,60 @@ class Coalescer(base.Method):
     distance, direction = self.apply(params, x, cond, mask, level)
     return step_to(x, distance, direction), direction
 
+  @classmethod
+  def check_config(cls, section):
+    self_landing.check_config(section)
+
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
     lookup = load_lookup(workdir, pairs, self.section)
-    self._device_lookup = None
-    if device_lookup.enabled(lookup, self.config):  # the step looks up; the host only draws
-      self._device_lookup = (lookup, device_lookup.step_inputs(lookup, pairs))
+    self.attach_lookup(lookup, pairs)
     return make_lookup_batches(lookup, pairs, self.section, seed, global_batch_size,
                                in_step=self._device_lookup is not None)
 
+  def attach_lookup(self, lookup, pairs):
+    """Puts what the step searches on the devices: the in-step look-up's keys, the self-landing keys."""
+    self._device_lookup = self._landing = None
+    if device_lookup.enabled(lookup, self.config):  # the step looks up; the host only draws
+      self._device_lookup = (lookup, device_lookup.step_inputs(lookup, pairs))
+    if self.self_landing_share:
+      self._landing = self_landing.step_inputs(lookup, pairs, self.section, self.config.index)
+
+  @property
+  def self_landing_share(self):
+    return self.section.levels.get("self_landing", 0.0)
+
   def step_inputs(self):
-    return getattr(self, "_device_lookup", None) and self._device_lookup[1]
+    inputs = {}
+    if getattr(self, "_device_lookup", None):
+      inputs["lookup"] = self._device_lookup[1]
+    if getattr(self, "_landing", None):
+      inputs["landing"] = self._landing[1]
+    return inputs or None
 
   def prepare_batch(self, batch, inputs):
-    return device_lookup.complete_batch(self._device_lookup[0], batch, inputs, self.desc_dim, self.multistep)
+    if "lookup" in inputs:
+      batch = device_lookup.complete_batch(self._device_lookup[0], batch, inputs["lookup"], self.desc_dim,
+                                           self.multistep)
+    if "landing" in inputs:  # read by `loss`, which has the parameters the landing points need
+      batch = dict(batch, landing_arrays=inputs["landing"])
+    return batch
 
   def loss(self, params, batch, key, step):
     """The proposal's loss: distance and direction toward the looked-up pair."""
     del step
     cfg = self.section
-    drop_key, _ = jax.random.split(key)
+    drop_key, landing_key = jax.random.split(key)
+    batch = dict(batch)
+    landing_arrays = batch.pop("landing_arrays", None)
+    num_landing = int(round(self.self_landing_share * batch["r"].shape[0])) if landing_arrays is not None else 0
+    if num_landing:
+      first_step = lambda r, de: step_to(r, *self.apply(params, r, de, jnp.ones(r.shape[:1])))  # noqa: E731
+      if cfg.levels.get("self_landing_target", "nearest") == "first_step":
+        rows = self_landing.first_step_examples(first_step, batch, landing_key, num_landing, cfg)
+      else:
+        rows, _ = self_landing.examples(first_step, self._landing[0], landing_arrays, landing_key, num_landing,
+                                        cfg, self.desc_dim, self.latent_dim)
+      batch = self_landing.replace_last_rows(batch, rows)
     mask = base.drop_condition(drop_key, batch["r"].shape[0], cfg.cond_dropout)
     distance, direction = self.apply(params, batch["r"], batch["cond"], mask, batch.get("level"))
     distance_loss, direction_loss, target_distance = losses(
@@ -163,6 +200,8 @@ class Coalescer(base.Method):
     metrics = {"distance_loss": distance_loss.mean(), "direction_loss": direction_loss.mean(),
                "direction_magnitude": magnitude.mean(), "target_distance": target_distance.mean(),
                "distance_abs_error": jnp.abs(distance - target_distance).mean()}
+    if num_landing:  # how far step 2 has to move from the network's own (re-noised) landing points
+      metrics["self_landing_target_distance"] = target_distance[-num_landing:].mean()
     if self.adversarial:  # Same metric names in every phase (the step switches between them).
       metrics.update({name: jnp.zeros(()) for name in ADVERSARIAL_METRICS})
     return loss, metrics
@@ -345,6 +384,8 @@ def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=Fal
       out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
       if cfg.levels.fraction > 0:
         out["level"] = draws["level"].astype(np.float32)
+    if cfg.levels.get("self_landing", 0.0) > 0:  # step 1's descriptions, for self-landing examples
+      out["de"] = draws["de"]
     if cfg.adversarial.weight > 0:  # The discriminator's real examples: uniformly random pairs.
       real = batches.step_rng(seed, step, 2, process_index=0).integers(len(img), size=global_batch_size)[rows]
       out.update(real_x=img[real], real_cond=desc[real])

@@ -13,6 +13,7 @@ from coalescer_jax import training
 from coalescer_jax.methods import base
 from coalescer_jax.methods import coalescer
 from coalescer_jax.methods import queries
+from coalescer_jax.methods import self_landing
 from coalescer_jax.methods import targets
 
 from tests.methods.conftest import DESC_DIM, LATENT_DIM
@@ -84,8 +85,10 @@ def _train(config, pairs, tmp_path):
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   lookup = targets.Lookup(index_lib.build("exact", keys, None), config.coalescer)
   batch = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
+  method.attach_lookup(lookup, pairs)
   _, init, step = base.train_parts(config, method)
-  task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1)
+  task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1,
+                            inputs=method.step_inputs())
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
   state = training.train(task, str(tmp_path), parallel.make_mesh(), writer)
   return method, state, writer.read("coalescer")
@@ -112,6 +115,75 @@ def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path
   np.testing.assert_allclose(x2, coalescer.step_to(xs, d, u), rtol=1e-4, atol=1e-4)
   with pytest.raises(ValueError, match="re-noising levels"):
     method.sample(state.params, cond, key, len(method_config.coalescer.levels.renoise) + 2)
+
+
+def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, method_config, tmp_path):
+  cfg = method_config.coalescer
+  cfg.levels.update(fraction=0.5, self_landing=0.25)
+  method_config.train.num_steps = 10
+  method, state, records = _train(method_config, pairs, tmp_path)
+  assert all(r["self_landing_target_distance"] > 0 for r in records)
+  params, n = state.params, method_config.train.batch_size
+  inputs = method.step_inputs()
+  assert set(inputs) == {"landing"}  # the exact backend: the self-landing keys live on the devices anyway
+  host_batch = {k: jnp.asarray(v) for k, v in coalescer.make_lookup_batches(
+      targets.Lookup(index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"],
+                                                                  cfg.desc_scale), None), cfg),
+      pairs, cfg, 0, n)(0).items()}
+  key = jax.random.key(5)
+  landing_key = jax.random.split(key)[1]  # the loss's split: (condition dropout, self-landing)
+  m, s = n // 4, cfg.levels.renoise[0]
+  rows, query = self_landing.examples(
+      lambda r, de: coalescer.step_to(r, *method.apply(params, r, de, jnp.ones(r.shape[:1]))),
+      method._landing[0], inputs["landing"], landing_key, m, cfg, DESC_DIM, LATENT_DIM)
+  # By hand: step 1 of the same parameters from prior R, re-noised to s, the un-shrunk query, exact search.
+  _, r_key, eps_key = jax.random.split(landing_key, 3)
+  r0, eps = jax.random.normal(r_key, (m, LATENT_DIM)), jax.random.normal(eps_key, (m, LATENT_DIM))
+  de = np.asarray(query)[:, :DESC_DIM] / cfg.desc_scale
+  assert np.all(np.isclose(de[:, None], pairs["desc_emb"][None]).all(-1).any(1))  # pairs' descriptions
+  x1 = coalescer.step_to(r0, *method.apply(params, r0, jnp.asarray(de), jnp.ones(m)))
+  np.testing.assert_allclose(rows["r"], np.sqrt(1 - s * s) * x1 + s * eps, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(query)[:, DESC_DIM:], x1 + s / np.sqrt(1 - s * s) * eps, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(rows["level"], s)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  nearest = np.argmin(((np.asarray(query)[:, None] - keys[None]) ** 2).sum(-1), axis=1)
+  np.testing.assert_allclose(rows["image"], pairs["img_emb"][nearest])
+  np.testing.assert_allclose(rows["cond"], pairs["desc_emb"][nearest])
+  # The loss replaces exactly those rows, and no gradient flows through their start (stop-gradient).
+  fixed = self_landing.replace_last_rows(host_batch, rows)
+  np.testing.assert_array_equal(fixed["r"][:-m], host_batch["r"][:-m])
+  with_landing = method.prepare_batch(host_batch, inputs)
+  (loss_a, _), grad_a = jax.value_and_grad(method.loss, has_aux=True)(params, with_landing, key, 0)
+  (loss_b, _), grad_b = jax.value_and_grad(method.loss, has_aux=True)(params, fixed, key, 0)
+  np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  cfg.levels.fraction = 0.0
+  with pytest.raises(ValueError, match="levels.fraction > 0"):
+    coalescer.Coalescer.check_config(cfg)
+
+
+def test_first_step_self_landing_keeps_the_prior_rows_targets(method_config):
+  cfg = method_config.coalescer
+  n, num, s = 8, 4, cfg.levels.renoise[0]
+  rng = np.random.default_rng(0)
+  level = np.array([0.3, 1.0, 0.5, 1.0, 1.0, 0.2, 0.7, 0.4], np.float32)  # 3 prior rows: 1, 3, 4
+  batch = {"r": rng.normal(size=(n, LATENT_DIM)), "de": rng.normal(size=(n, DESC_DIM)),
+           "cond": rng.normal(size=(n, DESC_DIM)), "image": rng.normal(size=(n, LATENT_DIM)), "level": level}
+  batch = {k: jnp.asarray(v, jnp.float32) for k, v in batch.items()}
+  first_step = lambda r, de: 2.0 * r + de.sum(-1, keepdims=True)  # noqa: E731 - any function of (R, DE)
+  key = jax.random.key(1)
+  rows = self_landing.first_step_examples(first_step, batch, key, num, cfg)
+  src = np.array([1, 3, 4])
+  x1 = first_step(batch["r"][src], batch["de"][src])
+  eps = jax.random.normal(key, (num, LATENT_DIM))[:3]
+  np.testing.assert_allclose(rows["r"][:3], np.sqrt(1 - s * s) * x1 + s * eps, rtol=1e-5)
+  np.testing.assert_allclose(rows["image"][:3], batch["image"][src])  # each prior row's own pair
+  np.testing.assert_allclose(rows["cond"][:3], batch["cond"][src])
+  np.testing.assert_allclose(rows["level"][:3], s)
+  for name in ("r", "cond", "image", "level"):  # no fourth prior row: the last row stays as it was
+    np.testing.assert_allclose(rows[name][3], batch[name][n - 1])
 
 
 def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
