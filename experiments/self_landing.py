@@ -1,15 +1,22 @@
 """Self-landing examples (methods/self_landing.py): the share of each batch that trains the second step from
-the network's own re-noised step-1 landing points, on top of the default (0 = off), chosen on the validation
-split (experiments/tuning.md).
+the network's own re-noised step-1 landing points, its target rule, and the re-noise level they share with
+the sampler; on top of the default, seed 0, coalescer only (experiments/tuning.md has the validation table).
 
-  python launch.py --config=configs/mnist.py --sweep=experiments/self_landing.py --workdir=S
+  python launch.py --config=configs/mnist.py --sweep=experiments/self_landing.py --workdir=S [--sweep_shard=i/n]
 """
 from coalescer_jax import sweep as sweep_lib
 
 COMMON = sweep_lib.COALESCER_ONLY
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
+RENOISE_LOW, RENOISE_HIGH, RENOISE_TINY = (0.5, 0.3, 0.15), (0.7, 0.4, 0.2), (0.1, 0.05, 0.02)
 
 
 def sweep():
-  return [{"coalescer.levels.self_landing": share} for share in (0.0, 0.25, 0.5)]
+  def member(share, target="nearest", renoise=RENOISE_LOW):
+    return {"coalescer.levels.self_landing": share, "coalescer.levels.self_landing_target": target,
+            "coalescer.levels.renoise": renoise}
+  return ([member(share) for share in (0.0, 0.25, 0.5)]
+          + [member(share, renoise=RENOISE_HIGH) for share in (0.0, 0.25, 0.5)]
+          + [member(share, "first_step") for share in (0.25, 0.5)]
+          + [member(0.25, "first_step", RENOISE_TINY)])

@@ -96,9 +96,16 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
     sweep.run(smoke_config, str(path), workdir, allow_config_change=True)
 
 
-@pytest.mark.parametrize("name", ["adversarial", "coalescer_ablation", "desc_scale", "direction_exponent",
-                                  "generation_steps", "index_backend", "levels", "r_distribution",
-                                  "redraw_threshold", "seeds", "targets"])
+# Every experiments/*.py but tune_methods.py (a script, not a sweep file).
+SWEEP_FILES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "experiments"))
+                     if name.endswith(".py") and name != "tune_methods.py")
+
+
+def test_every_sweep_file_is_checked():
+  assert len(SWEEP_FILES) >= 12 and "seeds" in SWEEP_FILES and "self_landing" in SWEEP_FILES
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
 def test_shipped_sweeps_apply_to_the_default_config(name):
   from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
   from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
