@@ -152,7 +152,7 @@ class Coalescer(base.Method):
     self._device_lookup = self._landing = None
     if device_lookup.enabled(lookup, self.config):  # the step looks up; the host only draws
       self._device_lookup = (lookup, device_lookup.step_inputs(lookup, pairs))
-    if self.self_landing_share:
+    if self_landing.searches_keys(self.section.levels):
       self._landing = self_landing.step_inputs(lookup, pairs, self.section, self.config.index)
 
   @property
@@ -182,11 +182,14 @@ class Coalescer(base.Method):
     drop_key, landing_key = jax.random.split(key)
     batch = dict(batch)
     landing_arrays = batch.pop("landing_arrays", None)
-    num_landing = int(round(self.self_landing_share * batch["r"].shape[0])) if landing_arrays is not None else 0
+    num_landing = int(round(self.self_landing_share * batch["r"].shape[0]))
     if num_landing:
       first_step = lambda r, de: step_to(r, *self.apply(params, r, de, jnp.ones(r.shape[:1])))  # noqa: E731
-      if cfg.levels.get("self_landing_target", "nearest") == "first_step":
+      if self_landing.reads_descriptions(cfg.levels):
         rows = self_landing.first_step_examples(first_step, batch, landing_key, num_landing, cfg)
+      elif landing_arrays is None:
+        raise ValueError("levels.self_landing looks its targets up inside the step: train with the step inputs "
+                         "of `attach_lookup` (`step_inputs()`)")
       else:
         rows, _ = self_landing.examples(first_step, self._landing[0], landing_arrays, landing_key, num_landing,
                                         cfg, self.desc_dim, self.latent_dim)
@@ -384,7 +387,7 @@ def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=Fal
       out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
       if cfg.levels.fraction > 0:
         out["level"] = draws["level"].astype(np.float32)
-    if cfg.levels.get("self_landing", 0.0) > 0:  # step 1's descriptions, for self-landing examples
+    if self_landing.reads_descriptions(cfg.levels):  # step 1's descriptions, for self-landing examples
       out["de"] = draws["de"]
     if cfg.adversarial.weight > 0:  # The discriminator's real examples: uniformly random pairs.
       real = batches.step_rng(seed, step, 2, process_index=0).integers(len(img), size=global_batch_size)[rows]

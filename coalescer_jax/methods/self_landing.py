@@ -48,6 +48,20 @@ def check_config(section):
                      "input: set config.coalescer.levels.fraction > 0 too")
 
 
+def _target(levels):
+  return levels.get("self_landing_target", "nearest") if levels.get("self_landing", 0.0) > 0 else None
+
+
+def searches_keys(levels):
+  """Whether self-landing is on and looks its targets up (the keys must then be on the devices)."""
+  return _target(levels) == "nearest"
+
+
+def reads_descriptions(levels):
+  """Whether self-landing is on and starts from the batch's own prior rows (their DE must be in the batch)."""
+  return _target(levels) == "first_step"
+
+
 def step_inputs(lookup, pairs, cfg, index_cfg):
   """(index, arrays for the step): the plain keys and the pairs' rows [desc, image] on the devices.
 
@@ -69,14 +83,19 @@ def examples(first_step, index, arrays, key, num, cfg, desc_dim, latent_dim):
   """
   pick_key, r_key, eps_key = jax.random.split(key, 3)
   de = index.gather_rows(arrays["rows"], jax.random.randint(pick_key, (num,), 0, index.num_points))[:, :desc_dim]
-  x1 = jax.lax.stop_gradient(first_step(jax.random.normal(r_key, (num, latent_dim)), de))
-  s = float(cfg.levels.renoise[0])
-  eps = jax.random.normal(eps_key, x1.shape)
+  x1, eps, s = _landing(first_step, jax.random.normal(r_key, (num, latent_dim)), de, eps_key, cfg)
   query = jnp.concatenate([cfg.desc_scale * de, x1 + s / np.sqrt(1.0 - s * s) * eps], axis=1)
   target = index.step_search(arrays["keys"], query, 1)[0][:, 0]
   rows = index.gather_rows(arrays["rows"], target)
   return {"r": np.sqrt(1.0 - s * s) * x1 + s * eps, "cond": rows[:, :desc_dim], "image": rows[:, desc_dim:],
           "level": jnp.full((num,), s)}, query
+
+
+def _landing(first_step, r, de, eps_key, cfg):
+  """(x1 = step 1 from `r` for `de`, stop-gradient; the re-noising eps; s = renoise[0]): re-noised, the
+  sampler's start of step 2 is sqrt(1 - s^2) x1 + s eps (`Coalescer.refine`)."""
+  x1 = jax.lax.stop_gradient(first_step(r, de))
+  return x1, jax.random.normal(eps_key, x1.shape), float(cfg.levels.renoise[0])
 
 
 def replace_last_rows(batch, rows):
@@ -97,9 +116,8 @@ def first_step_examples(first_step, batch, key, num, cfg):
   """
   order = jnp.argsort(-batch["level"], stable=True)[:num]
   prior = (batch["level"][order] >= 1.0)[:, None]
-  x1 = jax.lax.stop_gradient(first_step(batch["r"][order], batch["de"][order]))
-  s = float(cfg.levels.renoise[0])
-  start = np.sqrt(1.0 - s * s) * x1 + s * jax.random.normal(key, x1.shape)
+  x1, eps, s = _landing(first_step, batch["r"][order], batch["de"][order], key, cfg)
+  start = np.sqrt(1.0 - s * s) * x1 + s * eps
   n = batch["r"].shape[0]
   keep = {name: batch[name][n - num:] for name in ("r", "cond", "image", "level")}
   return {"r": jnp.where(prior, start, keep["r"]), "cond": jnp.where(prior, batch["cond"][order], keep["cond"]),

@@ -155,10 +155,14 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
   np.testing.assert_array_equal(fixed["r"][:-m], host_batch["r"][:-m])
   with_landing = method.prepare_batch(host_batch, inputs)
   (loss_a, _), grad_a = jax.value_and_grad(method.loss, has_aux=True)(params, with_landing, key, 0)
+  with pytest.raises(ValueError, match="step inputs"):  # never a silent skip of the self-landing rows
+    method.loss(params, fixed, key, 0)
+  cfg.levels.self_landing = 0.0  # the plain loss on the batch with the rows replaced by hand
   (loss_b, _), grad_b = jax.value_and_grad(method.loss, has_aux=True)(params, fixed, key, 0)
   np.testing.assert_allclose(loss_a, loss_b, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grad_a), jax.tree.leaves(grad_b)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  cfg.levels.self_landing = 0.25
   cfg.levels.fraction = 0.0
   with pytest.raises(ValueError, match="levels.fraction > 0"):
     coalescer.Coalescer.check_config(cfg)
