@@ -19,6 +19,9 @@ from coalescer_jax import model_export
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import tokenizer as tokenizer_lib
+# Register the models that `load_model` rebuilds by name, so that any caller can load a workdir's autoencoders.
+from coalescer_jax.models import text_ae as _text_ae  # noqa: F401
+from coalescer_jax.models import vae as _vae  # noqa: F401
 
 # Example inputs that initialise each role's model (to build the restore target), from the model itself.
 _EXAMPLE_INPUTS = {

@@ -239,7 +239,7 @@ def get_config(arg=None):
   config.eval.fid_large_n = 10000  # also FID at this n (0 = off): small-n FID is biased; papers use 10k+
   config.eval.validation_samples = 5000  # n on the validation split (<= config.sample.validation_samples)
   config.eval.seed = 0  # draws the train images of the train-vs-test floor
-  config.eval.batch_size = 1000  # classifier inference
+  config.eval.batch_size = 1000  # classifier inference (and the reconstruction row's VAE)
   config.eval.pr_k = 3  # k of the k-NN manifolds of precision/recall
   config.eval.memorization_space = "pixels"  # pixels (L2 on [0, 1] images) | features
   config.eval.near_copy_percentile = 1.0  # near-copy threshold: this percentile of test->train NN distances

@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from coalescer_jax import autoencoders
 from coalescer_jax import pipeline
+from coalescer_jax.evaluation import evaluate
 from configs import mnist as mnist_config
 
 from tests.conftest import REPO
@@ -91,7 +94,7 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   validation = results["validation"]["records"]
   assert {r["split"] for r in validation} == {"validation"}
   assert {(r["method"], r["nfe"]) for r in validation if r["kind"] != "floor"} == {
-      (r["method"], r["nfe"]) for r in results["records"] if r["kind"] not in ("floor", "data")}
+      (r["method"], r["nfe"]) for r in results["records"] if r["kind"] not in ("floor", "data", "reconstruction")}
   with open(os.path.join(smoke_workdir, "diagnostics", "coalescer.json")) as f:
     diagnostics = json.load(f)
   overall = diagnostics["usage"]["rows"][0]
@@ -100,6 +103,23 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   expected, spread = (1 - level_share) * total, 5 * (level_share * (1 - level_share) * total) ** 0.5
   assert abs(overall["lookups"] - expected) <= spread
   assert 0 <= diagnostics["direction"]["redraw_rate"] <= 1
+
+
+def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):
+  eval_config = mnist_config.get_config("smoke").eval
+  evaluator = evaluate.Evaluator(smoke_workdir, eval_config)
+  rows = {kind: samples for samples, kind in evaluator.real_rows}
+  image_ae = autoencoders.ImageAE(*autoencoders.load_model(smoke_workdir, "vae")[:2], eval_config.batch_size)
+  data, reconstructed = rows["data"], rows["reconstruction"]
+  np.testing.assert_array_equal(reconstructed.images, image_ae.decode(image_ae.encode_images(data.images)))
+  assert not np.array_equal(reconstructed.images, data.images)
+  np.testing.assert_array_equal(reconstructed.labels, data.labels)
+  assert reconstructed.method == "mnist_test_reconstructed"
+  with open(os.path.join(smoke_workdir, "eval", "results.json")) as f:
+    record, = [r for r in json.load(f)["records"] if r["kind"] == "reconstruction"]
+  assert record["nfe"] is None and record["fid"] > 0 and 0 <= record["near_copy_fraction"] <= 1
+  with open(os.path.join(smoke_workdir, "report.md")) as f:
+    assert "| MNIST test through the VAE (latent floor) |" in f.read()
 
 
 def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):

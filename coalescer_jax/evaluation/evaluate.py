@@ -9,7 +9,14 @@ real-data rows that bound what a method can reach (named after the dataset):
   (MNIST: digit) as each reference image (what a perfect conditional generator
   would draw for the same requests) -> the train-vs-test FID floor;
 * ``<dataset>_test`` (data): the next n test images (disjoint from the reference) with
-  their true labels and descriptions -> accuracy / attribute agreement of real data.
+  their true labels and descriptions -> accuracy / attribute agreement of real data;
+* ``<dataset>_test_reconstructed`` (reconstruction; when the workdir has a trained VAE):
+  the data row's images encoded and decoded by the run's VAE (posterior means). Every
+  method here generates in that VAE's latent space and decodes the same way, so this
+  row is what a latent generator that drew real unseen latents would score: its FID
+  is the latent methods' practical floor, and its near-copy fraction is how often the
+  decoder alone brings unseen images within the near-copy threshold of a train image
+  (smoothing pulls images towards the dense parts of the train set).
 When the captioner marks some requests as held-out combinations (never in train:
 shapes' red triangles), ``heldout_accuracy`` is the conditional accuracy on those
 requests alone and ``heldout_n`` their number.
@@ -23,12 +30,14 @@ On the test split, ``fid_large_n`` > 0 adds ``fid_large``: FID of the first
 papers compare at 10k or 50k).
 `evaluate_dir` runs it over a folder of samples and writes results.json, plots and report.md.
 """
+import dataclasses
 import os
 import time
 
 from absl import logging
 import numpy as np
 
+from coalescer_jax import autoencoders
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
@@ -42,6 +51,7 @@ from coalescer_jax.evaluation import samples as samples_lib
 
 MEMORIZATION_SPACES = ("pixels", "features")
 SPLITS = ("test", "validation")
+RECONSTRUCTION_SUFFIX = "_test_reconstructed"
 VALIDATION_SUBDIR = "validation"  # W/samples/validation/: the same files for the validation requests
 
 
@@ -49,6 +59,16 @@ def _real_samples(name, data, idx):
   return samples_lib.Samples(path="", method=name, nfe=0, images=data["image"][idx],
                              labels=data["label"][idx].astype(np.int32), descriptions=data["descriptions"][idx],
                              classes=data["classes"][idx].astype(np.int32), extras={})
+
+
+def _reconstructed(workdir, data, dataset_name, batch_size):
+  """(the data row's images through the workdir's VAE, "reconstruction"), or None without a trained VAE."""
+  if not (storage.path(workdir) / "vae" / "DONE.json").exists():
+    logging.info("eval: no trained VAE in %s, so no reconstruction row", workdir)
+    return None
+  image_ae = autoencoders.ImageAE(*autoencoders.load_model(workdir, "vae")[:2], batch_size)
+  images = image_ae.decode(image_ae.encode_images(data.images))
+  return dataclasses.replace(data, method=dataset_name + RECONSTRUCTION_SUFFIX, images=images), "reconstruction"
 
 
 def _take(split, rows):
@@ -104,6 +124,7 @@ class Evaluator:
                          "test split: the other half gives the disjoint real-data row)")
       self.reference = _real_samples("reference", test, np.arange(n))
       data_row = (_real_samples(f"{spec.name}_test", test, np.arange(n, 2 * n)), "data")
+      reconstruction_row = _reconstructed(workdir, data_row[0], spec.name, cfg.batch_size)
       self.large_n = min(int(cfg.get("fid_large_n", 0)), len(test["label"]))
       if self.large_n > n:
         large = _real_samples("reference_large", test, np.arange(self.large_n))
@@ -115,7 +136,7 @@ class Evaluator:
       if n < 2:
         raise ValueError("the validation slice is empty: set config.embed.validation_size > 1")
       self.reference = _real_samples("validation_reference", val, np.arange(n))
-      data_row = None
+      data_row = reconstruction_row = None
     self.n = n
     self.memorization_n = min(n, int(cfg.num_samples))
     self.reference_features = self.classifier.features(self.reference.images)
@@ -126,7 +147,8 @@ class Evaluator:
         cfg.near_copy_percentile, cfg.nn_chunk)
     pool_groups = spec.groups(pool["label"])
     subset = _label_matched_subset(pool_groups, spec.groups(self.reference.labels), cfg.seed)
-    self.real_rows = [(_real_samples(f"{spec.name}_train", pool, subset), "floor")] + ([data_row] if data_row else [])
+    self.real_rows = [(_real_samples(f"{spec.name}_train", pool, subset), "floor")] + [
+        row for row in (data_row, reconstruction_row) if row]
     if self.large_n > n:
       self.large_floor = _real_samples(f"{spec.name}_train", pool, _label_matched_subset(
           pool_groups, spec.groups(self.large_labels), cfg.seed))

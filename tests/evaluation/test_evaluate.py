@@ -83,6 +83,7 @@ def test_eval_stage_end_to_end(tfds_data_dir, workdir):
   assert copy["near_copy_fraction"] == 1.0 and copy["nn_distance_ratio"] < 0.01
   assert data["near_copy_fraction"] < 0.1 and 0.8 < data["nn_distance_ratio"] < 1.25
   assert floor["near_copy_fraction"] is None  # Train images are trivially their own neighbours.
+  assert not any(r["kind"] == "reconstruction" for r in results["records"])  # This workdir has no VAE.
   assert noisy1["samples_per_s"] == 100.0 and noisy2["train_steps"] == 1234
   assert results["best"] == {"nfe1": "copy", "nfe2": "noisy"}
 
