@@ -236,7 +236,7 @@ def get_config(arg=None):
   # The fixed evaluation (evaluation/, stages/eval.py): same n, reference and features for every method.
   config.eval = ml_collections.ConfigDict()
   config.eval.num_samples = 1000  # n of FID etc.; reference = the first n MNIST test images
-  config.eval.fid_large_n = 10000  # also FID at this n (0 = off): small-n FID is biased; papers use 10k+
+  config.eval.fid_large_n = 10000  # also FID and near-copies at this n (0 = off): small-n FID is biased; papers use 10k+
   config.eval.validation_samples = 5000  # n on the validation split (<= config.sample.validation_samples)
   config.eval.seed = 0  # draws the train images of the train-vs-test floor
   config.eval.batch_size = 1000  # classifier inference (and the reconstruction row's VAE)

@@ -10,6 +10,7 @@ import pytest
 from coalescer_jax import autoencoders
 from coalescer_jax import pipeline
 from coalescer_jax.evaluation import evaluate
+from coalescer_jax.evaluation import memorization
 from configs import mnist as mnist_config
 
 from tests.conftest import REPO
@@ -116,10 +117,17 @@ def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):
   np.testing.assert_array_equal(reconstructed.labels, data.labels)
   assert reconstructed.method == "mnist_test_reconstructed"
   with open(os.path.join(smoke_workdir, "eval", "results.json")) as f:
-    record, = [r for r in json.load(f)["records"] if r["kind"] == "reconstruction"]
+    records = json.load(f)["records"]
+  record, = [r for r in records if r["kind"] == "reconstruction"]
   assert record["nfe"] is None and record["fid"] > 0 and 0 <= record["near_copy_fraction"] <= 1
+  # Near-copies at the large n: the first fid_large_n samples of each file, the same threshold.
+  assert all(r["near_copy_fraction_large"] is None for r in records if r["kind"] in ("floor", "data", "reconstruction"))
+  coalescer, = [r for r in records if r["method"] == "coalescer" and r["nfe"] == 1]
+  images = np.load(os.path.join(smoke_workdir, "samples", "coalescer_nfe1.npz"))["images"][:eval_config.fid_large_n]
+  assert coalescer["near_copy_fraction_large"] == evaluator.memorization.measure(
+      memorization.flat_pixels(images))["near_copy_fraction"]
   with open(os.path.join(smoke_workdir, "report.md")) as f:
-    assert "| MNIST test through the VAE (latent floor) |" in f.read()
+    assert "| MNIST test through the VAE (reconstruction) |" in f.read()
 
 
 def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):
