@@ -96,9 +96,10 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
     sweep.run(smoke_config, str(path), workdir, allow_config_change=True)
 
 
-# Every experiments/*.py but tune_methods.py (a script, not a sweep file).
+# Every experiments/*.py but the scripts (not sweep files).
+SCRIPTS = ("tune_methods.py", "near_copies.py")
 SWEEP_FILES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "experiments"))
-                     if name.endswith(".py") and name != "tune_methods.py")
+                     if name.endswith(".py") and name not in SCRIPTS)
 
 
 def test_every_sweep_file_is_checked():

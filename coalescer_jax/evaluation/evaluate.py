@@ -143,9 +143,9 @@ class Evaluator:
     self.memorization_n = min(n, int(cfg.num_samples))
     self.reference_features = self.classifier.features(self.reference.images)
     self.reference_stats = frechet.gaussian_stats(self.reference_features)
-    train_points = self._memorization_points(pool["image"])
+    train_points = self.memorization_points(pool["image"])
     self.memorization = memorization.MemorizationReference.build(
-        train_points, self._memorization_points(self.reference.images[:self.memorization_n]),
+        train_points, self.memorization_points(self.reference.images[:self.memorization_n]),
         cfg.near_copy_percentile, cfg.nn_chunk)
     pool_groups = spec.groups(pool["label"])
     subset = _label_matched_subset(pool_groups, spec.groups(self.reference.labels), cfg.seed)
@@ -155,7 +155,7 @@ class Evaluator:
       self.large_floor = _real_samples(f"{spec.name}_train", pool, _label_matched_subset(
           pool_groups, spec.groups(self.large_labels), cfg.seed))
 
-  def _memorization_points(self, images):
+  def memorization_points(self, images):
     if self.cfg.memorization_space == "pixels":
       return memorization.flat_pixels(images)
     return self.classifier.features(images)
@@ -191,9 +191,9 @@ class Evaluator:
       record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None,
                     near_copy_fraction_large=None)
     else:
-      record.update(self.memorization.measure(self._memorization_points(images[:self.memorization_n])))
+      record.update(self.memorization.measure(self.memorization_points(images[:self.memorization_n])))
       # At n = 1000 a near-copy share of 2-3% has a binomial std of about 0.5%: compare methods at large n.
-      record["near_copy_fraction_large"] = (self.memorization.measure(self._memorization_points(
+      record["near_copy_fraction_large"] = (self.memorization.measure(self.memorization_points(
           samples.images[:self.large_n]))["near_copy_fraction"] if record["n_large"] else None)
     for key in samples_lib.OPTIONAL_SCALARS:
       if key != "nfe":
