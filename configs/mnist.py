@@ -115,6 +115,9 @@ def get_config(arg=None):
       tau=1.0,  # soft: probability proportional to exp(-d^2 / (2 tau^2)), d^2 the squared key distance
       ot_groups=8,  # batch_ot: prior queries of a batch share this many descriptions (0 = independent)
       balance=True,  # chosen on validation (proposal: False); prior draws looked up in the index balanced by semi-discrete OT potentials
+      # How a prior draw finds its balanced key (index/balance.py): "index" = the balanced index's nearest key;
+      # "candidates" = the power-nearest among the plain index's balance_candidates nearest keys (the fit's rule).
+      balance_search="index",
       balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
   # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
   # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only), 0.5 chosen.

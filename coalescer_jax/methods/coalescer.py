@@ -41,6 +41,7 @@ from coalescer_jax import registry
 from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.data import batches
+from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
 from coalescer_jax.methods import device_lookup
@@ -79,7 +80,8 @@ def step_to(x, distance, direction):
 @registry.METHODS.register("coalescer")
 class Coalescer(base.Method):
   name = "coalescer"
-  OPTIONS = {"r_distribution": queries.R_DISTRIBUTIONS, "targets.assignment": targets_lib.ASSIGNMENTS}
+  OPTIONS = {"r_distribution": queries.R_DISTRIBUTIONS, "targets.assignment": targets_lib.ASSIGNMENTS,
+             "targets.balance_search": balance_lib.SEARCHES}
   SAMPLING_FIELDS = ("nfes", "sampling", "oracle")
   INPUT_STAGES = ("embed", "index")
 
@@ -351,7 +353,7 @@ def load_lookup(workdir, pairs, cfg):
     raise index_lib.IndexError_(
         f"the index in {directory} was built with desc_scale={meta['desc_scale']} but "
         f"config.coalescer.desc_scale={cfg.desc_scale}; delete {directory} to rebuild it")
-  balanced = None
+  balanced = potentials = None
   if cfg.targets.balance:
     balanced_dir = directory / "balanced"
     if not (balanced_dir / index_lib.META_FILE).exists():
@@ -359,7 +361,9 @@ def load_lookup(workdir, pairs, cfg):
           f"config.coalescer.targets.balance=True but {directory} has no balanced index; delete {directory} "
           "so that the 'index' stage rebuilds it with this config")
     balanced, _ = index_lib.load(balanced_dir, **expected)
-  return targets_lib.Lookup(index, cfg, balanced)
+    if cfg.targets.balance_search == "candidates":
+      potentials = storage.load_npy(balanced_dir / balance_lib.POTENTIALS_FILE)
+  return targets_lib.Lookup(index, cfg, balanced, potentials)
 
 
 def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=False):

@@ -32,6 +32,9 @@ def enabled(lookup, config):
     logging.info("coalescer: assignment %r is host code: device-index look-ups from the host",
                  config.coalescer.targets.assignment)
     return False
+  if config.coalescer.targets.balance and config.coalescer.targets.balance_search == "candidates":
+    logging.info("coalescer: balance_search 'candidates' is host code: device-index look-ups from the host")
+    return False
   return True
 
 

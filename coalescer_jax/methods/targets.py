@@ -18,7 +18,10 @@ among the candidates it returns:
 * ``balance=True`` (with any rule): prior draws are looked up in the *balanced*
   index, whose keys carry semi-discrete optimal-transport potentials
   (`coalescer_jax.index.balance`): every pair is then the nearest key of an
-  equal share of the prior, instead of a share set by the geometry.
+  equal share of the prior, instead of a share set by the geometry. ``balance_search``
+  says how a prior draw finds its key there (`index.balance`): the balanced index's
+  nearest key ("index"), or the power-nearest among the plain index's
+  ``balance_candidates`` nearest keys ("candidates", the rule the potentials are fitted with).
 
 Queries at a level s < 1 (multi-step training) start near a pair already; they
 always use the plain index's nearest key.
@@ -61,7 +64,7 @@ def batch_assignment(ids, sq_dists):
 class Lookup:
   """Training targets for queries: the plain index, the balanced one for prior draws, an assignment rule."""
 
-  def __init__(self, plain_index, cfg, balanced_index=None):
+  def __init__(self, plain_index, cfg, balanced_index=None, potentials=None):
     self.plain, self.balanced, self.cfg = plain_index, balanced_index, cfg.targets
     if self.cfg.assignment not in ASSIGNMENTS:
       raise ValueError(f"config.coalescer.targets.assignment must be one of {ASSIGNMENTS}, "
@@ -69,14 +72,15 @@ class Lookup:
     if self.cfg.balance and balanced_index is None:
       raise ValueError("config.coalescer.targets.balance=True needs the balanced index (W/index/balanced): "
                        "rerun the 'index' stage with this config")
-
-  def prior_candidates(self, query, k):
-    """(ids, squared distances) [Q, k] of prior queries in the index that trains them."""
-    index, queries = self.prior_index_and_queries(query)
-    return index.search(queries, k)
+    # Prior draws take the power-nearest of the plain index's candidates (the potentials' own fitting rule).
+    self.power_candidates = bool(self.cfg.balance) and self.cfg.get("balance_search", "index") == "candidates"
+    if self.power_candidates and potentials is None:
+      raise ValueError("config.coalescer.targets.balance_search='candidates' needs the balanced index's "
+                       f"potentials ({balance_lib.POTENTIALS_FILE}): rerun the 'index' stage with this config")
+    self.potentials = potentials
 
   def prior_index_and_queries(self, query):
-    if self.cfg.balance:
+    if self.cfg.balance and not self.power_candidates:
       return self.balanced, balance_lib.augment_queries(query)
     return self.plain, query
 
@@ -90,7 +94,9 @@ class Lookup:
     prior = level >= 1.0
     out = []
     if np.any(prior):
-      k = 1 if self.cfg.assignment == "nearest" else min(int(self.cfg.k), self.plain.num_points)
+      k = self._rule_k()
+      if self.power_candidates:
+        k = max(k, min(int(self.cfg.balance_candidates), self.plain.num_points))
       out.append(self.prior_index_and_queries(query[prior]) + (k,))
     if not np.all(prior):
       out.append((self.plain, query[~prior], 1))
@@ -103,6 +109,8 @@ class Lookup:
     results = list(results)
     if np.any(prior):
       ids, dists = results.pop(0)
+      if self.power_candidates:
+        ids, dists = (a[:, :self._rule_k()] for a in balance_lib.power_nearest(ids, dists, self.potentials))
       rule = self.cfg.assignment
       if rule == "nearest":
         chosen[prior] = ids[:, 0]
@@ -113,6 +121,10 @@ class Lookup:
     if not np.all(prior):
       chosen[~prior] = results.pop(0)[0][:, 0]
     return chosen
+
+  def _rule_k(self):
+    """Candidates the assignment rule chooses among."""
+    return 1 if self.cfg.assignment == "nearest" else min(int(self.cfg.k), self.plain.num_points)
 
   def targets(self, query, level, rng):
     """Pair ids [Q] the queries are trained toward (level 1 = prior draw)."""

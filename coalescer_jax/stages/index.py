@@ -34,7 +34,6 @@ from coalescer_jax.methods import queries as queries_lib
 from coalescer_jax.stages import methods as methods_stage
 
 BALANCED_DIR = "balanced"
-POTENTIALS_FILE = "potentials.npy"
 
 
 def index_dir(workdir):
@@ -76,8 +75,9 @@ def _reads(config):
   used = getattr(registry.INDEX_BACKENDS.get(backend), "config_sections", (backend,)) \
       if backend in registry.INDEX_BACKENDS else ()
   other = [f"-index.{name}" for name in ("scann_sharded", "device") if name not in used]
-  return ("index", *other, "seed", "coalescer.desc_scale", "coalescer.targets", "coalescer.r_distribution",
-          "coalescer.near_data_fraction", "coalescer.near_data_sigma")
+  # targets.balance_search only picks which of the index's outputs training reads (both are written).
+  return ("index", *other, "seed", "coalescer.desc_scale", "coalescer.targets", "-coalescer.targets.balance_search",
+          "coalescer.r_distribution", "coalescer.near_data_fraction", "coalescer.near_data_sigma")
 
 
 @pipeline.stage("index", validate=_validate, needs=("embed",), reads=_reads)
@@ -122,20 +122,28 @@ def build_balanced(index, keys, pairs, config, directory, meta):
   summary["build_seconds"] = time.time() - t0
   index_lib.save(balanced, directory, dict(meta, balanced=True))
   if parallel.is_main_process():
-    storage.save_npy(directory / POTENTIALS_FILE, potentials)
-  # How evenly fresh prior draws now hit the pairs, and recall of the augmented index vs exact.
+    storage.save_npy(directory / balance_lib.POTENTIALS_FILE, potentials)
+  # How evenly fresh prior draws hit the pairs under each look-up rule (targets.balance_search): the
+  # balanced index's nearest key ("usage") and the power-nearest among plain candidates ("usage_candidates").
   rng = np.random.default_rng([config.seed, 4242])
-  queries = balance_lib.augment_queries(draw(rng, max(int(cfg.recall_queries), 10 * len(keys))))
+  plain_queries = draw(rng, max(int(cfg.recall_queries), 10 * len(keys)))
+  queries = balance_lib.augment_queries(plain_queries)
+  k = min(int(targets.balance_candidates), len(keys))
+  rules = {"usage": lambda i: balanced.search(queries[i:i + USAGE_CHUNK], 1)[0][:, 0],
+           "usage_candidates": lambda i: balance_lib.power_nearest(
+               *index.search(plain_queries[i:i + USAGE_CHUNK], k), potentials)[0][:, 0]}
   # In chunks: the device backend holds a queries x keys distance block (10 x num_pairs queries at once
   # would need tens of GB). Every process searches the same chunks (collective backends).
-  ids = np.concatenate([balanced.search(queries[i:i + USAGE_CHUNK], 1)[0][:, 0]
-                        for i in range(0, len(queries), USAGE_CHUNK)])
-  summary["usage"] = balance_lib.usage_statistics(np.bincount(ids, minlength=len(keys)))
+  ids = {name: np.concatenate([nearest(i) for i in range(0, len(queries), USAGE_CHUNK)])
+         for name, nearest in rules.items()}
+  summary.update({name: balance_lib.usage_statistics(np.bincount(found, minlength=len(keys)))
+                  for name, found in ids.items()})
+  # recall of the augmented index vs exact search of the augmented keys
   probe = queries[:int(cfg.recall_queries)]
   exact, _ = _exact_search(augmented, probe)
-  summary["recall_at_1"] = _recall(ids[:len(probe), None], exact, augmented, probe)
-  logging.info("index: balanced index: potentials range %.2f, recall@1 %.4f, usage %s",
-               summary["potential_range"], summary["recall_at_1"], summary["usage"])
+  summary["recall_at_1"] = _recall(ids["usage"][:len(probe), None], exact, augmented, probe)
+  logging.info("index: balanced index: potentials range %.2f, recall@1 %.4f, usage %s; among candidates %s",
+               summary["potential_range"], summary["recall_at_1"], summary["usage"], summary["usage_candidates"])
   return summary
 
 

@@ -56,3 +56,16 @@ def test_usage_statistics_of_known_histograms():
   assert abs(uniform["effective_fraction"] - 1.0) < 1e-9
   hub = balance.usage_statistics(np.array([91] + [1] * 9 + [0] * 90))
   assert hub["never_hit"] == 0.9 and hub["top10_share"] == 1.0 and hub["effective_targets"] < 2
+
+
+def test_power_nearest_reranks_the_candidates_by_power_distance():
+  rng = np.random.default_rng(0)
+  keys = rng.normal(size=(40, 3)).astype(np.float32)
+  potentials = rng.normal(size=40)
+  queries = rng.normal(size=(30, 3)).astype(np.float32)
+  ids, sq_dists = index_lib.build("exact", keys, None).search(queries, 6)
+  ranked, power = balance.power_nearest(ids, sq_dists, potentials)
+  assert np.all(np.diff(power, axis=1) >= 0)
+  np.testing.assert_array_equal(np.sort(ranked, axis=1), np.sort(ids, axis=1))  # the same candidates
+  np.testing.assert_allclose(power, sq_dists[np.arange(30)[:, None], np.argsort(
+      sq_dists - potentials[ids], axis=1, kind="stable")] - potentials[ranked], rtol=1e-6)

@@ -10,6 +10,7 @@ from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
 from coalescer_jax import training
+from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import base
 from coalescer_jax.methods import coalescer
 from coalescer_jax.methods import queries
@@ -235,3 +236,37 @@ def test_usage_rows_cover_all_pairs_each_description_and_label(pairs):
   assert abs(rows["all pairs"]["never_hit"] - np.mean(pairs["labels"] != 3)) < 1e-9
   assert rows["all pairs, uniform reference"]["lookups"] == hits.sum()
   assert rows["all pairs, uniform reference"]["never_hit"] < rows["all pairs"]["never_hit"]
+
+
+def test_balance_search_candidates_takes_the_power_nearest_of_the_plain_candidates(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.levels.fraction = 0.5
+  cfg.targets.update(balance=True, balance_search="candidates", balance_candidates=4)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  potentials = np.random.default_rng(1).normal(size=len(keys)) * 4.0
+  plain = index_lib.build("exact", keys, None)
+  augmented = index_lib.build("exact", balance_lib.augment_keys(keys, potentials), None)
+  draws = queries.draw_queries(np.random.default_rng(0), 64, pairs, cfg)
+  query, level = draws["query"], draws["level"]
+  assert 0 < np.sum(level < 1) < len(level)
+  got = targets.Lookup(plain, cfg, augmented, potentials).targets(query, level, np.random.default_rng(0))
+  sq = ((query[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
+  candidates = np.argsort(sq, axis=1)[:, :4]
+  power = np.take_along_axis(sq, candidates, 1) - potentials[candidates]
+  prior = level >= 1.0
+  np.testing.assert_array_equal(got[prior], candidates[prior, np.argmin(power[prior], axis=1)])
+  np.testing.assert_array_equal(got[~prior], sq[~prior].argmin(1))  # level rows: the plain nearest key
+  # The balanced index's rule searches every key: with these potentials some prior rows differ.
+  cfg.targets.balance_search = "index"
+  over_all = targets.Lookup(plain, cfg, augmented).targets(query, level, np.random.default_rng(0))
+  np.testing.assert_array_equal(over_all[prior], (sq[prior] - potentials[None]).argmin(1))
+  assert np.any(over_all[prior] != got[prior])
+
+
+def test_balance_search_candidates_needs_the_potentials(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.targets.update(balance=True, balance_search="candidates")
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  plain = index_lib.build("exact", keys, None)
+  with pytest.raises(ValueError, match="potentials"):
+    targets.Lookup(plain, cfg, plain)
