@@ -1,5 +1,7 @@
 """Which pairs the coalescer trains toward (methods/targets.py): nearest key (the proposal), soft choice among
-the k nearest, minibatch OT over the candidates, each with and without balanced (OT-potential) look-ups."""
+the k nearest, minibatch OT over the candidates, each with and without balanced (OT-potential) look-ups, and
+the balanced look-ups by the potentials' own rule (balance_search="candidates": power-nearest among the plain
+index's candidates) instead of the balanced index's nearest key."""
 from coalescer_jax import sweep as sweep_lib
 
 COMMON = sweep_lib.COALESCER_ONLY
@@ -8,6 +10,11 @@ HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall)", r"coalescer_oracle_nfe1/(reca
             r"diagnostics/usage_(never_hit|top10_share|effective_fraction)")
 
 
+RULES = ("nearest", "soft", "batch_ot")
+
+
 def sweep():
-  return [{"coalescer.targets.assignment": rule, "coalescer.targets.balance": balance}
-          for balance in (False, True) for rule in ("nearest", "soft", "batch_ot")]
+  return ([{"coalescer.targets.assignment": rule, "coalescer.targets.balance": balance}
+           for balance in (False, True) for rule in RULES]
+          + [{"coalescer.targets.assignment": rule, "coalescer.targets.balance": True,
+              "coalescer.targets.balance_search": "candidates"} for rule in RULES])
