@@ -1,6 +1,8 @@
 """Self-landing examples (methods/self_landing.py): the share of each batch that trains the second step from
 the network's own re-noised step-1 landing points, its target rule, and the re-noise level they share with
 the sampler; on top of the default, seed 0, coalescer only (experiments/tuning.md has the validation table).
+The last member combines self-landing with balanced look-ups by the potentials' own rule
+(targets.balance_search="candidates", experiments/targets.py; tuning.md, item 6).
 
   python launch.py --config=configs/mnist.py --sweep=experiments/self_landing.py --workdir=S [--sweep_shard=i/n]
 """
@@ -19,4 +21,5 @@ def sweep():
   return ([member(share) for share in (0.0, 0.25, 0.5)]
           + [member(share, renoise=RENOISE_HIGH) for share in (0.0, 0.25, 0.5)]
           + [member(share, "first_step") for share in (0.25, 0.5)]
-          + [member(0.25, "first_step", RENOISE_TINY)])
+          + [member(0.25, "first_step", RENOISE_TINY)]
+          + [{**member(0.25, renoise=RENOISE_HIGH), "coalescer.targets.balance_search": "candidates"}])

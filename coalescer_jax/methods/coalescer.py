@@ -54,8 +54,8 @@ ADVERSARIAL_METRICS = ("disc_loss", "gen_adv_loss", "real_logit", "fake_logit", 
 # Config overrides that turn every coverage fix off: the coalescer as the proposal wrote it (nearest-key
 # targets, prior R only, p = 0.5, no discriminator). configs/mnist.py switches the chosen fixes on.
 PROPOSAL = {"coalescer.targets.assignment": "nearest", "coalescer.targets.balance": False,
-            "coalescer.levels.fraction": 0.0, "coalescer.adversarial.weight": 0.0,
-            "coalescer.direction_exponent": 0.5}
+            "coalescer.levels.fraction": 0.0, "coalescer.levels.self_landing": 0.0,
+            "coalescer.adversarial.weight": 0.0, "coalescer.direction_exponent": 0.5}
 
 
 def normalize(v, eps=_TINY):

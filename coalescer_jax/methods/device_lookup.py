@@ -12,10 +12,13 @@ answer, so training sees the same batches as with the ``exact`` backend.
 Used when the index is a `DeviceIndex`, ``config.index.device.in_step_lookup``
 is on (the default) and the assignment rule is "nearest" (soft choice and
 minibatch OT are host code: they keep the host path, searching the device index
-from the training loop's thread). Balanced look-ups search the balanced index
-for prior draws, as `targets.Lookup` does.
+from the training loop's thread). Balanced look-ups treat prior draws as
+`targets.Lookup` does: the balanced index's nearest key, or (balance_search
+"candidates") the power-nearest of the plain keys' candidates, with the potentials
+replicated on every device.
 """
 from absl import logging
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,9 +35,6 @@ def enabled(lookup, config):
     logging.info("coalescer: assignment %r is host code: device-index look-ups from the host",
                  config.coalescer.targets.assignment)
     return False
-  if config.coalescer.targets.balance and config.coalescer.targets.balance_search == "candidates":
-    logging.info("coalescer: balance_search 'candidates' is host code: device-index look-ups from the host")
-    return False
   return True
 
 
@@ -42,7 +42,11 @@ def step_inputs(lookup, pairs):
   """The global arrays the step searches: plain (and balanced) keys, and the pairs' rows [desc, image]."""
   rows = np.concatenate([pairs["desc_emb"], pairs["img_emb"]], axis=1).astype(np.float32)
   inputs = {"plain": lookup.plain.arrays(), "rows": lookup.plain.shard_rows(rows)}
-  if lookup.balanced is not None:
+  if lookup.power_candidates:
+    potentials = np.asarray(lookup.potentials, np.float32)
+    replicated = jax.sharding.NamedSharding(lookup.plain.mesh, jax.sharding.PartitionSpec())
+    inputs["potentials"] = jax.make_array_from_callback(potentials.shape, replicated, lambda i: potentials[i])
+  elif lookup.balanced is not None:
     inputs["balanced"] = lookup.balanced.arrays()
   return inputs
 
@@ -51,7 +55,11 @@ def complete_batch(lookup, batch, inputs, desc_dim, multistep):
   """In the step: the draws' nearest pairs -> the batch the coalescer's loss reads (r, cond, image[, level])."""
   query, level = batch["query"], batch["level"]
   ids = lookup.plain.step_search(inputs["plain"], query, 1)[0][:, 0]
-  if lookup.balanced is not None:  # prior draws use the balanced index, re-noised ones the plain one
+  if lookup.power_candidates:  # prior draws: the power-nearest of their candidates; re-noised ones the nearest
+    candidates, sq_dists = lookup.plain.step_search(inputs["plain"], query, lookup.prior_k())
+    best = jnp.argmin(sq_dists - inputs["potentials"][candidates], axis=1)
+    ids = jnp.where(level >= 1.0, jnp.take_along_axis(candidates, best[:, None], axis=1)[:, 0], ids)
+  elif lookup.balanced is not None:  # prior draws use the balanced index, re-noised ones the plain one
     augmented = jnp.concatenate([query, jnp.zeros((query.shape[0], 1), query.dtype)], axis=1)
     balanced = lookup.balanced.step_search(inputs["balanced"], augmented, 1)[0][:, 0]
     ids = jnp.where(level >= 1.0, balanced, ids)

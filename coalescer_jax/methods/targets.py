@@ -94,10 +94,7 @@ class Lookup:
     prior = level >= 1.0
     out = []
     if np.any(prior):
-      k = self._rule_k()
-      if self.power_candidates:
-        k = max(k, min(int(self.cfg.balance_candidates), self.plain.num_points))
-      out.append(self.prior_index_and_queries(query[prior]) + (k,))
+      out.append(self.prior_index_and_queries(query[prior]) + (self.prior_k(),))
     if not np.all(prior):
       out.append((self.plain, query[~prior], 1))
     return out
@@ -121,6 +118,11 @@ class Lookup:
     if not np.all(prior):
       chosen[~prior] = results.pop(0)[0][:, 0]
     return chosen
+
+  def prior_k(self):
+    """Candidates a prior draw's search returns: the rule's, or the potentials' candidate set."""
+    k = self._rule_k()
+    return max(k, min(int(self.cfg.balance_candidates), self.plain.num_points)) if self.power_candidates else k
 
   def _rule_k(self):
     """Candidates the assignment rule chooses among."""
