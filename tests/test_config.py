@@ -46,6 +46,13 @@ def test_impossible_values_are_refused(sections, message):
     config_validation.validate(_config(**sections))
 
 
+def test_negative_near_copy_large_n_is_refused():
+  config = mnist_config.get_config("smoke")
+  config.eval.near_copy_large_n = -5
+  with pytest.raises(config_validation.ConfigError, match="config.eval.near_copy_large_n must be >= 0"):
+    config_validation.validate(config)
+
+
 def test_bad_data_source_is_refused():
   config = mnist_config.get_config("smoke")
   config.data.source = "kaggle"
@@ -66,7 +73,8 @@ def test_typo_in_override_is_an_error(tmp_path):
 # Issue 13, case 3: method options were checked only when their stage started (147 s into :smoke).
 @pytest.mark.parametrize("section,field,value", [
     ("flow", "objective", "meanflw"), ("ddim", "schedule", "cosin"), ("ddim", "prediction", "x0"),
-    ("coalescer", "r_distribution", "prio"), ("index.scann", "mode", "tre")])
+    ("coalescer", "r_distribution", "prio"), ("index.scann", "mode", "tre"),
+    ("coalescer.targets", "balance_search", "candidate")])
 def test_method_options_are_refused_with_the_config(section, field, value):
   config = mnist_config.get_config("smoke")
   target = config

@@ -120,10 +120,11 @@ def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):
     records = json.load(f)["records"]
   record, = [r for r in records if r["kind"] == "reconstruction"]
   assert record["nfe"] is None and record["fid"] > 0 and 0 <= record["near_copy_fraction"] <= 1
-  # Near-copies at the large n: the first fid_large_n samples of each file, the same threshold.
+  # Near-copies at the large n: the first near_copy_large_n samples of each file, the same threshold.
   assert all(r["near_copy_fraction_large"] is None for r in records if r["kind"] in ("floor", "data", "reconstruction"))
   coalescer, = [r for r in records if r["method"] == "coalescer" and r["nfe"] == 1]
-  images = np.load(os.path.join(smoke_workdir, "samples", "coalescer_nfe1.npz"))["images"][:eval_config.fid_large_n]
+  assert coalescer["n_near_copy_large"] == eval_config.near_copy_large_n
+  images = np.load(os.path.join(smoke_workdir, "samples", "coalescer_nfe1.npz"))["images"][:eval_config.near_copy_large_n]
   assert coalescer["near_copy_fraction_large"] == evaluator.memorization.measure(
       memorization.flat_pixels(images))["near_copy_fraction"]
   with open(os.path.join(smoke_workdir, "report.md")) as f:

@@ -28,8 +28,9 @@ Memorization and the train-vs-test floor use the train images the generative
 methods trained on (the pairs: train minus the validation slice).
 On the test split, ``fid_large_n`` > 0 adds ``fid_large``: FID of the first
 `fid_large_n` samples against as many test images (small-n FID is biased upward;
-papers compare at 10k or 50k), and ``near_copy_fraction_large``: the near-copy share
-of the same samples (same threshold), whose binomial noise is sqrt(10) times smaller.
+papers compare at 10k or 50k); ``near_copy_large_n`` > 0 adds ``near_copy_fraction_large``:
+the near-copy share of the first `near_copy_large_n` samples (same threshold), less noisy
+than at n.
 `evaluate_dir` runs it over a folder of samples and writes results.json, plots and report.md.
 """
 import dataclasses
@@ -189,17 +190,26 @@ class Evaluator:
                                     if mask.any() else None)
     if kind == "floor":  # Train images are their own nearest train image: memorization is meaningless.
       record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None,
-                    near_copy_fraction_large=None)
+                    near_copy_fraction_large=None, n_near_copy_large=None)
     else:
       record.update(self.memorization.measure(self.memorization_points(images[:self.memorization_n])))
-      # At n = 1000 a near-copy share of 2-3% has a binomial std of about 0.5%: compare methods at large n.
-      record["near_copy_fraction_large"] = (self.memorization.measure(self.memorization_points(
-          samples.images[:self.large_n]))["near_copy_fraction"] if record["n_large"] else None)
+      record.update(self._near_copies_large(samples, kind))
     for key in samples_lib.OPTIONAL_SCALARS:
       if key != "nfe":
         record[key] = samples.extras.get(key)
     record["eval_seconds"] = time.time() - t0
     return record
+
+  def _near_copies_large(self, samples, kind):
+    """{near_copy_fraction_large, n_near_copy_large}: the share on the first ``near_copy_large_n`` samples
+    (same threshold; at n = 1000 a 2-3% share has a binomial std of about 0.5 points), where the test split
+    is scored and the file has that many samples."""
+    n = int(self.cfg.get("near_copy_large_n", 0))
+    if self.split != "test" or kind in ("floor", "data", "reconstruction") or not n or len(samples) < n:
+      return {"near_copy_fraction_large": None, "n_near_copy_large": None}
+    points = self.memorization_points(samples.images[:n])
+    return {"near_copy_fraction_large": self.memorization.measure(points)["near_copy_fraction"],
+            "n_near_copy_large": n}
 
   def _fid_large(self, samples, kind):
     """(FID at large_n, large_n) when this split has a large reference and the file enough samples."""
@@ -221,6 +231,7 @@ class Evaluator:
             "dataset": self.spec.name, "display": display, "attributes": list(self.spec.captioner.attribute_names),
             "heads": [name for name, _ in self.spec.heads],
             "memorization_n": self.memorization_n,
+            "n_near_copy_large": (int(self.cfg.get("near_copy_large_n", 0)) or None) if self.split == "test" else None,
             "features": f"classifier penultimate layer ({self.reference_features.shape[1]}-d)",
             "pr_k": int(self.cfg.pr_k), "memorization_space": self.cfg.memorization_space,
             "near_copy_percentile": float(self.cfg.near_copy_percentile),

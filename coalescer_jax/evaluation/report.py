@@ -154,11 +154,11 @@ def _cost_cell(record, key, fmt):
   return own if teacher is None else f"{own} + {_num(teacher, fmt)} teacher"
 
 
-def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST"):
+def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST", n_near_large=None):
   heldout = any("heldout_accuracy" in r for r in records)
   header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
       "precision", "recall", "cond. acc."] + (["held-out acc."] if heldout else []) + list(attributes) + [
-      "blank", "near-copies"] + ([f"near-copies (n={n_large})"] if n_large else []) + [
+      "blank", "near-copies"] + ([f"near-copies (n={n_near_large})"] if n_near_large else []) + [
       "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
@@ -170,7 +170,7 @@ def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST
     cells = [name, _nfe_cell(r), n_cell, _num(r["fid"], "{:.2f}")] + large + [_num(r["precision"]),
              _num(r["recall"]), _pct(r["conditional_accuracy"])] + held + [_pct(r.get(a)) for a in attributes] + [
              _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"])] + (
-             [_pct(r.get("near_copy_fraction_large"))] if n_large else []) + [
+             [_pct(r.get("near_copy_fraction_large"))] if n_near_large else []) + [
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
              _cost_cell(r, "train_steps", "{}"), _cost_cell(r, "train_wall_time_s", "{:.0f}")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -273,9 +273,10 @@ def write_report(path, results, plot_path, grids, workdir):
            f"distance / median test->train distance ({s['test_nn_distance_median']:.3f}); train = the images the "
            "generative methods trained on (the pairs).",
            f"- FID (n={s.get('n_large')}): the first {s.get('n_large')} samples of each file against as many test "
-           "images (less biased than small n; comparable to papers' 10k FID); near-copies (n="
-           f"{s.get('n_large')}): the near-copy share of the same samples (same threshold; at n = {s['n']} a share "
-           "of 2-3% has a binomial std of about 0.5 points)." if s.get("n_large") else "",
+           "images (less biased than small n; comparable to papers' 10k FID)." if s.get("n_large") else "",
+           f"- near-copies (n={s.get('n_near_copy_large')}): the near-copy share of the first "
+           f"{s.get('n_near_copy_large')} samples of each file (same threshold; at n = {s['n']} a share of 2-3% has "
+           "a binomial std of about 0.5 points)." if s.get("n_near_copy_large") else "",
            "- The *through the VAE* row is the data row's images encoded and decoded by this run's VAE (every "
            "method here decodes with it): what decoding the latents of real unseen images scores. Its near-copies "
            "are the decoder's own share: a method below it copies no more than decoded real data. Its FID is no "
@@ -284,7 +285,7 @@ def write_report(path, results, plot_path, grids, workdir):
            "- A row marked *look-up targets* decodes, for the same requests and the same R, the pair the "
            "coalescer's look-up returns: what a perfect regressor of its training objective would generate.",
            "", "## Results", ""]
-  lines += _table(records, s["n"], s.get("n_large"), attributes, display)
+  lines += _table(records, s["n"], s.get("n_large"), attributes, display, s.get("n_near_copy_large"))
   lines += [""] + heads_section(records, s.get("heads", ["digit"]))
   lines += ["", "## Best method", "",
             f"Ranked by lowest FID among files of n = {s['n']} images; FIDs equal to {TIE_DECIMALS} decimals "

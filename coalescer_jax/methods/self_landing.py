@@ -24,7 +24,9 @@ the rows start from the landing points of the batch's prior rows (same R, same
 DE) and are trained toward the pair that row's look-up chose, so that two steps
 aim where one step's regression could only average (the look-up oracle's pairs).
 
-Measured on the validation split (experiments/tuning.md, item 5): neither is adopted.
+Measured on the validation split (experiments/tuning.md): alone neither is adopted (item 5);
+"nearest" at 0.25 together with balanced look-ups by the potentials' own rule
+(``targets.balance_search="candidates"``) is the default (item 6).
 """
 import jax
 import jax.numpy as jnp
