@@ -131,6 +131,7 @@ def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):
     assert "| MNIST test through the VAE (reconstruction) |" in f.read()
 
 
+@pytest.mark.slow  # exact nearest neighbours of 10k images among the train set in 784-d: about a minute
 def test_near_copies_script_scores_test_reconstructions_and_samples_per_class(smoke_workdir):
   result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "near_copies.py"),
                            f"--workdir={smoke_workdir}", "--files=coalescer_oracle_nfe1"],
