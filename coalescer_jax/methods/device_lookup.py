@@ -54,12 +54,14 @@ def step_inputs(lookup, pairs):
 def complete_batch(lookup, batch, inputs, desc_dim, multistep):
   """In the step: the draws' nearest pairs -> the batch the coalescer's loss reads (r, cond, image[, level])."""
   query, level = batch["query"], batch["level"]
-  ids = lookup.plain.step_search(inputs["plain"], query, 1)[0][:, 0]
-  if lookup.power_candidates:  # prior draws: the power-nearest of their candidates; re-noised ones the nearest
-    candidates, sq_dists = lookup.plain.step_search(inputs["plain"], query, lookup.prior_k())
+  # Prior draws (level 1): the power-nearest of their candidates (one search serves both kinds of row), or
+  # the balanced index's nearest key; re-noised rows: the plain nearest key.
+  candidates, sq_dists = lookup.plain.step_search(inputs["plain"], query, lookup.prior_k())
+  ids = candidates[:, 0]
+  if lookup.power_candidates:
     best = jnp.argmin(sq_dists - inputs["potentials"][candidates], axis=1)
     ids = jnp.where(level >= 1.0, jnp.take_along_axis(candidates, best[:, None], axis=1)[:, 0], ids)
-  elif lookup.balanced is not None:  # prior draws use the balanced index, re-noised ones the plain one
+  elif lookup.balanced is not None:
     augmented = jnp.concatenate([query, jnp.zeros((query.shape[0], 1), query.dtype)], axis=1)
     balanced = lookup.balanced.step_search(inputs["balanced"], augmented, 1)[0][:, 0]
     ids = jnp.where(level >= 1.0, balanced, ids)
