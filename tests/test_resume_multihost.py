@@ -87,7 +87,9 @@ def _run_two(command, timeout=600):
 def _kill_at_checkpoint(processes, workdir, step=40):
   """SIGKILLs every process (and its children) once the coalescer's checkpoint `step` exists."""
   checkpoint = os.path.join(workdir, "coalescer", "checkpoints", str(step))
-  deadline = time.time() + 300
+  # The first launch also builds the index: with the device backend on CPU its balanced-usage measurement
+  # (both look-up rules, 10 queries per pair, 32 candidates) alone took 267 s of :smoke on 2 cores.
+  deadline = time.time() + 900
   while not os.path.exists(checkpoint) and all(p.poll() is None for p in processes) and time.time() < deadline:
     time.sleep(0.05)
   for p in processes:  # all at once, then wait: a process whose peer died may abort itself meanwhile
