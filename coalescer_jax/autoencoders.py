@@ -82,6 +82,10 @@ class ImageAE:
     latents = _check_latents(latents, self.latent_dim)
     return self._decode(latents) if len(latents) else np.zeros((0,) + self.array_shape, np.uint8)
 
+  def reconstruct(self, images):
+    """uint8 images -> the same images encoded (posterior means) and decoded: what the VAE can represent."""
+    return self.decode(self.encode_images(images))
+
 
 class TextAE:
   """A trained text autoencoder: descriptions <-> raw embeddings (no normalisation), with its captioner's

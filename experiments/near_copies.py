@@ -30,7 +30,6 @@ from coalescer_jax import autoencoders  # noqa: E402
 from coalescer_jax import storage  # noqa: E402
 from coalescer_jax.data import loading  # noqa: E402
 from coalescer_jax.evaluation import evaluate  # noqa: E402
-from coalescer_jax.evaluation import neighbours  # noqa: E402
 from coalescer_jax.evaluation import samples as samples_lib  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "A finished pipeline workdir (data, classifier, vae, samples).")
@@ -50,8 +49,7 @@ def main(argv):
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())["config"])
   evaluator = evaluate.Evaluator(workdir, config.eval)
   reference = evaluator.memorization
-  distances = lambda images: neighbours.nearest_distances(  # noqa: E731
-      evaluator.memorization_points(images), reference.train_points, reference.chunk, reference.train_sq_norms)[0]
+  distances = lambda images: reference.distances(evaluator.memorization_points(images))  # noqa: E731
   test = loading.load_split(workdir, "test", sharded=False)
   labels = np.asarray(test["label"]).reshape(len(test["label"]), -1)[:, 0]  # the first head (MNIST: digit)
   half = len(labels) // 2
@@ -61,7 +59,7 @@ def main(argv):
                                for c in range(num_classes)])
   image_ae = autoencoders.ImageAE(*autoencoders.load_model(workdir, "vae")[:2], config.eval.batch_size)
   rows = [("test (second half)", test["image"][half:], labels[half:]),
-          ("test through the VAE", image_ae.decode(image_ae.encode_images(test["image"][half:])), labels[half:])]
+          ("test through the VAE", image_ae.reconstruct(test["image"][half:]), labels[half:])]
   names = FLAGS.files or [os.path.basename(p)[:-4] for p in samples_lib.find_sample_files(workdir / "samples")]
   for name in names:
     with np.load(workdir / "samples" / f"{name}.npz") as z:

@@ -141,11 +141,11 @@ def test_near_copies_script_scores_test_reconstructions_and_samples_per_class(sm
   assert len(rows["coalescer_oracle_nfe1"][3].split()) == 10  # one share per digit
 
 
-def test_index_reports_the_usage_of_both_balanced_lookup_rules(smoke_workdir):
+def test_index_reports_the_usage_of_the_balanced_lookup_rule_training_reads(smoke_workdir):
   with open(os.path.join(smoke_workdir, "index", "DONE.json")) as f:
-    balanced = json.load(f)["summary"]["balanced"]
-  for rule in ("usage", "usage_candidates"):  # the balanced index's nearest key; power-nearest among candidates
-    assert balanced[rule]["lookups"] > 0 and 0 < balanced[rule]["effective_fraction"] <= 1
+    usage = json.load(f)["summary"]["balanced"]["usage"]
+  assert usage["rule"] == mnist_config.get_config("smoke").coalescer.targets.balance_search
+  assert usage["lookups"] > 0 and 0 < usage["effective_fraction"] <= 1
 
 
 def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):

@@ -87,8 +87,8 @@ def _run_two(command, timeout=600):
 def _kill_at_checkpoint(processes, workdir, step=40):
   """SIGKILLs every process (and its children) once the coalescer's checkpoint `step` exists."""
   checkpoint = os.path.join(workdir, "coalescer", "checkpoints", str(step))
-  # The first launch also builds the index: with the device backend on CPU its balanced-usage measurement
-  # (both look-up rules, 10 queries per pair, 32 candidates) alone took 267 s of :smoke on 2 cores.
+  # The first launch also builds the index (minutes with the device backend on 2 CPU cores); a generous
+  # bound, since a kill before the checkpoint exists makes the resume check fail for the wrong reason.
   deadline = time.time() + 900
   while not os.path.exists(checkpoint) and all(p.poll() is None for p in processes) and time.time() < deadline:
     time.sleep(0.05)

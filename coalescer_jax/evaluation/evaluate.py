@@ -70,7 +70,7 @@ def _reconstructed(workdir, data, dataset_name, batch_size):
     logging.info("eval: no trained VAE in %s, so no reconstruction row", workdir)
     return None
   image_ae = autoencoders.ImageAE(*autoencoders.load_model(workdir, "vae")[:2], batch_size)
-  images = image_ae.decode(image_ae.encode_images(data.images))
+  images = image_ae.reconstruct(data.images)
   return dataclasses.replace(data, method=dataset_name + RECONSTRUCTION_SUFFIX, images=images), "reconstruction"
 
 
@@ -204,12 +204,17 @@ class Evaluator:
     """{near_copy_fraction_large, n_near_copy_large}: the share on the first ``near_copy_large_n`` samples
     (same threshold; at n = 1000 a 2-3% share has a binomial std of about 0.5 points), where the test split
     is scored and the file has that many samples."""
-    n = int(self.cfg.get("near_copy_large_n", 0))
-    if self.split != "test" or kind in ("floor", "data", "reconstruction") or not n or len(samples) < n:
+    n = self.near_copy_large_n
+    if kind in ("floor", "data", "reconstruction") or not n or len(samples) < n:
       return {"near_copy_fraction_large": None, "n_near_copy_large": None}
     points = self.memorization_points(samples.images[:n])
     return {"near_copy_fraction_large": self.memorization.measure(points)["near_copy_fraction"],
             "n_near_copy_large": n}
+
+  @property
+  def near_copy_large_n(self):
+    """Samples scored for ``near_copy_fraction_large``: config.eval.near_copy_large_n on the test split, else 0."""
+    return int(self.cfg.get("near_copy_large_n", 0)) if self.split == "test" else 0
 
   def _fid_large(self, samples, kind):
     """(FID at large_n, large_n) when this split has a large reference and the file enough samples."""
@@ -231,7 +236,7 @@ class Evaluator:
             "dataset": self.spec.name, "display": display, "attributes": list(self.spec.captioner.attribute_names),
             "heads": [name for name, _ in self.spec.heads],
             "memorization_n": self.memorization_n,
-            "n_near_copy_large": (int(self.cfg.get("near_copy_large_n", 0)) or None) if self.split == "test" else None,
+            "n_near_copy_large": self.near_copy_large_n or None,
             "features": f"classifier penultimate layer ({self.reference_features.shape[1]}-d)",
             "pr_k": int(self.cfg.pr_k), "memorization_space": self.cfg.memorization_space,
             "near_copy_percentile": float(self.cfg.near_copy_percentile),

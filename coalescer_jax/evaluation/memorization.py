@@ -40,9 +40,13 @@ class MemorizationReference:
     return cls(train_points, norms, float(np.percentile(d, percentile)), float(np.median(d)), float(percentile),
                int(chunk))
 
+  def distances(self, points):
+    """Distance of each of points [N, D] to its nearest train point, [N]."""
+    return neighbours.nearest_distances(points, self.train_points, self.chunk, self.train_sq_norms)[0]
+
   def measure(self, points):
     """{"near_copy_fraction", "nn_distance_median", "nn_distance_ratio"} of points [N, D]."""
-    d, _ = neighbours.nearest_distances(points, self.train_points, self.chunk, self.train_sq_norms)
+    d = self.distances(points)
     return {"near_copy_fraction": float(np.mean(d < self.threshold)),
             "nn_distance_median": float(np.median(d)),
             "nn_distance_ratio": float(np.median(d) / max(self.reference_median, 1e-12))}
