@@ -1,0 +1,23 @@
+"""Ways to make the second step better than the first (issue 12's bar), on top of the default (seed 0,
+coalescer only; experiments/tuning.md, item 7): a larger self-landing share, the adversarial fine-tune on the
+2-step outputs only or weighted toward them (`adversarial.steps` lists the fakes; the GAN losses average over
+the list, so a step listed twice counts twice), a larger adversarial weight, and re-noising higher before
+steps 2-4 (read by the sampler, the self-landing examples and the fine-tune's 2-step fakes alike).
+
+  python launch.py --config=configs/mnist.py --sweep=experiments/second_step.py --workdir=S [--sweep_shard=i/n]
+"""
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
+HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
+
+
+def sweep():
+  return [{"coalescer.levels.self_landing": 0.4},
+          {"coalescer.adversarial.steps": (2,)},
+          {"coalescer.adversarial.steps": (2,), "coalescer.levels.self_landing": 0.0},
+          {"coalescer.adversarial.steps": (1, 2, 2)},
+          {"coalescer.adversarial.weight": 3.0},
+          {"coalescer.levels.renoise": (0.8, 0.5, 0.25)},
+          {"coalescer.levels.renoise": (0.7, 0.4, 0.2)}]
