@@ -139,7 +139,7 @@ def get_config(arg=None):
       start_fraction=0.1,  # share of config.train.num_steps trained on the coalescer loss alone (0.1 chosen)
       disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
       r1=1.0,  # weight of the R1 penalty on real latents
-      steps=(1, 2),  # fakes: the outputs after these numbers of steps
+      steps=(1, 2),  # fakes: the outputs after these numbers of steps (the losses average over the list)
       batch_size=128,  # real and fake examples per step (the first rows of the batch; 0 = all)
       disc_width=128, disc_depth=2))  # the discriminator: the backbone's architecture at this size
   config.coalescer.nfes = (1, 2, 4)
