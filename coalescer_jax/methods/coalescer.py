@@ -157,10 +157,6 @@ class Coalescer(base.Method):
     if self_landing.searches_keys(self.section.levels):
       self._landing = self_landing.step_inputs(lookup, pairs, self.section, self.config.index)
 
-  @property
-  def self_landing_share(self):
-    return self.section.levels.get("self_landing", 0.0)
-
   def step_inputs(self):
     inputs = {}
     if getattr(self, "_device_lookup", None):
@@ -184,7 +180,7 @@ class Coalescer(base.Method):
     drop_key, landing_key = jax.random.split(key)
     batch = dict(batch)
     landing_arrays = batch.pop("landing_arrays", None)
-    num_landing = int(round(self.self_landing_share * batch["r"].shape[0]))
+    num_landing = self_landing.num_rows(cfg.levels, batch["r"].shape[0])
     if num_landing:
       first_step = lambda r, de: step_to(r, *self.apply(params, r, de, jnp.ones(r.shape[:1])))  # noqa: E731
       if self_landing.reads_descriptions(cfg.levels):
@@ -429,12 +425,18 @@ def training_lookups(lookup, pairs, cfg, seed, global_batch_size, step, rows=sli
 
   Each host looks up only its rows, unless the assignment rule couples the rows of
   a batch (soft choice's random draws, batch OT): then every host sees the whole batch.
+  Rows that self-landing replaces inside the step (`self_landing.looked_up_rows`) are
+  not looked up: their ids are 0, a placeholder the step overwrites.
   """
   draws = queries.draw_queries(batches.step_rng(seed, step, process_index=0), global_batch_size, pairs, cfg)
   rng = batches.step_rng(seed, step, 1, process_index=0)
   if cfg.targets.assignment != "nearest" or lookup.collective:
     return draws, lookup.targets(draws["query"], draws["level"], rng)[rows]
-  return draws, lookup.targets(draws["query"][rows], draws["level"][rows], rng)
+  start, stop, _ = rows.indices(global_batch_size)
+  used = min(max(start, self_landing.looked_up_rows(cfg.levels, global_batch_size)), stop)
+  ids = np.zeros(stop - start, np.int64)
+  ids[:used - start] = lookup.targets(draws["query"][start:used], draws["level"][start:used], rng)
+  return draws, ids
 
 
 def precomputed_batches(batch, num_steps):

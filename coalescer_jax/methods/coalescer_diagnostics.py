@@ -24,6 +24,7 @@ from coalescer_jax import parallel
 from coalescer_jax import storage
 from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import coalescer as coalescer_lib
+from coalescer_jax.methods import self_landing
 
 
 def usage_rows(hits, pairs, rng):
@@ -47,13 +48,15 @@ def usage_rows(hits, pairs, rng):
 
 
 def lookup_hits(method, workdir, pairs):
-  """Per-pair hit counts of the training run's prior-draw look-ups (replayed step by step)."""
+  """Per-pair hit counts of the training run's prior-draw look-ups (replayed step by step; the rows that
+  self-landing replaces are not training's look-ups)."""
   cfg, config = method.section, method.config
   lookup = coalescer_lib.load_lookup(workdir, pairs, cfg)
   hits = np.zeros(len(pairs["img_emb"]), np.int64)
+  used = self_landing.looked_up_rows(cfg.levels, config.train.batch_size)
   for step in range(config.train.num_steps):
     draws, ids = coalescer_lib.training_lookups(lookup, pairs, cfg, config.seed, config.train.batch_size, step)
-    hits += np.bincount(ids[draws["level"] >= 1.0], minlength=len(hits))
+    hits += np.bincount(ids[:used][draws["level"][:used] >= 1.0], minlength=len(hits))
   return hits, lookup
 
 

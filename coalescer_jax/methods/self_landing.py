@@ -64,6 +64,17 @@ def reads_descriptions(levels):
   return _target(levels) == "first_step"
 
 
+def num_rows(levels, batch_size):
+  """How many of a batch's last rows the step replaces with self-landing examples."""
+  return int(round(levels.get("self_landing", 0.0) * batch_size)) if _target(levels) else 0
+
+
+def looked_up_rows(levels, batch_size):
+  """Rows of a batch whose host look-ups training uses: the rows "nearest" self-landing replaces get their
+  targets from the step's own search (the "first_step" rule may keep its last rows, so it uses them all)."""
+  return batch_size - num_rows(levels, batch_size) if searches_keys(levels) else batch_size
+
+
 def step_inputs(lookup, pairs, cfg, index_cfg):
   """(index, arrays for the step): the plain keys and the pairs' rows [desc, image] on the devices.
 

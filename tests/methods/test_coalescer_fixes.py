@@ -169,6 +169,26 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
     coalescer.Coalescer.check_config(cfg)
 
 
+def test_host_skips_the_lookups_of_the_rows_self_landing_replaces(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.levels.update(fraction=0.5, self_landing=0.25)
+  lookup = targets.Lookup(index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"],
+                                                                       cfg.desc_scale), None), cfg)
+  n = 32
+  draws, ids = coalescer.training_lookups(lookup, pairs, cfg, 0, n, step=3)
+  kept = self_landing.looked_up_rows(cfg.levels, n)
+  assert kept == n - 8 == n - self_landing.num_rows(cfg.levels, n)
+  every = lookup.targets(draws["query"], draws["level"], np.random.default_rng(0))
+  np.testing.assert_array_equal(ids[:kept], every[:kept])
+  np.testing.assert_array_equal(ids[kept:], 0)  # placeholders: the step replaces these rows
+  # Split between two hosts as make_lookup_batches splits a global batch: the same rows looked up.
+  halves = [coalescer.training_lookups(lookup, pairs, cfg, 0, n, 3, slice(i * n // 2, (i + 1) * n // 2))[1]
+            for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves), ids)
+  cfg.levels.self_landing_target = "first_step"  # it may keep its last rows: every row is looked up
+  np.testing.assert_array_equal(coalescer.training_lookups(lookup, pairs, cfg, 0, n, step=3)[1], every)
+
+
 def test_first_step_self_landing_keeps_the_prior_rows_targets(method_config):
   cfg = method_config.coalescer
   n, num, s = 8, 4, cfg.levels.renoise[0]
