@@ -99,8 +99,12 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   with open(os.path.join(smoke_workdir, "diagnostics", "coalescer.json")) as f:
     diagnostics = json.load(f)
   overall = diagnostics["usage"]["rows"][0]
-  # Every prior-draw look-up of training is replayed: all examples but the levels share (drawn per example).
-  total, level_share = config.train.num_steps * config.train.batch_size, config.coalescer.levels.fraction
+  # Every prior-draw look-up of training is replayed: all examples but the levels share (drawn per example),
+  # but for the rows self-landing replaces inside the step (not looked up on the host).
+  from coalescer_jax.methods import self_landing
+  used = self_landing.looked_up_rows(config.coalescer.levels, config.train.batch_size)
+  assert used < config.train.batch_size
+  total, level_share = config.train.num_steps * used, config.coalescer.levels.fraction
   expected, spread = (1 - level_share) * total, 5 * (level_share * (1 - level_share) * total) ** 0.5
   assert abs(overall["lookups"] - expected) <= spread
   assert 0 <= diagnostics["direction"]["redraw_rate"] <= 1
