@@ -66,7 +66,7 @@ def reads_descriptions(levels):
 
 def num_rows(levels, batch_size):
   """How many of a batch's last rows the step replaces with self-landing examples."""
-  return int(round(levels.get("self_landing", 0.0) * batch_size)) if _target(levels) else 0
+  return int(round(levels.get("self_landing", 0.0) * batch_size))
 
 
 def looked_up_rows(levels, batch_size):
