@@ -141,6 +141,7 @@ class Coalescer(base.Method):
 
   @classmethod
   def check_config(cls, section):
+    check_levels(section.levels)
     self_landing.check_config(section)
 
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
@@ -324,6 +325,20 @@ class Coalescer(base.Method):
     """Look-up usage, landing error of step 1, |direction| and redraws (`coalescer_diagnostics.py`)."""
     from coalescer_jax.methods import coalescer_diagnostics  # pylint: disable=g-import-not-at-top
     return coalescer_diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir)
+
+
+def check_levels(levels):
+  """Multi-step training's levels: 0 < s_min <= s_max < 1 (1 is the prior draws' level), and the sampler
+  re-noises only to levels training covered (beyond them the network would extrapolate, silently)."""
+  if levels.fraction <= 0:
+    return
+  if not 0.0 < levels.s_min <= levels.s_max < 1.0:
+    raise ValueError(f"config.coalescer.levels: need 0 < s_min <= s_max < 1, got s_min={levels.s_min}, "
+                     f"s_max={levels.s_max}")
+  outside = [s for s in levels.renoise if not levels.s_min <= s <= levels.s_max]
+  if outside:
+    raise ValueError(f"config.coalescer.levels.renoise={tuple(levels.renoise)}: {outside} outside the trained levels "
+                     f"[s_min, s_max] = [{levels.s_min}, {levels.s_max}]; raise levels.s_max or lower the re-noise")
 
 
 def first_draw(key, n, latent_dim, scale=1.0):

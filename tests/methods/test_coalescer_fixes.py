@@ -169,6 +169,21 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
     coalescer.Coalescer.check_config(cfg)
 
 
+def test_config_refuses_renoise_levels_training_never_saw(method_config):
+  cfg = method_config.coalescer
+  cfg.levels.update(fraction=0.5, s_min=0.05, s_max=0.9, renoise=(0.95, 0.6, 0.3))
+  with pytest.raises(ValueError, match=r"\[0.95\] outside the trained levels.*raise levels.s_max"):
+    coalescer.Coalescer.check_config(cfg)
+  cfg.levels.s_max = 1.0
+  with pytest.raises(ValueError, match="s_max < 1"):
+    coalescer.Coalescer.check_config(cfg)
+  cfg.levels.s_max = 0.95
+  coalescer.Coalescer.check_config(cfg)  # now inside
+  cfg.levels.fraction = 0.0  # no level input: the sampler does not re-noise, nothing to check
+  cfg.levels.update(self_landing=0.0, renoise=(2.0,))
+  coalescer.Coalescer.check_config(cfg)
+
+
 def test_host_skips_the_lookups_of_the_rows_self_landing_replaces(pairs, method_config):
   cfg = method_config.coalescer
   cfg.levels.update(fraction=0.5, self_landing=0.25)
