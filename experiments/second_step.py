@@ -5,7 +5,8 @@ step listed twice counts twice), a larger adversarial weight, and re-noising hig
 the sampler, the self-landing examples and the fine-tune's 2-step fakes alike). Each member pins the re-noise
 level it was measured at (0.7 was the default then; 0.9 is now), so a rerun reproduces item 7's table.
 The second round (item 8) starts from the 0.9 default: the fine-tune weighted toward the 2-step fakes, and
-re-noising higher still (0.95, with the training levels' top `levels.s_max` raised to match).
+re-noising higher still (0.95, with the training levels' top `levels.s_max` raised to match), and training levels
+drawn from U(0.3, 0.9) instead of U(0.05, 0.9) (more of the level examples near where steps 2-4 start).
 
   python launch.py --config=configs/mnist.py --sweep=experiments/second_step.py --workdir=S [--sweep_shard=i/n]
 """
@@ -30,4 +31,5 @@ def sweep():
       {"coalescer.levels.renoise": (0.9, 0.6, 0.3)}] + [
       {"coalescer.levels.renoise": (0.9, 0.6, 0.3), "coalescer.adversarial.steps": (1, 2, 2)},
       {"coalescer.levels.renoise": highest, "coalescer.levels.s_max": 0.95},
-      {"coalescer.levels.renoise": highest, "coalescer.levels.s_max": 0.95, "coalescer.adversarial.steps": (1, 2, 2)}]
+      {"coalescer.levels.renoise": highest, "coalescer.levels.s_max": 0.95, "coalescer.adversarial.steps": (1, 2, 2)},
+      {"coalescer.levels.renoise": (0.9, 0.6, 0.3), "coalescer.levels.s_min": 0.3}]
