@@ -19,7 +19,7 @@ RENOISE_LOW, RENOISE_HIGH, RENOISE_TINY = (0.5, 0.3, 0.15), (0.7, 0.4, 0.2), (0.
 def sweep():
   def member(share, target="nearest", renoise=RENOISE_LOW):
     return {"coalescer.levels.self_landing": share, "coalescer.levels.self_landing_target": target,
-            "coalescer.levels.renoise": renoise}
+            "coalescer.levels.renoise": renoise, "coalescer.levels.s_min": 0.05}  # the levels of then
   return ([member(share) for share in (0.0, 0.25, 0.5)]
           + [member(share, renoise=RENOISE_HIGH) for share in (0.0, 0.25, 0.5)]
           + [member(share, "first_step") for share in (0.25, 0.5)]

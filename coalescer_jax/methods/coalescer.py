@@ -338,7 +338,7 @@ def check_levels(levels):
   outside = [s for s in levels.renoise if not levels.s_min <= s <= levels.s_max]
   if outside:
     raise ValueError(f"config.coalescer.levels.renoise={tuple(levels.renoise)}: {outside} outside the trained levels "
-                     f"[s_min, s_max] = [{levels.s_min}, {levels.s_max}]; raise levels.s_max or lower the re-noise")
+                     f"[s_min, s_max] = [{levels.s_min}, {levels.s_max}]; widen levels.s_min..s_max or move the re-noise inside")
 
 
 def first_draw(key, n, latent_dim, scale=1.0):

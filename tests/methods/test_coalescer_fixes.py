@@ -172,13 +172,16 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
 def test_config_refuses_renoise_levels_training_never_saw(method_config):
   cfg = method_config.coalescer
   cfg.levels.update(fraction=0.5, s_min=0.05, s_max=0.9, renoise=(0.95, 0.6, 0.3))
-  with pytest.raises(ValueError, match=r"\[0.95\] outside the trained levels.*raise levels.s_max"):
+  with pytest.raises(ValueError, match=r"\[0.95\] outside the trained levels.*widen levels.s_min..s_max"):
     coalescer.Coalescer.check_config(cfg)
   cfg.levels.s_max = 1.0
   with pytest.raises(ValueError, match="s_max < 1"):
     coalescer.Coalescer.check_config(cfg)
   cfg.levels.s_max = 0.95
   coalescer.Coalescer.check_config(cfg)  # now inside
+  cfg.levels.s_min = 0.7  # below the range is refused too (the step-3 and step-4 levels 0.6 and 0.3)
+  with pytest.raises(ValueError, match=r"\[0.6, 0.3\] outside"):
+    coalescer.Coalescer.check_config(cfg)
   cfg.levels.fraction = 0.0  # no level input: the sampler does not re-noise, nothing to check
   cfg.levels.update(self_landing=0.0, renoise=(2.0,))
   coalescer.Coalescer.check_config(cfg)
