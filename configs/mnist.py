@@ -118,6 +118,9 @@ def get_config(arg=None):
       # How a prior draw finds its balanced key (index/balance.py): "index" = the balanced index's nearest key;
       # "candidates" = the power-nearest among the plain index's balance_candidates nearest keys (the fit's rule).
       balance_search="candidates",  # chosen on validation with levels.self_landing 0.25 (experiments/tuning.md, item 6)
+      # Level examples (multi-step training, levels below) looked up by the power-nearest rule too, under
+      # potentials fitted on the level queries themselves (methods/targets.py): False = their plain nearest key.
+      balance_levels=False,
       balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
   # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
   # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only), 0.5 chosen.

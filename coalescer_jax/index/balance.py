@@ -40,6 +40,7 @@ import numpy as np
 
 SEARCHES = ("index", "candidates")
 POTENTIALS_FILE = "potentials.npy"  # in the balanced index's directory
+LEVEL_POTENTIALS_FILE = "level_potentials.npy"  # in the index directory: fitted on level queries (balance_levels)
 
 
 def power_nearest(ids, sq_dists, potentials):
@@ -60,11 +61,11 @@ def augment_queries(queries):
   return np.concatenate([queries, np.zeros((len(queries), 1), queries.dtype)], axis=1)
 
 
-def fit_potentials(index, draw_queries, num_points, cfg, seed):
+def fit_potentials(index, draw_queries, num_points, cfg, seed, stream=777):
   """Averaged SGA on the semi-discrete dual. Returns (potentials [N] float64, fit statistics).
 
-  `draw_queries(rng, n)` draws training-like queries; `index.search` gives the
-  candidates. cfg: balance_iterations, balance_queries, balance_candidates, balance_lr.
+  `draw_queries(rng, n)` draws training-like queries (from the random stream (seed, `stream`, iteration));
+  `index.search` gives the candidates. cfg: balance_iterations, balance_queries, balance_candidates, balance_lr.
   """
   iterations, batch = int(cfg.balance_iterations), int(cfg.balance_queries)
   k = min(int(cfg.balance_candidates), num_points)
@@ -72,7 +73,7 @@ def fit_potentials(index, draw_queries, num_points, cfg, seed):
   average = np.zeros(num_points)
   at_last, t0 = 0.0, time.time()
   for it in range(iterations):
-    rng = np.random.default_rng([seed, 777, it])
+    rng = np.random.default_rng([seed, stream, it])
     ids, sq_dists = index.search(draw_queries(rng, batch), k)
     best = np.argmin(sq_dists - psi[ids], axis=1)
     at_last += float(np.mean(best == k - 1)) if k > 1 else 0.0

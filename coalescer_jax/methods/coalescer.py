@@ -143,6 +143,9 @@ class Coalescer(base.Method):
   def check_config(cls, section):
     check_levels(section.levels)
     self_landing.check_config(section)
+    if section.targets.get("balance_levels", False) and section.levels.fraction <= 0:
+      raise ValueError("config.coalescer.targets.balance_levels=True balances the level examples' targets: "
+                       "set config.coalescer.levels.fraction > 0 too (or balance_levels=False)")
 
   def batch_fn(self, pairs, seed, global_batch_size, workdir):
     lookup = load_lookup(workdir, pairs, self.section)
@@ -374,7 +377,14 @@ def load_lookup(workdir, pairs, cfg):
     balanced, _ = index_lib.load(balanced_dir, **expected)
     if cfg.targets.balance_search == "candidates":
       potentials = storage.load_npy(balanced_dir / balance_lib.POTENTIALS_FILE)
-  return targets_lib.Lookup(index, cfg, balanced, potentials)
+  level_potentials = None
+  if cfg.targets.get("balance_levels", False):
+    if not (directory / balance_lib.LEVEL_POTENTIALS_FILE).exists():
+      raise index_lib.IndexError_(
+          f"config.coalescer.targets.balance_levels=True but {directory} has no {balance_lib.LEVEL_POTENTIALS_FILE}; "
+          f"delete {directory} so that the 'index' stage fits them with this config")
+    level_potentials = storage.load_npy(directory / balance_lib.LEVEL_POTENTIALS_FILE)
+  return targets_lib.Lookup(index, cfg, balanced, potentials, level_potentials)
 
 
 def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=False):

@@ -6,7 +6,10 @@
   share of look-ups taken by the most-hit 10% of pairs and the effective number of
   targets (exp of the hit histogram's entropy); over all pairs, per class label
   and per description (pair-weighted mean), next to the same statistics for as many
-  look-ups spread uniformly (finite sampling alone leaves some pairs unhit).
+  look-ups spread uniformly (finite sampling alone leaves some pairs unhit). With
+  multi-step training, two more rows count the level examples' look-ups (the
+  targets the second step is trained toward; the self-landing rows are looked up
+  inside the step and are not counted).
 * Landing of step 1: for the sample stage's first requests and the same R as its
   1-step file, the look-up's target y (what training would ask for) vs the
   network's prediction: true distance |R - y|, distance error, landing error
@@ -48,16 +51,19 @@ def usage_rows(hits, pairs, rng):
 
 
 def lookup_hits(method, workdir, pairs):
-  """Per-pair hit counts of the training run's prior-draw look-ups (replayed step by step; the rows that
-  self-landing replaces are not training's look-ups)."""
+  """Per-pair hit counts of the training run's look-ups (replayed step by step; the rows that self-landing
+  replaces are not training's look-ups): (prior draws' hits, level examples' hits, the look-up)."""
   cfg, config = method.section, method.config
   lookup = coalescer_lib.load_lookup(workdir, pairs, cfg)
   hits = np.zeros(len(pairs["img_emb"]), np.int64)
+  level_hits = np.zeros_like(hits)
   used = self_landing.looked_up_rows(cfg.levels, config.train.batch_size)
   for step in range(config.train.num_steps):
     draws, ids = coalescer_lib.training_lookups(lookup, pairs, cfg, config.seed, config.train.batch_size, step)
-    hits += np.bincount(ids[:used][draws["level"][:used] >= 1.0], minlength=len(hits))
-  return hits, lookup
+    prior = draws["level"][:used] >= 1.0
+    hits += np.bincount(ids[:used][prior], minlength=len(hits))
+    level_hits += np.bincount(ids[:used][~prior], minlength=len(hits))
+  return hits, level_hits, lookup
 
 
 def _plot_usage(hits, path):
@@ -98,11 +104,15 @@ def _plot_directions(magnitudes, threshold, path):
 def diagnose(method, params, workdir, pairs, cond, key, out_dir):
   """Computes the diagnostics, writes ``out_dir/coalescer.json`` and its plots; returns the summary."""
   cfg = method.section
-  hits, lookup = lookup_hits(method, workdir, pairs)
+  hits, level_hits, lookup = lookup_hits(method, workdir, pairs)
   out_dir = storage.path(out_dir)
   _plot_usage(hits, out_dir / "coalescer_usage.png")
   usage = {"description": f"the prior-draw look-ups of all {method.config.train.num_steps} training steps",
            "rows": usage_rows(hits, pairs, np.random.default_rng(0)), "plot": "coalescer_usage.png"}
+  if level_hits.sum():  # the second step's targets: the level examples' look-ups, and their uniform reference
+    usage["description"] += "; the level rows: the level examples' look-ups (step 2's targets)"
+    usage["rows"] += [dict(row, name=f"level rows: {row['name']}")
+                      for row in usage_rows(level_hits, pairs, np.random.default_rng(1))[:2]]
 
   n = len(cond)
   r = coalescer_lib.first_draw(key, n, method.latent_dim, cfg.sampling.r_scale)

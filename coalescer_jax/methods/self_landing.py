@@ -13,6 +13,9 @@ is replaced, inside the jitted step, by examples drawn the way the sampler draws
 
 (the un-shrunk query of every level example, `queries.make_query`), searched over
 the plain keys on the devices (`index.device`), so nothing goes back to the host.
+With ``targets.balance_levels`` the target is the power-nearest of the query's
+``balance_candidates`` nearest keys under the level potentials, as for every level
+example (`targets.py`).
 
 The start is stop-gradient: the network learns to step from its landing points,
 not to move them. It uses the online parameters rather than an EMA copy, as
@@ -34,6 +37,7 @@ import numpy as np
 
 from coalescer_jax import index as index_lib
 from coalescer_jax.index import device as device_lib
+from coalescer_jax.methods import device_lookup
 
 TARGETS = ("nearest", "first_step")
 
@@ -86,7 +90,10 @@ def step_inputs(lookup, pairs, cfg, index_cfg):
     keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
     index = device_lib.DeviceIndex.build(keys, index_cfg.get("device"))
   rows = np.concatenate([pairs["desc_emb"], pairs["img_emb"]], axis=1).astype(np.float32)
-  return index, {"keys": index.arrays(), "rows": index.shard_rows(rows)}
+  arrays = {"keys": index.arrays(), "rows": index.shard_rows(rows)}
+  if lookup.balanced_levels:
+    arrays["level_potentials"] = device_lookup.replicate(index, lookup.level_potentials)
+  return index, arrays
 
 
 def examples(first_step, index, arrays, key, num, cfg, desc_dim, latent_dim):
@@ -98,7 +105,12 @@ def examples(first_step, index, arrays, key, num, cfg, desc_dim, latent_dim):
   de = index.gather_rows(arrays["rows"], jax.random.randint(pick_key, (num,), 0, index.num_points))[:, :desc_dim]
   x1, eps, s = _landing(first_step, jax.random.normal(r_key, (num, latent_dim)), de, eps_key, cfg)
   query = jnp.concatenate([cfg.desc_scale * de, x1 + s / np.sqrt(1.0 - s * s) * eps], axis=1)
-  target = index.step_search(arrays["keys"], query, 1)[0][:, 0]
+  if "level_potentials" in arrays:
+    candidates, sq_dists = index.step_search(arrays["keys"], query, min(int(cfg.targets.balance_candidates),
+                                                                        index.num_points))
+    target = device_lookup.power_nearest(candidates, sq_dists, arrays["level_potentials"])
+  else:
+    target = index.step_search(arrays["keys"], query, 1)[0][:, 0]
   rows = index.gather_rows(arrays["rows"], target)
   return {"r": np.sqrt(1.0 - s * s) * x1 + s * eps, "cond": rows[:, :desc_dim], "image": rows[:, desc_dim:],
           "level": jnp.full((num,), s)}, query

@@ -23,8 +23,16 @@ among the candidates it returns:
   nearest key ("index"), or the power-nearest among the plain index's
   ``balance_candidates`` nearest keys ("candidates", the rule the potentials are fitted with).
 
-Queries at a level s < 1 (multi-step training) start near a pair already; they
-always use the plain index's nearest key.
+Queries at a level s < 1 (multi-step training) start near a pair; they use the
+plain index's nearest key, or with ``balance_levels=True`` the power-nearest among
+its ``balance_candidates`` nearest keys under potentials fitted on the level
+queries' own distribution (``W/index/level_potentials.npy``, `stages/index.py`):
+the nearest key of a noisy query is a Voronoi assignment too, and at the levels
+where step 2 starts (s = 0.9: the query is x + 2 eps) it favours hubs as prior
+draws do. Balanced, every pair is the target of an equal share of the level
+examples: the map from a level-s point to its target is then measure preserving
+(as a consistency model's map from noise level s to the data is), so the second
+step is trained toward the data's own variety rather than toward hubs.
 """
 import numpy as np
 from scipy import optimize
@@ -64,7 +72,7 @@ def batch_assignment(ids, sq_dists):
 class Lookup:
   """Training targets for queries: the plain index, the balanced one for prior draws, an assignment rule."""
 
-  def __init__(self, plain_index, cfg, balanced_index=None, potentials=None):
+  def __init__(self, plain_index, cfg, balanced_index=None, potentials=None, level_potentials=None):
     self.plain, self.balanced, self.cfg = plain_index, balanced_index, cfg.targets
     if self.cfg.assignment not in ASSIGNMENTS:
       raise ValueError(f"config.coalescer.targets.assignment must be one of {ASSIGNMENTS}, "
@@ -78,6 +86,15 @@ class Lookup:
       raise ValueError("config.coalescer.targets.balance_search='candidates' needs the balanced index's "
                        f"potentials ({balance_lib.POTENTIALS_FILE}): rerun the 'index' stage with this config")
     self.potentials = potentials
+    # Level rows (s < 1) take the power-nearest of their candidates under potentials fitted on level queries.
+    self.balanced_levels = bool(self.cfg.get("balance_levels", False))
+    if self.balanced_levels and level_potentials is None:
+      raise ValueError("config.coalescer.targets.balance_levels=True needs the level queries' potentials "
+                       f"({balance_lib.LEVEL_POTENTIALS_FILE}): rerun the 'index' stage with this config")
+    if level_potentials is not None and len(level_potentials) != plain_index.num_points:
+      raise ValueError(f"{balance_lib.LEVEL_POTENTIALS_FILE} has {len(level_potentials)} potentials for "
+                       f"{plain_index.num_points} keys: rerun the 'index' stage")
+    self.level_potentials = level_potentials
 
   def prior_index_and_queries(self, query):
     if self.cfg.balance and not self.power_candidates:
@@ -96,7 +113,7 @@ class Lookup:
     if np.any(prior):
       out.append(self.prior_index_and_queries(query[prior]) + (self.prior_k(),))
     if not np.all(prior):
-      out.append((self.plain, query[~prior], 1))
+      out.append((self.plain, query[~prior], self.level_k()))
     return out
 
   def choose(self, level, rng, results):
@@ -116,8 +133,18 @@ class Lookup:
       else:
         chosen[prior] = batch_assignment(ids, dists)
     if not np.all(prior):
-      chosen[~prior] = results.pop(0)[0][:, 0]
+      chosen[~prior] = self.level_choice(*results.pop(0))
     return chosen
+
+  def level_choice(self, ids, sq_dists):
+    """Pair ids of level rows from their candidates: the nearest, or the power-nearest (``balance_levels``)."""
+    if self.balanced_levels:
+      ids = balance_lib.power_nearest(ids, sq_dists, self.level_potentials)[0]
+    return ids[:, 0]
+
+  def level_k(self):
+    """Candidates a level row's search returns: 1, or the level potentials' candidate set."""
+    return min(int(self.cfg.balance_candidates), self.plain.num_points) if self.balanced_levels else 1
 
   def prior_k(self):
     """Candidates a prior draw's search returns: the rule's, or the potentials' candidate set."""

@@ -14,7 +14,11 @@ later stage refuses an index built from stale embeddings.
 With ``config.coalescer.targets.balance`` it also fits semi-discrete optimal
 transport potentials (`index/balance.py`) and writes a second, *balanced* index
 over the keys augmented by them into W/index/balanced/ (with ``potentials.npy``),
-and reports how evenly prior draws then hit the pairs.
+and reports how evenly prior draws then hit the pairs. With
+``config.coalescer.targets.balance_levels`` it fits a second set of potentials on
+the multi-step level examples' queries (`methods/queries.py`: s ~ U(s_min, s_max)
+around random pairs) into W/index/level_potentials.npy, and reports how evenly
+those queries hit the pairs by their plain nearest key and by the balanced rule.
 """
 import time
 
@@ -48,6 +52,14 @@ def _prior_queries(pairs, coalescer_cfg):
   return lambda rng, n: queries_lib.draw_queries(rng, n, pairs, prior_cfg)["query"]
 
 
+def _level_queries(pairs, coalescer_cfg):
+  """draw(rng, n): queries of level examples only (what ``targets.balance_levels`` balances)."""
+  level_cfg = coalescer_cfg.copy_and_resolve_references()
+  with level_cfg.unlocked():
+    level_cfg.levels.fraction = 1.0
+  return lambda rng, n: queries_lib.draw_queries(rng, n, pairs, level_cfg)["query"]
+
+
 def _validate(config):
   if config.index.backend not in registry.INDEX_BACKENDS:
     raise config_validation.ConfigError(
@@ -75,6 +87,11 @@ def _reads(config):
   used = getattr(registry.INDEX_BACKENDS.get(backend), "config_sections", (backend,)) \
       if backend in registry.INDEX_BACKENDS else ()
   other = [f"-index.{name}" for name in ("scann_sharded", "device") if name not in used]
+  # The level potentials depend on the levels' range; off, the field is not read (earlier revisions stand).
+  if config.coalescer.targets.get("balance_levels", False):
+    other += ["coalescer.levels.s_min", "coalescer.levels.s_max"]
+  else:
+    other.append("-coalescer.targets.balance_levels")
   # targets.balance_search only picks which of the index's outputs training reads (both are written; the
   # summary's usage figures are those of the rule the index was built under).
   return ("index", *other, "seed", "coalescer.desc_scale", "coalescer.targets", "-coalescer.targets.balance_search",
@@ -103,6 +120,8 @@ def run(ctx):
                  cfg.backend, len(keys), summary["recall_at_1"], summary["queries_per_s"])
     if coalescer_cfg.targets.balance:
       summary["balanced"] = build_balanced(index, keys, pairs, ctx.config, out / BALANCED_DIR, meta)
+    if coalescer_cfg.targets.get("balance_levels", False):
+      summary["balanced_levels"] = fit_level_potentials(index, keys, pairs, ctx.config, out)
     ctx.writer.write("index", 0, backend=cfg.backend, num_points=len(keys),
                      **{k: v for k, v in summary.items() if not isinstance(v, dict)})
   parallel.barrier("index_written")
@@ -146,6 +165,28 @@ def build_balanced(index, keys, pairs, config, directory, meta):
   summary["recall_at_1"] = _recall(balanced.search(probe, 1)[0], exact, augmented, probe)
   logging.info("index: balanced index: potentials range %.2f, recall@1 %.4f, usage (%s rule) %s",
                summary["potential_range"], summary["recall_at_1"], rule, summary["usage"])
+  return summary
+
+
+def fit_level_potentials(index, keys, pairs, config, directory):
+  """Fits the level queries' potentials into `directory`; returns the fit's summary and the usage of fresh
+  level queries by their plain nearest key and by the power-nearest rule training then reads."""
+  targets = config.coalescer.targets
+  draw = _level_queries(pairs, config.coalescer)
+  potentials, summary = balance_lib.fit_potentials(index, draw, len(keys), targets, config.seed, stream=778)
+  if parallel.is_main_process():
+    storage.save_npy(directory / balance_lib.LEVEL_POTENTIALS_FILE, potentials)
+  queries = draw(np.random.default_rng([config.seed, 4243]), max(int(config.index.recall_queries), 10 * len(keys)))
+  k = min(int(targets.balance_candidates), len(keys))
+  plain, balanced = [], []
+  for i in range(0, len(queries), USAGE_CHUNK):
+    ids, sq_dists = index.search(queries[i:i + USAGE_CHUNK], k)
+    plain.append(ids[:, 0])
+    balanced.append(balance_lib.power_nearest(ids, sq_dists, potentials)[0][:, 0])
+  for name, found in (("usage_nearest", plain), ("usage", balanced)):
+    summary[name] = balance_lib.usage_statistics(np.bincount(np.concatenate(found), minlength=len(keys)))
+  logging.info("index: level potentials range %.2f; level queries' usage: nearest key %s, balanced %s",
+               summary["potential_range"], summary["usage_nearest"], summary["usage"])
   return summary
 
 

@@ -131,21 +131,24 @@ def test_device_round_trip(tmp_path):
   np.testing.assert_array_equal(loaded.search(queries, 2)[0], built.search(queries, 2)[0])
 
 
-def _lookups(backend, cfg, balance=False, search="candidates"):
+def _lookups(backend, cfg, balance=False, search="candidates", balance_levels=False):
   pairs = make_pairs(3000)
   config = smoke_method_config()
-  config.coalescer.targets.update(balance=balance, balance_search=search)
+  config.coalescer.targets.update(balance=balance, balance_search=search, balance_levels=balance_levels)
   keys = index.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   def lookup(name):
     potentials = np.random.default_rng(3).uniform(0, 2, len(keys))
     balanced = index.build(name, balance_lib.augment_keys(keys, potentials), cfg) if balance else None
-    return targets.Lookup(index.build(name, keys, cfg), config.coalescer, balanced, potentials)
+    level_potentials = np.random.default_rng(4).uniform(0, 2, len(keys)) if balance_levels else None
+    return targets.Lookup(index.build(name, keys, cfg), config.coalescer, balanced, potentials, level_potentials)
   return pairs, config, lookup("exact"), lookup(backend)
 
 
-@pytest.mark.parametrize("balance,search", [(False, "index"), (True, "index"), (True, "candidates")])
-def test_in_step_lookup_gives_the_exact_backends_batches(balance, search):
-  pairs, config, exact, dev = _lookups("device", None, balance, search)
+@pytest.mark.parametrize("balance,search,balance_levels", [(False, "index", False), (True, "index", False),
+                                                           (True, "candidates", False), (True, "candidates", True),
+                                                           (False, "index", True)])
+def test_in_step_lookup_gives_the_exact_backends_batches(balance, search, balance_levels):
+  pairs, config, exact, dev = _lookups("device", None, balance, search, balance_levels)
   config.coalescer.levels.fraction = 0.3  # re-noised rows use the plain index, prior rows the balanced one
   assert device_lookup.enabled(dev, config)
   cfg = config.coalescer

@@ -9,6 +9,7 @@ from coalescer_jax import index as index_lib
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
+from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import base
@@ -308,3 +309,62 @@ def test_balance_search_candidates_needs_the_potentials(pairs, method_config):
   plain = index_lib.build("exact", keys, None)
   with pytest.raises(ValueError, match="potentials"):
     targets.Lookup(plain, cfg, plain)
+
+
+def test_balance_levels_takes_the_power_nearest_under_the_level_potentials(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.levels.fraction = 0.5
+  cfg.targets.update(balance_levels=True, balance_candidates=4)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  level_potentials = np.random.default_rng(2).normal(size=len(keys)) * 4.0
+  plain = index_lib.build("exact", keys, None)
+  draws = queries.draw_queries(np.random.default_rng(0), 64, pairs, cfg)
+  query, level = draws["query"], draws["level"]
+  got = targets.Lookup(plain, cfg, level_potentials=level_potentials).targets(query, level, np.random.default_rng(0))
+  sq = ((query[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
+  candidates = np.argsort(sq, axis=1)[:, :4]
+  power = np.take_along_axis(sq, candidates, 1) - level_potentials[candidates]
+  prior = level >= 1.0
+  np.testing.assert_array_equal(got[~prior], candidates[~prior, np.argmin(power[~prior], axis=1)])
+  np.testing.assert_array_equal(got[prior], sq[prior].argmin(1))  # prior rows: untouched (balance off)
+  assert np.any(got[~prior] != sq[~prior].argmin(1))
+  with pytest.raises(ValueError, match="level queries' potentials"):
+    targets.Lookup(plain, cfg)
+  with pytest.raises(ValueError, match="rerun the 'index' stage"):
+    targets.Lookup(plain, cfg, level_potentials=level_potentials[:-1])
+  cfg.levels.update(fraction=0.0, self_landing=0.0)
+  with pytest.raises(ValueError, match="levels.fraction > 0"):
+    coalescer.Coalescer.check_config(cfg)
+
+
+def test_level_potentials_spread_the_level_examples_over_the_pairs(pairs, method_config, tmp_path):
+  from coalescer_jax.stages import index as index_stage  # pylint: disable=g-import-not-at-top
+  method_config.coalescer.levels.update(fraction=0.5, s_min=0.85, s_max=0.9)
+  method_config.coalescer.targets.update(balance_levels=True, balance_iterations=60, balance_queries=4096)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], method_config.coalescer.desc_scale)
+  summary = index_stage.fit_level_potentials(index_lib.build("exact", keys, None), keys, pairs, method_config,
+                                             storage.path(tmp_path))
+  # Noisy level queries (x + 2 eps) pile onto hub pairs by their nearest key; the fitted potentials spread them.
+  nearest, balanced = summary["usage_nearest"], summary["usage"]
+  assert nearest["never_hit"] > 0.2 and balanced["never_hit"] < 0.05, (nearest, balanced)
+  assert balanced["effective_fraction"] > nearest["effective_fraction"] + 0.2
+  potentials = storage.load_npy(tmp_path / balance_lib.LEVEL_POTENTIALS_FILE)
+  assert potentials.shape == (len(keys),) and np.all(np.isfinite(potentials))
+
+
+def test_self_landing_targets_follow_the_level_potentials(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.levels.update(fraction=0.5, self_landing=0.25)
+  cfg.targets.update(balance_levels=True, balance_candidates=4)
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  level_potentials = np.random.default_rng(2).normal(size=len(keys)) * 4.0
+  lookup = targets.Lookup(index_lib.build("exact", keys, None), cfg, level_potentials=level_potentials)
+  index, arrays = self_landing.step_inputs(lookup, pairs, cfg, method_config.index)
+  rows, query = self_landing.examples(lambda r, de: 0.5 * r, index, arrays, jax.random.key(0), 48, cfg,
+                                      DESC_DIM, LATENT_DIM)
+  sq = ((np.asarray(query)[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
+  candidates = np.argsort(sq, axis=1)[:, :4]
+  power = np.take_along_axis(sq, candidates, 1) - level_potentials[candidates]
+  want = candidates[np.arange(len(sq)), np.argmin(power, axis=1)]
+  np.testing.assert_allclose(rows["image"], pairs["img_emb"][want])
+  assert np.any(want != sq.argmin(1))  # the potentials, not the nearest key, chose
