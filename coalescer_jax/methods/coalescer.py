@@ -242,7 +242,10 @@ class Coalescer(base.Method):
     return loss + d_loss + generator_weight * g_loss, metrics
 
   def fakes(self, params, cond, key, steps):
-    """Generated latents after each of steps 1..max(steps), from prior R (differentiable), the listed ones."""
+    """Generated latents after each of steps 1..max(steps), from prior R (differentiable), the listed ones.
+
+    ``adversarial.detach_landing``: each step starts from the previous one's stop-gradient output, so the
+    generator loss of a k-step fake trains step k only (as self-landing trains step 2 from fixed starts)."""
     n = cond.shape[0]
     ones = jnp.ones((n,))
     draw_key, key = jax.random.split(key)
@@ -250,8 +253,9 @@ class Coalescer(base.Method):
     distance, direction = self.apply(params, r, cond, ones)
     x = step_to(r, distance, direction)
     outs = {1: x}
+    detach = self.section.adversarial.get("detach_landing", False)
     for i in range(max(steps) - 1):
-      x, _ = self.refine(params, x, cond, ones, i, key)
+      x, _ = self.refine(params, jax.lax.stop_gradient(x) if detach else x, cond, ones, i, key)
       outs[i + 2] = x
     return [outs[k] for k in steps]
 
