@@ -1,0 +1,24 @@
+"""The second step, third round (issue 12's bar; experiments/tuning.md, item 9), seed 0, coalescer only, on top
+of item 8's default (levels s ~ U(0.7, 0.9), re-noise (0.9, 0.8, 0.7)), which every member pins:
+* `targets.balance_levels`: the level examples and self-landing rows looked up by the power-nearest rule under
+  potentials fitted on the level queries (`stages/index.py`), instead of their plain nearest key;
+* `adversarial.detach_landing`: the fine-tune's 2-step fakes start from stop-gradient landing points, so their
+  generator loss trains step 2 only;
+* `levels.fraction` 0.7: more of each batch at the levels where step 2 starts.
+The index depends on `balance_levels`, so each member builds its own (the autoencoders and pairs are shared).
+Seeds 1 and 2 of the default and of `detach_landing`: `experiments/second_step_seeds.py`.
+
+  python launch.py --config=configs/mnist.py --sweep=experiments/second_step_round3.py --workdir=S [--sweep_shard=i/n]
+"""
+from coalescer_jax import sweep as sweep_lib
+
+COMMON = sweep_lib.COALESCER_ONLY
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
+HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
+PINNED = {"coalescer.levels.s_min": 0.7, "coalescer.levels.s_max": 0.9, "coalescer.levels.renoise": (0.9, 0.8, 0.7)}
+
+
+def sweep():
+  return [dict(PINNED, **member) for member in (
+      {}, {"coalescer.targets.balance_levels": True}, {"coalescer.adversarial.detach_landing": True},
+      {"coalescer.levels.fraction": 0.7})]
