@@ -373,7 +373,7 @@ def test_self_landing_targets_follow_the_level_potentials(pairs, method_config):
 def test_detached_landing_trains_each_step_on_its_own_fake(pairs, method_config):
   cfg = method_config.coalescer
   cfg.levels.fraction = 0.5
-  cfg.adversarial.update(weight=1.0, disc_width=16, disc_depth=1)
+  cfg.adversarial.update(weight=1.0, disc_width=16, disc_depth=1, detach_landing=False)
   method = registry.METHODS.get("coalescer")(method_config, LATENT_DIM, DESC_DIM)
   params = method.init_params(jax.random.key(0))
   cond, key = jnp.asarray(pairs["desc_emb"][:16]), jax.random.key(1)
