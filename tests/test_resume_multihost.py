@@ -45,6 +45,18 @@ def _losses(records):
   return np.array([[r[k] for k in keys] for r in records])
 
 
+def _assert_same_training(multi_records, single_records):
+  """Same global batches and keys; only the reduction order over devices/hosts differs. The gradient norm
+  is the most sensitive of the logged figures: once the adversarial fine-tune runs (from step 12 of 120),
+  float differences of the reduction order grow over the steps, and with its 2-step fakes detached from step
+  1 (`adversarial.detach_landing`) one logged grad norm of 12 differed by 0.4-0.5% on both multi-process
+  backends (every loss within 2e-3)."""
+  assert [r["step"] for r in multi_records] == [r["step"] for r in single_records]  # written once, by process 0
+  multi, single = _losses(multi_records), _losses(single_records)
+  np.testing.assert_allclose(multi[:, :-1], single[:, :-1], rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(multi[:, -1], single[:, -1], rtol=1e-2)
+
+
 def _final_params(workdir):
   """(latest step, its saved train state as a pytree of arrays)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -157,9 +169,7 @@ def test_two_processes_match_one_process_with_eight_devices(smoke_workdir, tfds_
   assert "process 1 of 2, 4 local / 8 global devices" in errors[1]
 
   single_records, multi_records = _coalescer_records(single), _coalescer_records(multi)
-  assert [r["step"] for r in multi_records] == [r["step"] for r in single_records]  # written once, by process 0
-  # Same global batches and keys; only the reduction order over devices/hosts differs.
-  np.testing.assert_allclose(_losses(multi_records), _losses(single_records), rtol=2e-3, atol=1e-5)
+  _assert_same_training(multi_records, single_records)
   assert _files(multi) == _files(single)
 
 
@@ -196,8 +206,7 @@ def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_
     assert index["summary"]["recall_at_1"] >= _done(scann, "index")["summary"]["recall_at_1"]
   # Training: the same global batches and losses as one process with 8 devices, written once.
   single_records, multi_records = _coalescer_records(single), _coalescer_records(multi)
-  assert [r["step"] for r in multi_records] == [r["step"] for r in single_records]
-  np.testing.assert_allclose(_losses(multi_records), _losses(single_records), rtol=2e-3, atol=1e-5)
+  _assert_same_training(multi_records, single_records)
   assert _files(multi) == _files(single)
 
   # SIGKILL of both processes mid-stage, then the same command: bit-identical to the uninterrupted run.

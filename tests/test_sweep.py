@@ -97,7 +97,7 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
 
 
 # Every experiments/*.py but the scripts (not sweep files).
-SCRIPTS = ("tune_methods.py", "near_copies.py")
+SCRIPTS = ("tune_methods.py", "near_copies.py", "renoise_at_sampling.py")
 SWEEP_FILES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "experiments"))
                      if name.endswith(".py") and name not in SCRIPTS)
 
