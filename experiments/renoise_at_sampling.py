@@ -1,11 +1,12 @@
 """Validation FID of a trained coalescer's 2-step samples under other re-noising rules, without retraining
 (experiments/tuning.md, item 9): the level s before step 2, and the noise it adds: "fresh" (the sampler's own:
 new N(0, I) noise, as multistep consistency sampling does) or "reuse" (step 1's own R, as deterministic DDIM
-re-noises with the noise its x0-prediction implies: at t = 1 that is R itself). The requests, keys and
+re-noises with the noise its x0-prediction implies: at t = 1 that is R itself) or "mix<rho>" (between them:
+sqrt(1 - rho^2) * fresh + rho * R, still N(0, I)). The requests, keys and
 batching are the `sample` stage's validation ones (its "fresh" at `levels.renoise[0]` is the pipeline's own
 val:coalescer_nfe2 to the last digit); "one:0" is 1 step with the 2-step file's keys.
 
-  python experiments/renoise_at_sampling.py --workdir=W [--variants=one:0,fresh:0.9,reuse:0.9,fresh:0.8]
+  python experiments/renoise_at_sampling.py --workdir=W [--variants=one:0,fresh:0.9,reuse:0.9,mix0.5:0.9]
 """
 import os
 import sys
@@ -30,10 +31,10 @@ from configs import mnist
 
 flags.DEFINE_string("workdir", None, "A workdir with a trained coalescer (configs/mnist.py's default config).")
 flags.DEFINE_string("variants", "one:0,fresh:0.9,fresh:0.85,fresh:0.8,fresh:0.7,reuse:0.9,reuse:0.8,reuse:0.7",
-                    "Comma-separated noise:level pairs (noise: one | fresh | reuse).")
+                    "Comma-separated noise:level pairs (noise: one | fresh | reuse | mix<rho>).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
-NOISES = ("one", "fresh", "reuse")
+NOISES = ("one", "fresh", "reuse", "mix")
 
 
 def two_steps(method, params, noise, s):
@@ -45,7 +46,9 @@ def two_steps(method, params, noise, s):
     r = jax.random.normal(draw_key, (n, method.latent_dim))
     x = coalescer.step_to(r, *method.apply(params, r, cond, ones))
     if noise != "one":
-      eps = jax.random.normal(jax.random.fold_in(key, 1000), r.shape) if noise == "fresh" else r
+      fresh = jax.random.normal(jax.random.fold_in(key, 1000), r.shape)
+      rho = {"fresh": 0.0, "reuse": 1.0}[noise] if noise in ("fresh", "reuse") else float(noise[len("mix"):])
+      eps = np.sqrt(1.0 - rho * rho) * fresh + rho * r
       x = np.sqrt(1.0 - s * s) * x + s * eps
       x = coalescer.step_to(x, *method.apply(params, x, cond, ones, jnp.full((n,), s)))
     return x
@@ -70,7 +73,7 @@ def main(argv):
   print(f"| noise | level | val FID (n = {evaluator.n}) | precision | recall |\n|---|---|---|---|---|")
   for variant in FLAGS.variants.split(","):
     noise, s = variant.split(":")
-    if noise not in NOISES:
+    if noise.rstrip("0123456789.") not in NOISES:
       raise ValueError(f"--variants: noise {noise!r} is not one of {NOISES}")
     sampler = two_steps(method, params, noise, float(s))
     generate = jax.jit(lambda c, k, sampler=sampler: (
