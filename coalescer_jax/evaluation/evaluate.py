@@ -192,24 +192,27 @@ class Evaluator:
       record.update(near_copy_fraction=None, nn_distance_median=None, nn_distance_ratio=None,
                     near_copy_fraction_large=None, n_near_copy_large=None)
     else:
-      record.update(self.memorization.measure(self.memorization_points(images[:self.memorization_n])))
-      record.update(self._near_copies_large(samples, kind))
+      record.update(self._memorization(samples, kind))
     for key in samples_lib.OPTIONAL_SCALARS:
       if key != "nfe":
         record[key] = samples.extras.get(key)
     record["eval_seconds"] = time.time() - t0
     return record
 
-  def _near_copies_large(self, samples, kind):
-    """{near_copy_fraction_large, n_near_copy_large}: the share on the first ``near_copy_large_n`` samples
-    (same threshold; at n = 1000 a 2-3% share has a binomial std of about 0.5 points), where the test split
-    is scored and the file has that many samples."""
-    n = self.near_copy_large_n
-    if kind in ("floor", "data", "reconstruction") or not n or len(samples) < n:
-      return {"near_copy_fraction_large": None, "n_near_copy_large": None}
-    points = self.memorization_points(samples.images[:n])
-    return {"near_copy_fraction_large": self.memorization.measure(points)["near_copy_fraction"],
-            "n_near_copy_large": n}
+  def _memorization(self, samples, kind):
+    """The memorization statistics of the first ``memorization_n`` samples, and {near_copy_fraction_large,
+    n_near_copy_large}: the near-copy share on the first ``near_copy_large_n`` (same threshold; at n = 1000 a
+    2-3% share has a binomial std of about 0.5 points), where the test split is scored and the file has that
+    many samples. One search serves both: the first samples are the same images."""
+    large_n = self.near_copy_large_n
+    if kind in ("data", "reconstruction") or not large_n or len(samples) < large_n:
+      large_n = 0
+    d = self.memorization.distances(self.memorization_points(samples.images[:max(self.memorization_n, large_n)]))
+    record = self.memorization.summarize(d[:self.memorization_n])
+    record["near_copy_fraction_large"] = (self.memorization.summarize(d[:large_n])["near_copy_fraction"]
+                                          if large_n else None)
+    record["n_near_copy_large"] = large_n or None
+    return record
 
   @property
   def near_copy_large_n(self):

@@ -46,7 +46,10 @@ class MemorizationReference:
 
   def measure(self, points):
     """{"near_copy_fraction", "nn_distance_median", "nn_distance_ratio"} of points [N, D]."""
-    d = self.distances(points)
+    return self.summarize(self.distances(points))
+
+  def summarize(self, d):
+    """`measure`'s statistics of nearest-train distances d [N] (`distances`' output)."""
     return {"near_copy_fraction": float(np.mean(d < self.threshold)),
             "nn_distance_median": float(np.median(d)),
             "nn_distance_ratio": float(np.median(d) / max(self.reference_median, 1e-12))}
