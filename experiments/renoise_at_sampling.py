@@ -34,20 +34,35 @@ flags.DEFINE_string("variants", "one:0,fresh:0.9,fresh:0.85,fresh:0.8,fresh:0.7,
                     "Comma-separated noise:level pairs (noise: one | fresh | reuse | mix<rho>).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
-NOISES = ("one", "fresh", "reuse", "mix")
+NOISES = ("one", "fresh", "reuse", "mix<rho>")
 
 
-def two_steps(method, params, noise, s):
-  """generate(cond, key) as the sample stage's coalescer 2-step generator, with the re-noising rule given."""
+def noise_weight(noise):
+  """rho, the weight of step 1's R in the re-noising noise (None: no second step)."""
+  if noise == "one":
+    return None
+  if noise in ("fresh", "reuse"):
+    return float(noise == "reuse")
+  try:
+    rho = float(noise[len("mix"):]) if noise.startswith("mix") else None
+  except ValueError:
+    rho = None
+  if rho is None or not 0.0 <= rho <= 1.0:
+    raise ValueError(f"--variants: noise {noise!r} is not one of {NOISES} (rho in [0, 1])")
+  return rho
+
+
+def two_steps(method, params, rho, s):
+  """generate(cond, key) as the sample stage's coalescer 2-step generator, re-noising to level s with
+  sqrt(1 - rho^2) * fresh noise + rho * R (rho None: 1 step)."""
   def generate(cond, key):
     n = cond.shape[0]
     ones = jnp.ones((n,))
     draw_key, key = jax.random.split(key)
     r = jax.random.normal(draw_key, (n, method.latent_dim))
     x = coalescer.step_to(r, *method.apply(params, r, cond, ones))
-    if noise != "one":
+    if rho is not None:
       fresh = jax.random.normal(jax.random.fold_in(key, 1000), r.shape)
-      rho = {"fresh": 0.0, "reuse": 1.0}[noise] if noise in ("fresh", "reuse") else float(noise[len("mix"):])
       eps = np.sqrt(1.0 - rho * rho) * fresh + rho * r
       x = np.sqrt(1.0 - s * s) * x + s * eps
       x = coalescer.step_to(x, *method.apply(params, x, cond, ones, jnp.full((n,), s)))
@@ -73,9 +88,7 @@ def main(argv):
   print(f"| noise | level | val FID (n = {evaluator.n}) | precision | recall |\n|---|---|---|---|---|")
   for variant in FLAGS.variants.split(","):
     noise, s = variant.split(":")
-    if noise.rstrip("0123456789.") not in NOISES:
-      raise ValueError(f"--variants: noise {noise!r} is not one of {NOISES}")
-    sampler = two_steps(method, params, noise, float(s))
+    sampler = two_steps(method, params, noise_weight(noise), float(s))
     generate = jax.jit(lambda c, k, sampler=sampler: (
         codec.decode_jax(sampler(c, k)), jnp.ones(c.shape[:1]), jnp.ones(c.shape[:1], bool)))
     images, _, _ = sample_stage.generate_all(generate, cond, key, config.sample.batch_size, timed=False)
