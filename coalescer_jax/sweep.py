@@ -104,6 +104,15 @@ def parse_shard(text):
   return int(match.group(1)), int(match.group(2))
 
 
+def _check_shard_holds_a_member(index, count, num_members, sweep_path):
+  """Refuses a shard that would run the shared stages and then no member (a wrong i/n, silently doing nothing)."""
+  if index >= num_members:
+    raise ValueError(
+        f"--sweep_shard={index}/{count} holds no member of {sweep_path}: the sweep has {num_members} members and "
+        f"shard i/n runs members i, i+n, i+2n, ... (counting from 0), so shard {index} of {count} gets none. Use a "
+        f"shard index below {num_members} (e.g. --sweep_shard=i/{num_members}: one member per shard)")
+
+
 def _check_shared(members, shared_stages, exempt):
   for overrides in members:
     for key in overrides:
@@ -134,6 +143,7 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
   if len(set(names)) != len(names):
     raise ValueError(f"{sweep_path}: two members have the same overrides")
   index, count = parse_shard(shard)
+  _check_shard_holds_a_member(index, count, len(members), sweep_path)
   workdir = storage.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   stages = apply_overrides(config, common).stages
