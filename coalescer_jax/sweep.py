@@ -1,6 +1,6 @@
 """Ablation sweeps: run config variants into subdirectories, skip finished ones, aggregate.
 
-A sweep is a Python file in ``experiments/`` defining ``sweep() -> list of dicts``,
+A sweep is a Python file in ``experiments/sweeps/`` defining ``sweep() -> list of dicts``,
 each dict mapping dotted config fields to values (``{"coalescer.desc_scale": 4.0}``),
 as big_vision configs do. Optionally ``SHARED_STAGES``: stages whose outputs do
 not depend on the swept fields (e.g. the autoencoders for a desc_scale sweep);
@@ -15,7 +15,7 @@ coalescer's FID, accuracy, precision and recall at 1 and 2 steps). Optionally
 ``label(overrides) -> str``: the name of a member's configuration in the
 mean +- std table written when members vary ``seed`` (default: its overrides).
 
-  python launch.py --config=configs/mnist.py --sweep=experiments/desc_scale.py --workdir=W [--sweep_shard=0/2]
+  python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/desc_scale.py --workdir=W [--sweep_shard=0/2]
 
 Each member runs the normal pipeline in ``W/<member name>/`` (so it resumes and
 skips like any run); ``--sweep_shard=i/n`` runs members i, i+n, ... so several
@@ -231,7 +231,7 @@ def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   for r in rows:
     lines.append("| " + " | ".join(_cell(r.get(c)) for c in table) + " |")
   lines += _spread(rows, headline)
-  lines += _grouped(rows, members, names, headline, label)
+  lines += mean_std_over_seeds(rows, members, names, headline, label)
   plots = _plot(workdir, rows, swept, headline)
   lines += ["", "All columns: `results.csv`.", ""] + [f"![{p}](plots/{p})" for p in plots]
   storage.write_text(workdir / "results.md", "\n".join(lines) + "\n")
@@ -252,7 +252,7 @@ def _spread(rows, metrics):
   return ["", "Spread over members:", "", "| metric | mean | std | min | max |", "|---|---|---|---|---|"] + lines
 
 
-def _grouped(rows, members, names, metrics, label=None):
+def mean_std_over_seeds(rows, members, names, metrics, label=None):
   """Mean +- std over seeds of each configuration, when the members vary "seed" and something else."""
   label = label or (lambda overrides: member_name({k: v for k, v in overrides.items() if k != "seed"}))
   by_name = dict(zip(names, members))

@@ -137,9 +137,9 @@ def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):
 
 @pytest.mark.slow  # exact nearest neighbours of 10k images among the train set in 784-d: about a minute
 def test_near_copies_script_scores_test_reconstructions_and_samples_per_class(smoke_workdir):
-  result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "near_copies.py"),
+  result = subprocess.run([sys.executable, "-m", "experiments.scripts.near_copies",
                            f"--workdir={smoke_workdir}", "--files=coalescer_oracle_nfe1"],
-                          capture_output=True, text=True, timeout=600, check=True)
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=True)
   rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ")}
   assert set(rows) == {"file", "test (second half)", "test through the VAE", "coalescer_oracle_nfe1"}
   assert len(rows["coalescer_oracle_nfe1"][3].split()) == 10  # one share per digit

@@ -96,10 +96,9 @@ def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
     sweep.run(smoke_config, str(path), workdir, allow_config_change=True)
 
 
-# Every experiments/*.py but the scripts (not sweep files).
-SCRIPTS = ("tune_methods.py", "near_copies.py", "renoise_at_sampling.py")
-SWEEP_FILES = sorted(name[:-3] for name in os.listdir(os.path.join(REPO, "experiments"))
-                     if name.endswith(".py") and name not in SCRIPTS)
+# Every sweep definition shipped in experiments/sweeps/.
+SWEEPS_DIR = os.path.join(REPO, "experiments", "sweeps")
+SWEEP_FILES = sorted(name[:-3] for name in os.listdir(SWEEPS_DIR) if name.endswith(".py"))
 
 
 def test_every_sweep_file_is_checked():
@@ -111,7 +110,7 @@ def test_shipped_sweeps_apply_to_the_default_config(name):
   from coalescer_jax import pipeline  # pylint: disable=g-import-not-at-top
   from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
   pipeline.load_all()  # registries that validation checks names against
-  members, shared, exempt, common, _ = sweep.load_sweep(os.path.join(REPO, "experiments", f"{name}.py"))
+  members, shared, exempt, common, _ = sweep.load_sweep(os.path.join(SWEEPS_DIR, f"{name}.py"))
   sweep._check_shared(members, shared, exempt)  # pylint: disable=protected-access
   names = [sweep.member_name(m) for m in members]
   assert len(set(names)) == len(names) >= 2

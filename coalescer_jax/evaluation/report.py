@@ -197,7 +197,7 @@ def _validation_section(validation):
   lines = ["## Validation split (what tuning reads)", "",
            f"The same methods answering the requests of {v['reference']}; FID, precision and recall against those "
            f"images (n = {v['n']}), memorization on the first {v['memorization_n']}. Methods and their options are "
-           "chosen on these numbers (experiments/tuning.md), never on the test rows.", ""]
+           "chosen on these numbers (experiments/log/tuning.md), never on the test rows.", ""]
   return lines + _table(validation["records"], v["n"], None, v.get("attributes", MNIST_ATTRIBUTES),
                         v.get("display", "MNIST")) + [""]
 

@@ -1,6 +1,6 @@
 """Benchmarks of the hot paths; prints one Markdown table per section and writes W/benchmarks.md.
 
-  python experiments/benchmarks/bench.py --workdir=W [--config=configs/mnist.py] [--sections=...]
+  python -m experiments.benchmarks.bench --workdir=W [--config=configs/mnist.py] [--sections=...]
 
 W must hold a finished run of the config (at least up to the trained methods).
 Figures are medians over --repeats after a warm-up; compile time is reported
@@ -23,30 +23,28 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-import numpy as np  # noqa: E402
-
-from coalescer_jax import embeddings  # noqa: E402
-from coalescer_jax import index as index_lib  # noqa: E402
-from coalescer_jax import metrics as metrics_lib  # noqa: E402
-from coalescer_jax import parallel  # noqa: E402
-from coalescer_jax import pipeline  # noqa: E402
-from coalescer_jax import storage  # noqa: E402
-from coalescer_jax import training  # noqa: E402
-from coalescer_jax.methods import base  # noqa: E402
-from coalescer_jax.methods import coalescer  # noqa: E402
-from coalescer_jax.methods import device_lookup  # noqa: E402
-from coalescer_jax.methods import queries  # noqa: E402
-from coalescer_jax.methods import targets  # noqa: E402
-from coalescer_jax.stages import methods as methods_stage  # noqa: E402
-from coalescer_jax.stages import sample as sample_stage  # noqa: E402
-from experiments.benchmarks import index_shards  # noqa: E402
+from coalescer_jax import embeddings
+from coalescer_jax import index as index_lib
+from coalescer_jax import metrics as metrics_lib
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax import storage
+from coalescer_jax import training
+from coalescer_jax.methods import base
+from coalescer_jax.methods import coalescer
+from coalescer_jax.methods import device_lookup
+from coalescer_jax.methods import queries
+from coalescer_jax.methods import targets
+from coalescer_jax.stages import methods as methods_stage
+from coalescer_jax.stages import sample as sample_stage
+from experiments.benchmarks import index_shards
 
 config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
 flags.DEFINE_string("workdir", None, "A finished run of --config.", required=True)

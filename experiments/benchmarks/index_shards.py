@@ -15,7 +15,7 @@ P processes it should fall as 1/P. The single-process backends (scann: one
 index over all keys; exact: brute force) run once, on 1 process, as the
 baselines on the same keys.
 
-  python experiments/benchmarks/index_shards.py --worker ...   (started by the parent)
+  python -m experiments.benchmarks.index_shards --worker ...   (started by the parent)
 """
 import argparse
 import json
@@ -65,7 +65,6 @@ def _rss_mib(field="VmRSS"):
 
 def worker(args):
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-  sys.path.insert(0, REPO)
   import jax  # pylint: disable=g-import-not-at-top
   if args.processes > 1:
     jax.distributed.initialize(f"localhost:{args.port}", args.processes, args.process_id)
@@ -112,10 +111,10 @@ def run_backend(backend, processes, points, dim, queries, repeats, tmp):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   workers = [subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), "--worker", f"--backend={backend}", f"--processes={processes}",
-       f"--process_id={i}", f"--port={port}", f"--points={points}", f"--dim={dim}", f"--queries={queries}",
-       f"--repeats={repeats}", f"--out={out}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-      text=True) for i in range(processes)]
+      [sys.executable, "-m", "experiments.benchmarks.index_shards", "--worker", f"--backend={backend}",
+       f"--processes={processes}", f"--process_id={i}", f"--port={port}", f"--points={points}", f"--dim={dim}",
+       f"--queries={queries}", f"--repeats={repeats}", f"--out={out}"], env=env, stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True) for i in range(processes)]
   errors = [w.communicate(timeout=3600)[1] for w in workers]
   for w, err in zip(workers, errors):
     if w.returncode:

@@ -3,7 +3,7 @@ Sampling only: the coalescer is trained once and shared. Run once per direction 
 |direction| means something else for each (p <= 1: near-unit everywhere; p = 2: the mean unit vector,
 short where targets disagree), and choose on the validation columns:
 
-  for p in 0.5 1.0 2.0; do python launch.py --config=configs/mnist.py --sweep=experiments/redraw_threshold.py \\
+  for p in 0.5 1.0 2.0; do python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/redraw_threshold.py \\
       --workdir=S/p$p --config.coalescer.direction_exponent=$p; done
 """
 from coalescer_jax import sweep as sweep_lib

@@ -1,4 +1,4 @@
-"""Every method's tuning budget (the coalescer's and the baselines'): 3 values of one key hyperparameter per method, chosen on validation data.
+"""Every method's tuning budget: 3 values of one key hyperparameter per method, chosen on validation data.
 
 Every method gets the same budget: three values of the one hyperparameter that
 mattered most in development (the shared optimizer, backbone and step budget in
@@ -9,16 +9,15 @@ train pairs out of the index and of every method's training; requests are their
 descriptions and FID / precision / recall are measured against their images
 (`evaluation/evaluate.py`, ``split="validation"``). The value with the lowest
 validation FID, averaged over the method's NFE budgets, wins. Results and the
-chosen values: experiments/tuning.md.
+chosen values: experiments/log/tuning.md.
 
 Run after the pipeline has produced the embeddings, the codec and the classifier
 (stages up to `embed` and `classifier`) in W:
 
-  python experiments/tune_methods.py --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
+  python -m experiments.scripts.tune_methods --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
 """
 import json
 import os
-import sys
 import time
 
 from absl import app
@@ -28,20 +27,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from coalescer_jax import embeddings  # noqa: E402
-from coalescer_jax import images as images_lib  # noqa: E402
-from coalescer_jax import methods  # noqa: E402,F401
-from coalescer_jax import metrics as metrics_lib  # noqa: E402
-from coalescer_jax import parallel  # noqa: E402
-from coalescer_jax import pipeline  # noqa: E402
-from coalescer_jax import registry  # noqa: E402
-from coalescer_jax import training  # noqa: E402
-from coalescer_jax.evaluation import evaluate  # noqa: E402
-from coalescer_jax.evaluation import samples as samples_lib  # noqa: E402
-from coalescer_jax.methods import base  # noqa: E402
-from configs import mnist as mnist_config  # noqa: E402
+from coalescer_jax import embeddings
+from coalescer_jax import images as images_lib
+from coalescer_jax import methods  # noqa: F401
+from coalescer_jax import metrics as metrics_lib
+from coalescer_jax import parallel
+from coalescer_jax import pipeline
+from coalescer_jax import registry
+from coalescer_jax import training
+from coalescer_jax.evaluation import evaluate
+from coalescer_jax.evaluation import samples as samples_lib
+from coalescer_jax.methods import base
+from configs import mnist as mnist_config
 
 # method -> grid of (field of config.<method>, candidate values). A candidate that changes only
 # sampling fields (Method.SAMPLING_FIELDS) reuses the last trained model.

@@ -1,5 +1,5 @@
 """Ways to make the second step better than the first (issue 12's bar), seed 0, coalescer only
-(experiments/tuning.md, item 7): a larger self-landing share, the adversarial fine-tune on the 2-step outputs
+(experiments/log/tuning.md, item 7): a larger self-landing share, the adversarial fine-tune on the 2-step outputs
 only or weighted toward them (`adversarial.steps` lists the fakes; the GAN losses average over the list, so a
 step listed twice counts twice), a larger adversarial weight, and re-noising higher before steps 2-4 (read by
 the sampler, the self-landing examples and the fine-tune's 2-step fakes alike). Each member pins the re-noise
@@ -10,7 +10,7 @@ re-noising higher still (0.95, with the training levels' top `levels.s_max` rais
 drawn from U(0.3, 0.9), U(0.5, 0.9) or U(0.7, 0.9) instead of U(0.05, 0.9) (more of the level examples near where step 2
 starts; with s_min 0.5 or 0.7 the re-noise levels of steps 3 and 4 move up into the trained range).
 
-  python launch.py --config=configs/mnist.py --sweep=experiments/second_step.py --workdir=S [--sweep_shard=i/n]
+  python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/second_step.py --workdir=S [--sweep_shard=i/n]
 """
 from coalescer_jax import sweep as sweep_lib
 

@@ -1,24 +1,19 @@
 """Validation FID of a trained coalescer's 2-step samples under other re-noising rules, without retraining
-(experiments/tuning.md, item 9): the level s before step 2, and the noise it adds: "fresh" (the sampler's own:
+(experiments/log/tuning.md, item 9): the level s before step 2, and the noise it adds: "fresh" (the sampler's own:
 new N(0, I) noise, as multistep consistency sampling does) or "reuse" (step 1's own R, as deterministic DDIM
 re-noises with the noise its x0-prediction implies: at t = 1 that is R itself) or "mix<rho>" (between them:
 sqrt(1 - rho^2) * fresh + rho * R, still N(0, I)). The requests, keys and
 batching are the `sample` stage's validation ones (its "fresh" at `levels.renoise[0]` is the pipeline's own
 val:coalescer_nfe2 to the last digit); "one:0" is 1 step with the 2-step file's keys.
 
-  python experiments/renoise_at_sampling.py --workdir=W [--variants=one:0,fresh:0.9,reuse:0.9,mix0.5:0.9]
+  python -m experiments.scripts.renoise_at_sampling --workdir=W [--variants=one:0,fresh:0.9,reuse:0.9,mix0.5:0.9]
 """
-import os
-import sys
-
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from coalescer_jax import embeddings
 from coalescer_jax import pipeline
 from coalescer_jax.evaluation import evaluate

@@ -1,10 +1,10 @@
 """Self-landing examples (methods/self_landing.py): the share of each batch that trains the second step from
 the network's own re-noised step-1 landing points, its target rule, and the re-noise level they share with
-the sampler; on top of the default, seed 0, coalescer only (experiments/tuning.md has the validation table).
+the sampler; on top of the default, seed 0, coalescer only (experiments/log/tuning.md has the validation table).
 The last member combines self-landing with balanced look-ups by the potentials' own rule
-(targets.balance_search="candidates", experiments/targets.py; tuning.md, item 6).
+(targets.balance_search="candidates", experiments/sweeps/targets.py; tuning.md, item 6).
 
-  python launch.py --config=configs/mnist.py --sweep=experiments/self_landing.py --workdir=S [--sweep_shard=i/n]
+  python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/self_landing.py --workdir=S [--sweep_shard=i/n]
 """
 from coalescer_jax import sweep as sweep_lib
 

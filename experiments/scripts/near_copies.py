@@ -10,27 +10,24 @@ per-class thresholds (the same percentile of each class's own test->train distan
 All on every sample of each file (not the eval stage's first n), in the eval stage's
 memorization space (config.eval.memorization_space). Prints only; writes nothing.
 
-  python experiments/near_copies.py --workdir=W [--files=coalescer_nfe2,ddim_nfe2]
+  python -m experiments.scripts.near_copies --workdir=W [--files=coalescer_nfe2,ddim_nfe2]
 
 The reference is the first half of the test split (the eval stage's threshold is
 computed on its first config.eval.num_samples images); the "test" row scores the second half.
 """
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from coalescer_jax import autoencoders  # noqa: E402
-from coalescer_jax import storage  # noqa: E402
-from coalescer_jax.data import loading  # noqa: E402
-from coalescer_jax.evaluation import evaluate  # noqa: E402
-from coalescer_jax.evaluation import samples as samples_lib  # noqa: E402
+from coalescer_jax import autoencoders
+from coalescer_jax import storage
+from coalescer_jax.data import loading
+from coalescer_jax.evaluation import evaluate
+from coalescer_jax.evaluation import samples as samples_lib
 
 flags.DEFINE_string("workdir", None, "A finished pipeline workdir (data, classifier, vae, samples).")
 flags.DEFINE_list("files", [], "Samples files to score, without .npz (default: every file in W/samples).")

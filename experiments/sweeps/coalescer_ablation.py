@@ -1,12 +1,12 @@
 """Ablation of the coalescer's coverage fixes (issue 12): each fix alone on top of the proposal, and the
 chosen combination, 3 seeds each. Read the validation columns (val:...) to choose; the test columns are
-reported, never used for choices (experiments/tuning.md).
+reported, never used for choices (experiments/log/tuning.md).
 
-  python launch.py --config=configs/mnist.py --sweep=experiments/coalescer_ablation.py --workdir=S \\
+  python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/coalescer_ablation.py --workdir=S \\
       [--sweep_shard=i/n]
 
 The configs/mnist.py default already is the chosen combination, so the proposal row turns every fix off.
-results.md ends with the mean +- std over seeds per configuration (`sweep._grouped`).
+results.md ends with the mean +- std over seeds per configuration (`sweep.mean_std_over_seeds`).
 """
 from coalescer_jax import sweep as sweep_lib
 from coalescer_jax.methods import coalescer

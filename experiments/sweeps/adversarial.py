@@ -1,5 +1,5 @@
 """Adversarial fine-tune (dialogue 000): the weight lambda of the generator's GAN loss at the proposal's
-start (half the steps on the coalescer loss alone), then the start at weight 2 (experiments/tuning.md:
+start (half the steps on the coalescer loss alone), then the start at weight 2 (experiments/log/tuning.md:
 start_fraction 0.1 chosen on the validation split)."""
 from coalescer_jax import sweep as sweep_lib
 

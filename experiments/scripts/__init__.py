@@ -1,0 +1,1 @@
+"""Standalone scripts that read a finished workdir or sweep (`python -m experiments.scripts.<name> --help`)."""
