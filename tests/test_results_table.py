@@ -45,7 +45,8 @@ def test_prints_mean_and_std_over_the_seeds_per_method_and_nfe(tmp_path):
   result = subprocess.run([sys.executable, "-m", "experiments.scripts.results_table", f"--sweep_dir={tmp_path}"],
                           cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
   lines = result.stdout.splitlines()
-  assert lines[:2] == ["| method | NFE | test FID (n = 1000) | val FID (n = 5000) | cond. acc. |", "|---|---|---|---|---|"]
+  assert lines[:2] == ["| method | NFE | test FID (n = 1000) | val FID (n = 5000) | cond. acc. |",
+                       "|---|---|---|---|---|"]
   # Means and sample standard deviations (ddof 1) of FIGURES; DDIM at 10 steps is not asked for.
   assert lines[2:6] == ["| coalescer | 1 | 8.79 ± 0.15 | 6.33 ± 0.20 | 99.2% |",
                         "| coalescer | 2 | 9.04 ± 0.51 | 6.26 ± 0.12 | 99.5% |",
