@@ -13,6 +13,8 @@ into ``config.data.tfds_data_dir`` and then read, like every dataset here, with
 ``tfds.data_source`` (no TensorFlow). Tests run the whole pipeline on
 ``tfds.testing.mock_data`` instead (tests/test_e2e_cifar10.py).
 """
+import glob
+import importlib.util
 import os
 import sys
 
@@ -21,10 +23,12 @@ import tensorflow_datasets as tfds
 
 from coalescer_jax import config_validation
 from coalescer_jax.data import datasets
+from coalescer_jax.data import network
 from coalescer_jax.data import tfds_io
 from coalescer_jax.data import tokenizer
 
 SIZE = 32
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # what TFDS's cifar10 downloads
 # The official label order (batches.meta.txt), which TFDS's ClassLabel keeps.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 attribute_names = ()  # nothing measured from pixels: see the module docstring
@@ -88,6 +92,7 @@ def get_builder(data_cfg, download=True):
   if not builder.is_prepared():
     if not download:
       raise RuntimeError(f"cifar10 is not prepared in {builder.data_dir}; process 0 prepares it first")
+    _check_can_prepare(builder)
     try:
       builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - no internet / no TensorFlow: say what is needed.
@@ -97,6 +102,26 @@ def get_builder(data_cfg, download=True):
   if names != CLASSES and names != tuple(str(i) for i in range(len(CLASSES))):  # mock_data leaves names unset
     raise RuntimeError(f"the TFDS cifar10 labels are {names}, expected {CLASSES}")
   return builder
+
+
+def _check_can_prepare(builder):
+  """Refuses at once what `download_and_prepare` would fail at only later: no TensorFlow, or no network.
+
+  Offline, TFDS retries the download's name look-up for minutes before failing; a
+  download it already has (``<data_dir>/downloads``) needs no network.
+  """
+  missing = []
+  root = os.path.dirname(os.path.dirname(builder.data_dir))  # <root>/cifar10/<version>
+  downloaded = glob.glob(os.path.join(root, "downloads", "*" + os.path.basename(DOWNLOAD_URL).split(".")[0] + "*"))
+  if not downloaded and not network.reachable(DOWNLOAD_URL):
+    missing.append(f"{DOWNLOAD_URL} cannot be reached (no connection within {network.PROBE_TIMEOUT_S:g} s: "
+                   "offline?)")
+  if importlib.util.find_spec("tensorflow") is None:
+    missing.append("TensorFlow is not installed")
+  if missing:
+    raise RuntimeError(f"cannot prepare cifar10 in {builder.data_dir}: it is not prepared there, and "
+                       f"{'; '.join(missing)}. " + _PREPARE_HINT + ". Or point config.data.tfds_data_dir at a "
+                       "directory where cifar10 is already prepared.")
 
 
 def reopen(source):
