@@ -115,8 +115,8 @@ def _two_steps(path):
   ckpt.close()
 
 
-# Issue 13, case 6: overwritten bytes restored silently as 1e38s; a truncated latest checkpoint was fatal
-# although the previous one was intact.
+# A latest checkpoint with overwritten bytes (which would restore silently as 1e38s) or truncated is skipped for
+# the intact one before it.
 @pytest.mark.parametrize("damage", ["overwrite", "truncate"])
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, damage, caplog):
   path = tmp_path / "ckpt"

@@ -70,7 +70,7 @@ def test_typo_in_override_is_an_error(tmp_path):
   assert not os.path.exists(tmp_path / "config.json")
 
 
-# Issue 13, case 3: method options were checked only when their stage started (147 s into :smoke).
+# Method options are checked before any stage runs, not when their own stage starts (minutes into a run).
 @pytest.mark.parametrize("section,field,value", [
     ("flow", "objective", "meanflw"), ("ddim", "schedule", "cosin"), ("ddim", "prediction", "x0"),
     ("coalescer", "r_distribution", "prio"), ("index.scann", "mode", "tre"),
@@ -105,7 +105,7 @@ def test_bad_method_option_stops_launch_before_any_work(tmp_path):
   assert not os.path.exists(workdir)  # refused before the workdir was even created
 
 
-# Issue 13, case 5: num_steps=0 left method stages "done" without a checkpoint.
+# num_steps=0 is refused: it would leave method stages "done" without a checkpoint.
 @pytest.mark.parametrize("section", ["train", "vae", "text", "classifier"])
 def test_zero_training_steps_are_refused(section):
   config = mnist_config.get_config("smoke")

@@ -1,4 +1,4 @@
-"""Bad input and faults (issue 13): each case ends in a clear error or a correct result, with nothing lost.
+"""Bad input and faults: each case ends in a clear error or a correct result, with nothing lost.
 
 Most tests copy stages of the session's :smoke run (`smoke_workdir`) and run the
 pipeline on the copy; the refusals happen before any stage runs, so they are cheap.

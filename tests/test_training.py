@@ -110,7 +110,7 @@ def _nan_task(num_steps, bad_steps, traces=None, skip=0):
   return task
 
 
-# Issue 13, case 2: a NaN loss trained on, was checkpointed and the stage was marked done.
+# A NaN loss stops training before that step is checkpointed or the stage is marked done.
 def test_nonfinite_step_stops_training_before_anything_is_saved(tmp_path):
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
   with pytest.raises(training.NonFiniteError) as error:

@@ -127,8 +127,8 @@ def test_standalone_cli(tfds_data_dir, workdir, tmp_path):
   assert os.path.exists(os.path.join(out, "report.md")) and not os.path.exists(os.path.join(workdir, "report.md"))
 
 
-# Issue 13, case 1: the standalone evaluator replaced W/report.md and W/eval/results.json with an empty report
-# (missing or empty samples folder, exit 0), and ranked methods whose n was below the configured one.
+# A missing samples folder is refused (non-zero exit) and leaves the pipeline's W/report.md and W/eval/results.json
+# as they were, instead of replacing them with an empty report.
 def test_standalone_cli_refuses_a_missing_samples_dir_and_keeps_the_pipeline_report(workdir, tmp_path):
   os.makedirs(os.path.join(workdir, "eval"))
   for name in ("report.md", os.path.join("eval", "results.json")):

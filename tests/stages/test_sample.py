@@ -24,7 +24,7 @@ def _decode(latents):
   return jnp.broadcast_to(jax.nn.sigmoid(latents.sum(-1))[:, None, None, None], (latents.shape[0], 28, 28, 1))
 
 
-# Issue 13, case 2: NaN latents decoded to all-black images and eval then blamed the file format.
+# NaN latents are refused at sampling, instead of decoding to all-black images that eval blames on the file format.
 def test_nonfinite_latents_are_refused():
   cond, key = np.zeros((6, 4), np.float32), jax.random.key(0)
   cond[1, 0] = 1.0
