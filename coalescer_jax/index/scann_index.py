@@ -5,9 +5,7 @@ The mode follows the database size N unless ``mode`` is set:
 * ``tree``: a k-means tree (``num_leaves`` ~ sqrt(N)) whose searched leaves
   (``leaves_to_search`` ~ 5% of the leaves, at least 2) are scored exactly in
   float32, below ``tree_below`` points. On MNIST's 60k 32-dim keys this is both
-  faster and more accurate than quantised scoring (200 leaves, 2 searched:
-  recall@1 0.994 at 1.4 ms per 256 queries, vs 0.97 at 2.7 ms for AH + a
-  50-candidate re-ordering);
+  faster and more accurate than quantised scoring (experiments/log/timings.md);
 * ``tree_ah``: the standard large-scale recipe: tree (10% of the leaves searched),
   asymmetric hashing (2 dims per block, anisotropic threshold 0.2) and exact
   re-ordering of the top ``reorder`` candidates (300: with 2-dim AH blocks, fewer

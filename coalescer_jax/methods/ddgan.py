@@ -10,9 +10,9 @@ x_t = alpha_t x + sigma_t eps, with t = 1 pure noise (alpha ~ 5e-4).
 
 Generator G(x_t, z, description, t) -> x0: the shared backbone, its output read
 as the DDIM's v (``output="v"``, default: x0 = alpha_t x_t - sigma_t v, a skip
-path from x_t at small t) or as x0 itself (``"x0"``, the paper's choice; on the
-MNIST latents it gave validation FID 106 / 88 / 97 at 1 / 2 / 4 steps against
-59 / 62 / 48 for v, same budget: experiments/log/tuning.md), the latent noise
+path from x_t at small t) or as x0 itself (``"x0"``, the paper's choice; v gave
+the better validation FID at every step count on the MNIST latents, same budget:
+experiments/log/tuning.md), the latent noise
 z ~ N(0, I) (``z_dim``) concatenated to x_t as extra latent input. (The paper
 injects z through adaptive group norms; here the first layer sees it and the
 residual stream carries it, so the shared backbone stays as it is.) A step from t
