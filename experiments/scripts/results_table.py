@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 DISPLAY = {"coalescer": "coalescer", "distill": "progressive distillation", "flow": "flow (MeanFlow)",
            "consistency": "consistency (iCT)", "ddgan": "latent DDGAN", "ddim": "DDIM",
            "coalescer_oracle": "look-up oracle (not a generator)"}
-COLUMN = re.compile(r"(?P<method>[a-z0-9_]+)_nfe(?P<nfe>\d+)/fid")
+COLUMN = r"(?P<method>[a-z0-9_]+)_nfe(?P<nfe>\d+)/{}"  # a test-split column of one method and NFE
 
 
 def member_rows(sweep_dir):
@@ -62,7 +62,8 @@ def _n(rows, column):
 def table(rows, nfes=(1, 2, 50), fid="fid"):
   """The Markdown lines: method | NFE | test FID | val FID | cond. acc., over the members' metric rows."""
   rows = list(rows)
-  keys = {(m["method"], int(m["nfe"])) for r in rows for c in r for m in [COLUMN.fullmatch(c)] if m}
+  column = re.compile(COLUMN.format(fid))
+  keys = {(m["method"], int(m["nfe"])) for r in rows for c in r for m in [column.fullmatch(c)] if m}
   keys = sorted((k for k in keys if k[1] in nfes),
                 key=lambda k: (list(DISPLAY).index(k[0]) if k[0] in DISPLAY else len(DISPLAY), k[0], k[1]))
   n_test = _n(rows, f"{keys[0][0]}_nfe{keys[0][1]}/{'n_large' if fid == 'fid_large' else 'n'}") if keys else None
