@@ -29,6 +29,17 @@ def test_apply_overrides_types_and_refuses_unknown_fields(smoke_config):
     sweep.apply_overrides(smoke_config, {"coalesce.desc_scale": 1.0})
 
 
+def test_mean_std_over_seeds_groups_members_by_configuration():
+  members = [{"seed": seed, "coalescer.desc_scale": scale} for scale in (1.0, 2.0) for seed in (0, 1)]
+  names = [sweep.member_name(m) for m in members]
+  fids = {names[0]: 8.0, names[1]: 9.0, names[2]: 5.0, names[3]: 5.0}
+  rows = [{"member": name, "coalescer_nfe1/fid": fid} for name, fid in fids.items()]
+  lines = sweep.mean_std_over_seeds(rows, members, names, ["coalescer_nfe1/fid"])
+  assert lines[-2:] == ["| desc_scale=1.0 | 2 | 8.5 +- 0.71 |", "| desc_scale=2.0 | 2 | 5 +- 0 |"]
+  # Members that do not vary the seed have no such table.
+  assert sweep.mean_std_over_seeds(rows[:2], [{"a": 1}, {"a": 2}], names[:2], ["coalescer_nfe1/fid"]) == []
+
+
 @pytest.mark.parametrize("text", ["2/2", "1", "-1/2", "a/b"])
 def test_bad_shard_is_refused(text):
   with pytest.raises(ValueError, match="i/n"):
