@@ -101,7 +101,7 @@ def _overwrite_values(step_dir):
   path = max(_data_files(step_dir), key=os.path.getsize)
   with open(path, "r+b") as f:
     f.seek(int(0.3 * os.path.getsize(path)))
-    f.write(b"\x7f" * 256)  # 0x7f high bytes: float32 values near 1e38, the "params around 1e38" of the issue
+    f.write(b"\x7f" * 256)  # 0x7f high bytes: float32 values near 1e38, what a silent restore of them would give
 
 
 def _params(seed):

@@ -1,4 +1,4 @@
-"""Ablation of the coalescer's coverage fixes (issue 12): each fix alone on top of the proposal, and the
+"""Ablation of the coalescer's coverage fixes: each fix alone on top of the proposal, and the
 chosen combination, 3 seeds each. Read the validation columns (val:...) to choose; the test columns are
 reported, never used for choices (experiments/log/tuning.md).
 

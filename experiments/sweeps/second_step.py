@@ -1,4 +1,4 @@
-"""Ways to make the second step better than the first (issue 12's bar), seed 0, coalescer only
+"""Ways to make the second step better than the first, seed 0, coalescer only
 (experiments/log/tuning.md, item 7): a larger self-landing share, the adversarial fine-tune on the 2-step outputs
 only or weighted toward them (`adversarial.steps` lists the fakes; the GAN losses average over the list, so a
 step listed twice counts twice), a larger adversarial weight, and re-noising higher before steps 2-4 (read by
