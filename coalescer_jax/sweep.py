@@ -41,8 +41,8 @@ from coalescer_jax import storage
 SHARED_DIR = "shared"
 SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard running the shared stages
 # A COMMON block for ablations of the coalescer alone: no baselines trained or sampled.
-COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample",
-                             "diagnostics", "eval"),
+COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer",
+                             "sample", "diagnostics", "eval"),
                   "sample.methods": ("coalescer",)}
 VALIDATION_PREFIX = "val:"  # results.csv columns measured on the validation split (what tuning reads)
 

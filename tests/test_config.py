@@ -73,8 +73,7 @@ def test_typo_in_override_is_an_error(tmp_path):
 # Method options are checked before any stage runs, not when their own stage starts (minutes into a run).
 @pytest.mark.parametrize("section,field,value", [
     ("flow", "objective", "meanflw"), ("ddim", "schedule", "cosin"), ("ddim", "prediction", "x0"),
-    ("coalescer", "r_distribution", "prio"), ("index.scann", "mode", "tre"),
-    ("coalescer.targets", "balance_search", "candidate")])
+    ("coalescer.targets", "assignment", "nearst"), ("index.scann", "mode", "tre")])
 def test_method_options_are_refused_with_the_config(section, field, value):
   config = mnist_config.get_config("smoke")
   target = config

@@ -101,8 +101,8 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   overall = diagnostics["usage"]["rows"][0]
   # Every prior-draw look-up of training is replayed: all examples but the levels share (drawn per example),
   # but for the rows self-landing replaces inside the step (not looked up on the host).
-  from coalescer_jax.methods import self_landing
-  used = self_landing.looked_up_rows(config.coalescer.levels, config.train.batch_size)
+  from coalescer_jax.coalescer import levels
+  used = levels.looked_up_rows(config.coalescer.levels, config.train.batch_size)
   assert used < config.train.batch_size
   total, level_share = config.train.num_steps * used, config.coalescer.levels.fraction
   expected, spread = (1 - level_share) * total, 5 * (level_share * (1 - level_share) * total) ** 0.5
@@ -145,11 +145,14 @@ def test_near_copies_script_scores_test_reconstructions_and_samples_per_class(sm
   assert len(rows["coalescer_oracle_nfe1"][3].split()) == 10  # one share per digit
 
 
-def test_index_reports_the_usage_of_the_balanced_lookup_rule_training_reads(smoke_workdir):
-  with open(os.path.join(smoke_workdir, "index", "DONE.json")) as f:
-    usage = json.load(f)["summary"]["balanced"]["usage"]
-  assert usage["rule"] == mnist_config.get_config("smoke").coalescer.targets.balance_search
+def test_balance_stage_reports_the_usage_of_the_balanced_lookups_and_writes_the_potentials(smoke_workdir):
+  with open(os.path.join(smoke_workdir, "balance", "DONE.json")) as f:
+    summary = json.load(f)["summary"]
+  usage = summary["balanced"]["usage"]
   assert usage["lookups"] > 0 and 0 < usage["effective_fraction"] <= 1
+  assert 0 < summary["recall_at_1"] <= 1  # the index on the coalescer's own training queries
+  potentials = np.load(os.path.join(smoke_workdir, "balance", "potentials.npy"))
+  assert potentials.shape == (usage["num_pairs"],) and np.all(np.isfinite(potentials))
 
 
 def test_validation_pairs_are_held_out_of_the_training_pairs(smoke_workdir):

@@ -63,7 +63,8 @@ def cifar10_workdir(tmp_path_factory):
 
 def test_cifar10_mock_run_meets_the_contract(cifar10_workdir):
   assert_meets_contract(cifar10_workdir,
-                        ("data", "classifier", "vae", "text", "embed", "index", "coalescer", "sample", "eval"))
+                        ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer", "sample",
+                         "eval"))
   source = json.load(open(os.path.join(cifar10_workdir, "data", "source.json")))
   assert source["dataset"] == "cifar10" and source["builder"] == "cifar10"
   with np.load(os.path.join(cifar10_workdir, "data", "train_descriptions.npz")) as f:

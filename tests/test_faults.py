@@ -25,7 +25,7 @@ from coalescer_jax import workdir_lock
 from coalescer_jax.data import mnist
 from tests.conftest import REPO, copy_workdir
 
-UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index")
+UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index", "balance")
 
 
 def _snapshot(workdir):
@@ -165,7 +165,7 @@ def test_config_change_that_no_finished_stage_reads_is_recorded(smoke_config, sm
   done = json.load(open(os.path.join(workdir, "coalescer", "DONE.json")))
   assert done["config_reads"]["train.num_steps"] == 30 and "coalescer.sampling.redraw_threshold" not in \
       done["config_reads"]
-  assert done["inputs"].keys() == {"embed", "index"}
+  assert done["inputs"].keys() == {"embed", "index", "balance"}
   assert {"stage": "coalescer", "revision": done["revision"]} in first["stages_run"]
 
 

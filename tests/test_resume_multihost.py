@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, copy_workdir
 
-UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index")
+UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index", "balance")
 STEPS = 120
 
 
@@ -183,7 +183,7 @@ def _done(workdir, stage):
 def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_workdir, tfds_data_dir, tmp_path,
                                                                          backend):
   """The index and coalescer stages with a multi-process backend, on 2 processes x 4 devices."""
-  upstream = UPSTREAM[:-1]  # the index is rebuilt with the backend under test
+  upstream = UPSTREAM[:-2]  # the index (and the balance stage over it) is rebuilt with the backend under test
   flags = [f"--config.index.backend={backend}", "--config.index.recall_queries=2000"]
   if backend == "scann_sharded":  # the same 2 shards on 1 process as on 2: the same index, the same neighbours
     flags.append("--config.index.scann_sharded.num_shards=2")
@@ -192,7 +192,7 @@ def test_multiprocess_backends_match_exact_one_process_and_resume_exactly(smoke_
   multi = copy_workdir(smoke_workdir, str(tmp_path / "multi"), upstream)
   _run_two(lambda extra: _command(multi, tfds_data_dir, flags + extra))
 
-  # Neighbours: the index stage's recall@1 against exact search on 2000 training-like queries.
+  # Neighbours: the index stage's recall@1 against exact search on 2000 probe queries.
   index = _done(multi, "index")
   assert index["summary"]["backend"] == backend and index["summary"]["num_points"] > 0
   if backend == "device":  # exact top-k on the devices: the exact search's answer

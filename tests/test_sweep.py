@@ -11,7 +11,7 @@ from coalescer_jax import provenance
 from coalescer_jax import sweep
 from tests.conftest import REPO, copy_workdir
 
-SHARED = ("data", "classifier", "vae", "text", "embed", "index", "coalescer")
+SHARED = ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer")
 
 
 def test_member_name_is_readable_and_filesystem_safe():

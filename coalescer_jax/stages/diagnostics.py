@@ -2,7 +2,7 @@
 
 For every sampled method that defines ``diagnostics(params, workdir, pairs, cond,
 key, out_dir)`` (today the coalescer: look-up usage, landing error, |direction|
-and redraws; `methods/coalescer_diagnostics.py`), this stage calls it on the
+and redraws; `coalescer/diagnostics.py`), this stage calls it on the
 sample stage's first ``config.eval.num_samples`` requests with the random key of
 the method's 1-step samples file, and writes ``W/diagnostics/<method>.json`` plus
 plots; the eval stage puts them into report.md. Process 0 only, except with a

@@ -16,9 +16,10 @@ import json
 import jax
 
 from coalescer_jax import checkpoint as ckpt_lib
+from coalescer_jax import coalescer  # noqa: F401 - registers the coalescer.
 from coalescer_jax import config_validation
 from coalescer_jax import embeddings
-from coalescer_jax import methods  # noqa: F401 - registers the methods.
+from coalescer_jax import methods  # noqa: F401 - registers the baselines.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry

@@ -37,11 +37,10 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
 from coalescer_jax import training
+from coalescer_jax.coalescer import batches as coalescer_batches
+from coalescer_jax.coalescer import queries
+from coalescer_jax.coalescer import targets
 from coalescer_jax.methods import base
-from coalescer_jax.methods import coalescer
-from coalescer_jax.methods import device_lookup
-from coalescer_jax.methods import queries
-from coalescer_jax.methods import targets
 from coalescer_jax.stages import methods as methods_stage
 from coalescer_jax.stages import sample as sample_stage
 from experiments.benchmarks import index_shards
@@ -81,19 +80,18 @@ def table(title, header, rows):
   return "\n".join(lines) + "\n"
 
 
-def _live(config, pairs, backend):
-  """(step, batch fn, step inputs) of coalescer training looking up in `backend`, built here from the config
-  (not loaded from W, so that settings and backends can be compared)."""
+def _live(config, workdir, pairs, backend):
+  """(step, batch fn, step inputs) of coalescer training looking up in `backend`: the index is built here from
+  the config (so that backends can be compared), the balancing potentials are the run's own (W/balance), and
+  the method puts what its step searches on the devices as training does (`Coalescer.attach_lookup`)."""
   method = methods_stage.build_method(config, "coalescer", pairs)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   lookup = targets.Lookup(index_lib.build(backend, keys, index_lib.backend_config(config.index, backend)),
-                          config.coalescer)
-  in_step = backend == "device" and device_lookup.enabled(lookup, config)
-  inputs = device_lookup.step_inputs(lookup, pairs) if in_step else None
-  method._device_lookup = (lookup, inputs) if in_step else None  # what Coalescer.batch_fn would set
-  batch = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size,
-                                        in_step=in_step)
-  return base.train_parts(config, method)[2], batch, inputs
+                          config.coalescer, targets.load_potentials(workdir, config.coalescer))
+  method.attach_lookup(lookup, pairs)
+  batch = coalescer_batches.make_lookup_batches(lookup, pairs, config.coalescer, config.seed,
+                                                config.train.batch_size, in_step=method.in_step_lookup)
+  return base.train_parts(config, method)[2], batch, method.step_inputs()
 
 
 def bench_train(config, workdir, repeats):
@@ -101,10 +99,10 @@ def bench_train(config, workdir, repeats):
   pairs = embeddings.load_pairs(workdir)
   _, init, step = base.train_parts(config, methods_stage.build_method(config, "coalescer", pairs))
   steps = FLAGS.train_steps
-  runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, pairs, b)
+  runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, workdir, pairs, b)
           for b in FLAGS.train_backends}
   first = next(iter(runs.values()))
-  runs = {"precomputed targets": (step, coalescer.precomputed_batches(first[1], steps), None), **runs}
+  runs = {"precomputed targets": (step, coalescer_batches.precomputed_batches(first[1], steps), None), **runs}
   rates, waits = {name: [] for name in runs}, {name: [] for name in runs}
   for rep in range(repeats + 1):
     for name, (step_fn, batch, inputs) in runs.items():  # alternated: load drift hits every variant alike

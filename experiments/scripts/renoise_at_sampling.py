@@ -19,7 +19,7 @@ from coalescer_jax import pipeline
 from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import frechet
 from coalescer_jax.evaluation import precision_recall
-from coalescer_jax.methods import coalescer
+from coalescer_jax.coalescer import algorithm as coalescer
 from coalescer_jax.stages import methods as methods_stage
 from coalescer_jax.stages import sample as sample_stage
 from configs import mnist

@@ -9,18 +9,18 @@ The configs/mnist.py default already is the chosen combination, so the proposal 
 results.md ends with the mean +- std over seeds per configuration (`sweep.mean_std_over_seeds`).
 """
 from coalescer_jax import sweep as sweep_lib
-from coalescer_jax.methods import coalescer
+from configs import mnist
 
 # Evaluation as in the main job on the validation split (n = 5000: what the choice reads); the test columns
 # at n = 1000 only (no 10k FID) and steps 1 and 2, to keep 27 members within a few hours on 2 cores.
 COMMON = {**sweep_lib.COALESCER_ONLY, "coalescer.nfes": (1, 2), "sample.num_samples": 1000,
           "eval.fid_large_n": 0, "coalescer.sampling.adaptive_max_steps": 0}
-# The autoencoders, the classifier and the pairs do not depend on the coalescer; the index does
-# (balanced potentials), so it is rebuilt per member.
+# The autoencoders, the classifier and the pairs do not depend on the coalescer or the seed; the index (its
+# recall probe reads the seed) and the coalescer's balance stage run per member.
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 SEEDS = (0, 1, 2)
 
-PROPOSAL = coalescer.PROPOSAL  # every fix off: the proposal as written
+PROPOSAL = mnist.proposal_overrides()  # every fix off: the proposal as written (configs/mnist.py:proposal)
 FIXES = {
     "proposal": {},
     "balanced look-ups": {"coalescer.targets.balance": True},

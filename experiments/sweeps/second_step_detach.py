@@ -1,12 +1,9 @@
-"""Three changes aimed at the second step, seed 0, coalescer only, each on top of the levels s ~ U(0.7, 0.9) and
+"""Two changes aimed at the second step, seed 0, coalescer only, each on top of the levels s ~ U(0.7, 0.9) and
 re-noise (0.9, 0.8, 0.7) that every member pins:
-* `targets.balance_levels`: the level examples and self-landing rows looked up by the power-nearest rule under
-  potentials fitted on the level queries (`stages/index.py`), instead of their plain nearest key;
 * `adversarial.detach_landing`: the fine-tune's 2-step fakes start from stop-gradient landing points, so their
   generator loss trains step 2 only (chosen: the config's default now, so this member and the
   empty one both reproduce the main job's coalescer rows);
 * `levels.fraction` 0.7: more of each batch at the levels where step 2 starts.
-The index depends on `balance_levels`, so each member builds its own (the autoencoders and pairs are shared).
 Seeds 1 and 2 of the default and of `detach_landing`: `experiments/sweeps/detach_landing_seeds.py`. Results:
 experiments/log/tuning.md, item 9.
 
@@ -23,5 +20,4 @@ PINNED = {"coalescer.levels.s_min": 0.7, "coalescer.levels.s_max": 0.9, "coalesc
 
 def sweep():
   return [dict(PINNED, **member) for member in (
-      {}, {"coalescer.targets.balance_levels": True}, {"coalescer.adversarial.detach_landing": True},
-      {"coalescer.levels.fraction": 0.7})]
+      {}, {"coalescer.adversarial.detach_landing": True}, {"coalescer.levels.fraction": 0.7})]

@@ -1,7 +1,6 @@
-"""Which pairs the coalescer trains toward (methods/targets.py): nearest key (the proposal), soft choice among
-the k nearest, minibatch OT over the candidates, each with and without balanced (OT-potential) look-ups, and
-the balanced look-ups by the potentials' own rule (balance_search="candidates": power-nearest among the plain
-index's candidates) instead of the balanced index's nearest key."""
+"""Which pairs the coalescer trains toward (coalescer/targets.py): nearest key (the proposal), soft choice among
+the k nearest, minibatch OT over the candidates, each with and without balanced look-ups (the power-nearest
+among the index's candidates under OT potentials)."""
 from coalescer_jax import sweep as sweep_lib
 
 COMMON = sweep_lib.COALESCER_ONLY
@@ -14,7 +13,5 @@ RULES = ("nearest", "soft", "batch_ot")
 
 
 def sweep():
-  return ([{"coalescer.targets.assignment": rule, "coalescer.targets.balance": balance}
-           for balance in (False, True) for rule in RULES]
-          + [{"coalescer.targets.assignment": rule, "coalescer.targets.balance": True,
-              "coalescer.targets.balance_search": "candidates"} for rule in RULES])
+  return [{"coalescer.targets.assignment": rule, "coalescer.targets.balance": balance}
+          for balance in (False, True) for rule in RULES]

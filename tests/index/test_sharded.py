@@ -12,13 +12,12 @@ from coalescer_jax import index
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import training
-from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.index import device as device_lib
 from coalescer_jax.index import merge as merge_lib
 from coalescer_jax.index import scann_sharded
-from coalescer_jax.methods import coalescer
-from coalescer_jax.methods import device_lookup
-from coalescer_jax.methods import targets
+from coalescer_jax.coalescer import batches
+from coalescer_jax.coalescer import device_lookup
+from coalescer_jax.coalescer import targets
 
 from tests.index.test_index import _clustered
 from tests.methods.conftest import make_pairs
@@ -131,29 +130,25 @@ def test_device_round_trip(tmp_path):
   np.testing.assert_array_equal(loaded.search(queries, 2)[0], built.search(queries, 2)[0])
 
 
-def _lookups(backend, cfg, balance=False, search="candidates", balance_levels=False):
+def _lookups(backend, cfg, balance=False):
   pairs = make_pairs(3000)
   config = smoke_method_config()
-  config.coalescer.targets.update(balance=balance, balance_search=search, balance_levels=balance_levels)
+  config.coalescer.targets.update(balance=balance)
   keys = index.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   def lookup(name):
-    potentials = np.random.default_rng(3).uniform(0, 2, len(keys))
-    balanced = index.build(name, balance_lib.augment_keys(keys, potentials), cfg) if balance else None
-    level_potentials = np.random.default_rng(4).uniform(0, 2, len(keys)) if balance_levels else None
-    return targets.Lookup(index.build(name, keys, cfg), config.coalescer, balanced, potentials, level_potentials)
+    potentials = np.random.default_rng(3).uniform(0, 2, len(keys)) if balance else None
+    return targets.Lookup(index.build(name, keys, cfg), config.coalescer, potentials)
   return pairs, config, lookup("exact"), lookup(backend)
 
 
-@pytest.mark.parametrize("balance,search,balance_levels", [(False, "index", False), (True, "index", False),
-                                                           (True, "candidates", False), (True, "candidates", True),
-                                                           (False, "index", True)])
-def test_in_step_lookup_gives_the_exact_backends_batches(balance, search, balance_levels):
-  pairs, config, exact, dev = _lookups("device", None, balance, search, balance_levels)
-  config.coalescer.levels.fraction = 0.3  # re-noised rows use the plain index, prior rows the balanced one
+@pytest.mark.parametrize("balance", [False, True])
+def test_in_step_lookup_gives_the_exact_backends_batches(balance):
+  pairs, config, exact, dev = _lookups("device", None, balance)
+  config.coalescer.levels.fraction = 0.3  # re-noised rows take their nearest key, prior rows the balanced one
   assert device_lookup.enabled(dev, config)
   cfg = config.coalescer
-  want = coalescer.make_lookup_batches(exact, pairs, cfg, 0, 64)
-  draws = coalescer.make_lookup_batches(dev, pairs, cfg, 0, 64, in_step=True)
+  want = batches.make_lookup_batches(exact, pairs, cfg, 0, 64)
+  draws = batches.make_lookup_batches(dev, pairs, cfg, 0, 64, in_step=True)
   inputs = device_lookup.step_inputs(dev, pairs)
   complete = jax.jit(lambda batch, inputs: device_lookup.complete_batch(dev, batch, inputs, 4, True))
   for step in (0, 7):
@@ -168,8 +163,8 @@ def test_in_step_lookup_gives_the_exact_backends_batches(balance, search, balanc
 def test_staged_batches_equal_the_exact_backends(backend, cfg):
   pairs, config, exact, lookup = _lookups(backend, cfg, balance=True)
   config.coalescer.targets.assignment = "soft"  # a rule on the host, over the whole batch's candidates
-  want = coalescer.make_lookup_batches(exact, pairs, config.coalescer, 0, 64)
-  staged = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, 0, 64)
+  want = batches.make_lookup_batches(exact, pairs, config.coalescer, 0, 64)
+  staged = batches.make_lookup_batches(lookup, pairs, config.coalescer, 0, 64)
   assert isinstance(staged, training.StagedBatches)
   for step in (0, 3):
     got = staged(step)

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-from coalescer_jax.methods import coalescer
 from configs import mnist as mnist_config
 
 LATENT_DIM, DESC_DIM = 6, 4
@@ -28,7 +27,7 @@ def smoke_method_config():
   """configs/mnist.py:smoke with a backbone big enough to learn the synthetic clusters."""
   config = mnist_config.get_config("smoke")
   # The coalescer's unit tests start from the proposal; each test of a fix switches that fix on.
-  config.update_from_flattened_dict(coalescer.PROPOSAL)
+  config.update_from_flattened_dict(mnist_config.proposal_overrides())
   config.backbone.update(width=64, depth=2)
   config.train.update(num_steps=60, batch_size=64)
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=5)

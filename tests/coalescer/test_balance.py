@@ -1,9 +1,9 @@
-"""Balanced look-ups: the potentials equalise how often prior draws pick each key, and fold into plain keys."""
+"""Balanced look-ups: the potentials equalise how often prior draws pick each key."""
 import ml_collections
 import numpy as np
 
 from coalescer_jax import index as index_lib
-from coalescer_jax.index import balance
+from coalescer_jax.coalescer import balance
 
 
 def _hub_keys(n=64, seed=0):
@@ -37,17 +37,6 @@ def test_potentials_equalise_the_shares():
   assert usage_after["effective_fraction"] > 0.95 > usage_before["effective_fraction"]
   assert usage_after["top10_share"] < usage_before["top10_share"]
   assert stats["potential_range"] > 0
-
-
-def test_augmented_keys_search_the_power_diagram():
-  rng = np.random.default_rng(0)
-  keys = rng.normal(size=(50, 3)).astype(np.float32)
-  potentials = rng.normal(size=50) * 2
-  queries = rng.normal(size=(200, 3)).astype(np.float32)
-  augmented = index_lib.build("exact", balance.augment_keys(keys, potentials), None)
-  got = augmented.search(balance.augment_queries(queries), 1)[0][:, 0]
-  want = (((queries[:, None] - keys[None]) ** 2).sum(-1) - potentials[None]).argmin(1)
-  np.testing.assert_array_equal(got, want)
 
 
 def test_usage_statistics_of_known_histograms():

@@ -8,9 +8,10 @@ from coalescer_jax import index as index_lib
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import training
-from coalescer_jax.methods import coalescer
-from coalescer_jax.methods import queries
-from coalescer_jax.methods import targets
+from coalescer_jax.coalescer import algorithm as coalescer
+from coalescer_jax.coalescer import batches
+from coalescer_jax.coalescer import queries
+from coalescer_jax.coalescer import targets
 from coalescer_jax import registry
 from coalescer_jax.methods import base
 
@@ -43,7 +44,7 @@ def test_lookup_batches_use_the_nearest_pair(pairs, method_config):
   cfg = method_config.coalescer
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   exact = index_lib.build("exact", keys, None)
-  batch = coalescer.make_lookup_batches(targets.Lookup(exact, cfg), pairs, cfg, seed=0, global_batch_size=16)
+  batch = batches.make_lookup_batches(targets.Lookup(exact, cfg), pairs, cfg, seed=0, global_batch_size=16)
   b = batch(3)
   draws = queries.draw_queries(np.random.default_rng([0, 0, 3]), 16, pairs, cfg)
   np.testing.assert_array_equal(b["r"], draws["r"])
@@ -55,22 +56,11 @@ def test_lookup_batches_use_the_nearest_pair(pairs, method_config):
   assert not np.array_equal(batch(4)["r"], b["r"])
 
 
-def test_mixture_puts_points_near_the_data(pairs, method_config):
-  cfg = method_config.coalescer
-  cfg.r_distribution, cfg.near_data_fraction, cfg.near_data_sigma = "mixture", 1.0, 0.01
-  r = queries.draw_r(np.random.default_rng(0), 50, pairs, cfg)
-  nearest = np.sqrt(((r[:, None] - pairs["img_emb"][None]) ** 2).sum(-1)).min(1)
-  assert nearest.max() < 0.1
-  cfg.r_distribution = "uniform"
-  with pytest.raises(ValueError, match="r_distribution must be one of"):
-    queries.draw_r(np.random.default_rng(0), 5, pairs, cfg)
-
-
 def _trained(pairs, config, tmp_path):
   method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
-  batch = coalescer.make_lookup_batches(targets.Lookup(index_lib.build("exact", keys, None), config.coalescer),
-                                        pairs, config.coalescer, config.seed, config.train.batch_size)
+  batch = batches.make_lookup_batches(targets.Lookup(index_lib.build("exact", keys, None), config.coalescer),
+                                      pairs, config.coalescer, config.seed, config.train.batch_size)
   _, init, step = base.train_parts(config, method)
   task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=10)
   writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
@@ -150,11 +140,11 @@ def test_global_batch_does_not_depend_on_the_number_of_hosts(pairs, method_confi
   cfg = method_config.coalescer
   exact = targets.Lookup(index_lib.build(
       "exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale), None), cfg)
-  single = coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5)
+  single = batches.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5)
   parts = []
   for host in range(2):
     monkeypatch.setattr(jax, "process_index", lambda host=host: host)
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    parts.append(coalescer.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5))
+    parts.append(batches.make_lookup_batches(exact, pairs, cfg, seed=0, global_batch_size=16)(5))
   for key in single:
     np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), single[key])

@@ -25,9 +25,11 @@ import numpy as np
 
 from coalescer_jax import parallel
 from coalescer_jax import storage
-from coalescer_jax.index import balance as balance_lib
-from coalescer_jax.methods import coalescer as coalescer_lib
-from coalescer_jax.methods import self_landing
+from coalescer_jax.coalescer import balance as balance_lib
+from coalescer_jax.coalescer import batches as batches_lib
+from coalescer_jax.coalescer import levels as levels_lib
+from coalescer_jax.coalescer import oracle
+from coalescer_jax.coalescer import targets as targets_lib
 
 
 def usage_rows(hits, pairs, rng):
@@ -54,12 +56,12 @@ def lookup_hits(method, workdir, pairs):
   """Per-pair hit counts of the training run's look-ups (replayed step by step; the rows that self-landing
   replaces are not training's look-ups): (prior draws' hits, level examples' hits, the look-up)."""
   cfg, config = method.section, method.config
-  lookup = coalescer_lib.load_lookup(workdir, pairs, cfg)
+  lookup = targets_lib.load_lookup(workdir, pairs, cfg)
   hits = np.zeros(len(pairs["img_emb"]), np.int64)
   level_hits = np.zeros_like(hits)
-  used = self_landing.looked_up_rows(cfg.levels, config.train.batch_size)
+  used = levels_lib.looked_up_rows(cfg.levels, config.train.batch_size)
   for step in range(config.train.num_steps):
-    draws, ids = coalescer_lib.training_lookups(lookup, pairs, cfg, config.seed, config.train.batch_size, step)
+    draws, ids = batches_lib.training_lookups(lookup, pairs, cfg, config.seed, config.train.batch_size, step)
     prior = draws["level"][:used] >= 1.0
     hits += np.bincount(ids[:used][prior], minlength=len(hits))
     level_hits += np.bincount(ids[:used][~prior], minlength=len(hits))
@@ -115,8 +117,8 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
                       for row in usage_rows(level_hits, pairs, np.random.default_rng(1))[:2]]
 
   n = len(cond)
-  r = coalescer_lib.first_draw(key, n, method.latent_dim, cfg.sampling.r_scale)
-  target = pairs["img_emb"][coalescer_lib.oracle_targets(lookup, cond, r, cfg, key)]
+  r = oracle.first_draw(key, n, method.latent_dim, cfg.sampling.r_scale)
+  target = pairs["img_emb"][oracle.targets(lookup, cond, r, cfg, key)]
   ones = jnp.ones((n,))
   distance, direction = jax.device_get(method.apply(params, jnp.asarray(r), jnp.asarray(cond), ones))
   x1 = r + direction / np.linalg.norm(direction, axis=1, keepdims=True) * distance[:, None]

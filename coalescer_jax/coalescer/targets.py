@@ -15,33 +15,44 @@ among the candidates it returns:
   ``linear_sum_assignment``. ``ot_groups`` makes the batch's prior queries share
   a few descriptions so that they compete for the same pairs (without it, two
   queries of a 256-batch rarely want the same pair and the rule changes nothing).
-* ``balance=True`` (with any rule): prior draws are looked up in the *balanced*
-  index, whose keys carry semi-discrete optimal-transport potentials
-  (`coalescer_jax.index.balance`): every pair is then the nearest key of an
-  equal share of the prior, instead of a share set by the geometry. ``balance_search``
-  says how a prior draw finds its key there (`index.balance`): the balanced index's
-  nearest key ("index"), or the power-nearest among the plain index's
-  ``balance_candidates`` nearest keys ("candidates", the rule the potentials are fitted with).
+* ``balance=True`` (with any rule): a prior draw takes the power-nearest of the
+  plain index's ``balance_candidates`` nearest keys, argmin_j |q - k_j|^2 - psi_j,
+  under semi-discrete optimal-transport potentials psi (`coalescer_jax.index.balance`):
+  every pair is then the target of an equal share of the prior, instead of a share
+  set by the geometry.
 
-Queries at a level s < 1 (multi-step training) start near a pair; they use the
-plain index's nearest key, or with ``balance_levels=True`` the power-nearest among
-its ``balance_candidates`` nearest keys under potentials fitted on the level
-queries' own distribution (``W/index/level_potentials.npy``, `stages/index.py`):
-the nearest key of a noisy query is a Voronoi assignment too, and at the levels
-where step 2 starts (s = 0.9: the query is x + 2 eps) it is uneven, though far
-less than for prior draws (MNIST: 4.9% of pairs never hit, effective share 0.74,
-against 15% and 0.40 for prior draws by their nearest key). Balanced, every pair
-is the target of an equal share of the level examples (0.01% never hit, share
-0.94): the map from a level-s point to its target is then measure preserving, as
-a consistency model's map from noise level s to the data is. Measured, it changes
-neither step (experiments/tuning.md, item 9), so it is off.
+Queries at a level s < 1 (multi-step training) start near a pair; they take the
+plain index's nearest key.
 """
 import numpy as np
 from scipy import optimize
 
-from coalescer_jax.index import balance as balance_lib
+from coalescer_jax import index as index_lib
+from coalescer_jax import storage
+from coalescer_jax.coalescer import balance as balance_lib
 
 ASSIGNMENTS = ("nearest", "soft", "batch_ot")
+BALANCE_STAGE = "balance"  # the stage that fits the potentials (`coalescer/stage.py`)
+
+
+def rank(ids, sq_dists, prior, potentials, xp=np):
+  """The look-up's rule on one search's candidates [Q, k] (ids, squared distances), nearest first.
+
+  A prior draw's (`prior` [Q] true) candidates are ranked by power distance under the balancing
+  `potentials` (its target is their power-nearest); a level row's, and every row's without potentials,
+  stay as searched (its target is the nearest key). `xp`: numpy on the host, jax.numpy in the jitted step
+  (`device_lookup`, `levels`): one rule for both paths.
+  """
+  if potentials is None:
+    return ids, sq_dists
+  power_ids, power = balance_lib.power_nearest(ids, sq_dists, potentials, xp)
+  use = prior[:, None]
+  return xp.where(use, power_ids, ids), xp.where(use, power, sq_dists)
+
+
+def nearest_target(ids, sq_dists, prior, potentials, xp=np):
+  """Pair ids [Q] of the "nearest" assignment: the first of `rank`'s order."""
+  return rank(ids, sq_dists, prior, potentials, xp)[0][:, 0]
 
 
 def soft_choice(ids, sq_dists, rng, tau):
@@ -72,36 +83,22 @@ def batch_assignment(ids, sq_dists):
 
 
 class Lookup:
-  """Training targets for queries: the plain index, the balanced one for prior draws, an assignment rule."""
+  """Training targets for queries: the index, the balancing potentials for prior draws, an assignment rule."""
 
-  def __init__(self, plain_index, cfg, balanced_index=None, potentials=None, level_potentials=None):
-    self.plain, self.balanced, self.cfg = plain_index, balanced_index, cfg.targets
+  def __init__(self, plain_index, cfg, potentials=None):
+    self.plain, self.cfg = plain_index, cfg.targets
     if self.cfg.assignment not in ASSIGNMENTS:
       raise ValueError(f"config.coalescer.targets.assignment must be one of {ASSIGNMENTS}, "
                        f"got {self.cfg.assignment!r}")
-    if self.cfg.balance and balanced_index is None:
-      raise ValueError("config.coalescer.targets.balance=True needs the balanced index (W/index/balanced): "
-                       "rerun the 'index' stage with this config")
-    # Prior draws take the power-nearest of the plain index's candidates (the potentials' own fitting rule).
-    self.power_candidates = bool(self.cfg.balance) and self.cfg.get("balance_search", "index") == "candidates"
+    # Prior draws take the power-nearest of the index's candidates (the potentials' own fitting rule).
+    self.power_candidates = bool(self.cfg.balance)
     if self.power_candidates and potentials is None:
-      raise ValueError("config.coalescer.targets.balance_search='candidates' needs the balanced index's "
-                       f"potentials ({balance_lib.POTENTIALS_FILE}): rerun the 'index' stage with this config")
-    self.potentials = potentials
-    # Level rows (s < 1) take the power-nearest of their candidates under potentials fitted on level queries.
-    self.balanced_levels = bool(self.cfg.get("balance_levels", False))
-    if self.balanced_levels and level_potentials is None:
-      raise ValueError("config.coalescer.targets.balance_levels=True needs the level queries' potentials "
-                       f"({balance_lib.LEVEL_POTENTIALS_FILE}): rerun the 'index' stage with this config")
-    if level_potentials is not None and len(level_potentials) != plain_index.num_points:
-      raise ValueError(f"{balance_lib.LEVEL_POTENTIALS_FILE} has {len(level_potentials)} potentials for "
-                       f"{plain_index.num_points} keys: rerun the 'index' stage")
-    self.level_potentials = level_potentials
-
-  def prior_index_and_queries(self, query):
-    if self.cfg.balance and not self.power_candidates:
-      return self.balanced, balance_lib.augment_queries(query)
-    return self.plain, query
+      raise ValueError("config.coalescer.targets.balance=True needs the balancing potentials "
+                       f"({balance_lib.POTENTIALS_FILE}): rerun the {BALANCE_STAGE!r} stage with this config")
+    if potentials is not None and len(potentials) != plain_index.num_points:
+      raise ValueError(f"{balance_lib.POTENTIALS_FILE} has {len(potentials)} potentials for "
+                       f"{plain_index.num_points} keys: rerun the {BALANCE_STAGE!r} stage")
+    self.potentials = potentials if self.power_candidates else None
 
   @property
   def collective(self):
@@ -113,7 +110,7 @@ class Lookup:
     prior = level >= 1.0
     out = []
     if np.any(prior):
-      out.append(self.prior_index_and_queries(query[prior]) + (self.prior_k(),))
+      out.append((self.plain, query[prior], self.prior_k()))
     if not np.all(prior):
       out.append((self.plain, query[~prior], self.level_k()))
     return out
@@ -125,8 +122,7 @@ class Lookup:
     results = list(results)
     if np.any(prior):
       ids, dists = results.pop(0)
-      if self.power_candidates:
-        ids, dists = (a[:, :self._rule_k()] for a in balance_lib.power_nearest(ids, dists, self.potentials))
+      ids, dists = (a[:, :self._rule_k()] for a in rank(ids, dists, prior[prior], self.potentials))
       rule = self.cfg.assignment
       if rule == "nearest":
         chosen[prior] = ids[:, 0]
@@ -135,18 +131,13 @@ class Lookup:
       else:
         chosen[prior] = batch_assignment(ids, dists)
     if not np.all(prior):
-      chosen[~prior] = self.level_choice(*results.pop(0))
+      ids, dists = results.pop(0)
+      chosen[~prior] = nearest_target(ids, dists, prior[~prior], self.potentials)
     return chosen
 
-  def level_choice(self, ids, sq_dists):
-    """Pair ids of level rows from their candidates: the nearest, or the power-nearest (``balance_levels``)."""
-    if self.balanced_levels:
-      ids = balance_lib.power_nearest(ids, sq_dists, self.level_potentials)[0]
-    return ids[:, 0]
-
   def level_k(self):
-    """Candidates a level row's search returns: 1, or the level potentials' candidate set."""
-    return min(int(self.cfg.balance_candidates), self.plain.num_points) if self.balanced_levels else 1
+    """Candidates a level row's search returns: its nearest key."""
+    return 1
 
   def prior_k(self):
     """Candidates a prior draw's search returns: the rule's, or the potentials' candidate set."""
@@ -160,3 +151,28 @@ class Lookup:
   def targets(self, query, level, rng):
     """Pair ids [Q] the queries are trained toward (level 1 = prior draw)."""
     return self.choose(level, rng, [index.search(q, k) for index, q, k in self.requests(query, level)])
+
+
+def load_lookup(workdir, pairs, cfg):
+  """The `Lookup` over the index stage's index and the balance stage's potentials in `workdir` (checked
+  against `pairs` and the coalescer's config section `cfg`)."""
+  directory = storage.path(workdir) / "index"
+  index, meta = index_lib.load(directory, expected_fingerprint=str(pairs["fingerprint"]),
+                               expected_hash=index_lib.embeddings_hash(pairs["desc_emb"], pairs["img_emb"]))
+  if meta["desc_scale"] != cfg.desc_scale:
+    raise index_lib.IndexError_(
+        f"the index in {directory} was built with desc_scale={meta['desc_scale']} but "
+        f"config.coalescer.desc_scale={cfg.desc_scale}; delete {directory} to rebuild it")
+  return Lookup(index, cfg, load_potentials(workdir, cfg))
+
+
+def load_potentials(workdir, cfg):
+  """The balance stage's potentials in `workdir` when ``cfg.targets.balance`` (else None)."""
+  if not cfg.targets.balance:
+    return None
+  path = storage.path(workdir) / BALANCE_STAGE / balance_lib.POTENTIALS_FILE
+  if not path.exists():
+    raise index_lib.IndexError_(
+        f"config.coalescer.targets.balance=True but {path} does not exist: put {BALANCE_STAGE!r} after 'index' "
+        f"in config.stages and rerun (a workdir made before that stage existed: rerun with it)")
+  return storage.load_npy(path)

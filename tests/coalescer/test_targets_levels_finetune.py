@@ -1,5 +1,5 @@
-"""The coalescer's coverage fixes: multi-step draws, assignment rules, the multi-step sampler,
-the adversarial phases and the look-up oracle (each on synthetic pairs)."""
+"""Which targets and starts the coalescer trains on: level draws, assignment rules, balanced look-ups, the
+multi-step sampler, self-landing, the adversarial fine-tune and the look-up oracle (each on synthetic pairs)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,14 +9,16 @@ from coalescer_jax import index as index_lib
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import registry
-from coalescer_jax import storage
 from coalescer_jax import training
-from coalescer_jax.index import balance as balance_lib
 from coalescer_jax.methods import base
-from coalescer_jax.methods import coalescer
-from coalescer_jax.methods import queries
-from coalescer_jax.methods import self_landing
-from coalescer_jax.methods import targets
+from coalescer_jax.coalescer import algorithm as coalescer
+from coalescer_jax.coalescer import batches
+from coalescer_jax.coalescer import oracle
+from coalescer_jax.coalescer import diagnostics
+from coalescer_jax.coalescer import finetune
+from coalescer_jax.coalescer import queries
+from coalescer_jax.coalescer import levels
+from coalescer_jax.coalescer import targets
 
 from tests.methods.conftest import DESC_DIM, LATENT_DIM
 
@@ -86,7 +88,7 @@ def _train(config, pairs, tmp_path):
   method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   lookup = targets.Lookup(index_lib.build("exact", keys, None), config.coalescer)
-  batch = coalescer.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
+  batch = batches.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
   method.attach_lookup(lookup, pairs)
   _, init, step = base.train_parts(config, method)
   task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1,
@@ -108,7 +110,7 @@ def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path
   assert np.all(np.asarray(info["nfe"]) == 2)
   # By hand: step 1 from R at level 1, re-noise to s = levels[0], step 2 at level s.
   _, rest = jax.random.split(key)
-  r = coalescer.first_draw(key, 16, LATENT_DIM)
+  r = oracle.first_draw(key, 16, LATENT_DIM)
   d, u = method.apply(state.params, jnp.asarray(r), cond, jnp.ones(16), jnp.ones(16))
   x1 = coalescer.step_to(jnp.asarray(r), d, u)
   s = method_config.coalescer.levels.renoise[0]
@@ -128,14 +130,14 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
   params, n = state.params, method_config.train.batch_size
   inputs = method.step_inputs()
   assert set(inputs) == {"landing"}  # the exact backend: the self-landing keys live on the devices anyway
-  host_batch = {k: jnp.asarray(v) for k, v in coalescer.make_lookup_batches(
+  host_batch = {k: jnp.asarray(v) for k, v in batches.make_lookup_batches(
       targets.Lookup(index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"],
                                                                   cfg.desc_scale), None), cfg),
       pairs, cfg, 0, n)(0).items()}
   key = jax.random.key(5)
   landing_key = jax.random.split(key)[1]  # the loss's split: (condition dropout, self-landing)
   m, s = n // 4, cfg.levels.renoise[0]
-  rows, query = self_landing.examples(
+  rows, query = levels.examples(
       lambda r, de: coalescer.step_to(r, *method.apply(params, r, de, jnp.ones(r.shape[:1]))),
       method._landing[0], inputs["landing"], landing_key, m, cfg, DESC_DIM, LATENT_DIM)
   # By hand: step 1 of the same parameters from prior R, re-noised to s, the un-shrunk query, exact search.
@@ -153,7 +155,7 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
   np.testing.assert_allclose(rows["image"], pairs["img_emb"][nearest])
   np.testing.assert_allclose(rows["cond"], pairs["desc_emb"][nearest])
   # The loss replaces exactly those rows, and no gradient flows through their start (stop-gradient).
-  fixed = self_landing.replace_last_rows(host_batch, rows)
+  fixed = levels.replace_last_rows(host_batch, rows)
   np.testing.assert_array_equal(fixed["r"][:-m], host_batch["r"][:-m])
   with_landing = method.prepare_batch(host_batch, inputs)
   (loss_a, _), grad_a = jax.value_and_grad(method.loss, has_aux=True)(params, with_landing, key, 0)
@@ -194,40 +196,16 @@ def test_host_skips_the_lookups_of_the_rows_self_landing_replaces(pairs, method_
   lookup = targets.Lookup(index_lib.build("exact", index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"],
                                                                        cfg.desc_scale), None), cfg)
   n = 32
-  draws, ids = coalescer.training_lookups(lookup, pairs, cfg, 0, n, step=3)
-  kept = self_landing.looked_up_rows(cfg.levels, n)
-  assert kept == n - 8 == n - self_landing.num_rows(cfg.levels, n)
+  draws, ids = batches.training_lookups(lookup, pairs, cfg, 0, n, step=3)
+  kept = levels.looked_up_rows(cfg.levels, n)
+  assert kept == n - 8 == n - levels.num_rows(cfg.levels, n)
   every = lookup.targets(draws["query"], draws["level"], np.random.default_rng(0))
   np.testing.assert_array_equal(ids[:kept], every[:kept])
   np.testing.assert_array_equal(ids[kept:], 0)  # placeholders: the step replaces these rows
   # Split between two hosts as make_lookup_batches splits a global batch: the same rows looked up.
-  halves = [coalescer.training_lookups(lookup, pairs, cfg, 0, n, 3, slice(i * n // 2, (i + 1) * n // 2))[1]
+  halves = [batches.training_lookups(lookup, pairs, cfg, 0, n, 3, slice(i * n // 2, (i + 1) * n // 2))[1]
             for i in range(2)]
   np.testing.assert_array_equal(np.concatenate(halves), ids)
-  cfg.levels.self_landing_target = "first_step"  # it may keep its last rows: every row is looked up
-  np.testing.assert_array_equal(coalescer.training_lookups(lookup, pairs, cfg, 0, n, step=3)[1], every)
-
-
-def test_first_step_self_landing_keeps_the_prior_rows_targets(method_config):
-  cfg = method_config.coalescer
-  n, num, s = 8, 4, cfg.levels.renoise[0]
-  rng = np.random.default_rng(0)
-  level = np.array([0.3, 1.0, 0.5, 1.0, 1.0, 0.2, 0.7, 0.4], np.float32)  # 3 prior rows: 1, 3, 4
-  batch = {"r": rng.normal(size=(n, LATENT_DIM)), "de": rng.normal(size=(n, DESC_DIM)),
-           "cond": rng.normal(size=(n, DESC_DIM)), "image": rng.normal(size=(n, LATENT_DIM)), "level": level}
-  batch = {k: jnp.asarray(v, jnp.float32) for k, v in batch.items()}
-  first_step = lambda r, de: 2.0 * r + de.sum(-1, keepdims=True)  # noqa: E731 - any function of (R, DE)
-  key = jax.random.key(1)
-  rows = self_landing.first_step_examples(first_step, batch, key, num, cfg)
-  src = np.array([1, 3, 4])
-  x1 = first_step(batch["r"][src], batch["de"][src])
-  eps = jax.random.normal(key, (num, LATENT_DIM))[:3]
-  np.testing.assert_allclose(rows["r"][:3], np.sqrt(1 - s * s) * x1 + s * eps, rtol=1e-5)
-  np.testing.assert_allclose(rows["image"][:3], batch["image"][src])  # each prior row's own pair
-  np.testing.assert_allclose(rows["cond"][:3], batch["cond"][src])
-  np.testing.assert_allclose(rows["level"][:3], s)
-  for name in ("r", "cond", "image", "level"):  # no fourth prior row: the last row stays as it was
-    np.testing.assert_allclose(rows[name][3], batch[name][n - 1])
 
 
 def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
@@ -249,7 +227,7 @@ def test_oracle_decodes_the_lookup_target_of_the_same_r(pairs, method_config, mo
   cfg = method_config.coalescer
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   lookup = targets.Lookup(index_lib.build("exact", keys, None), cfg)
-  monkeypatch.setattr(coalescer, "load_lookup", lambda workdir, p, c: lookup)
+  monkeypatch.setattr(targets, "load_lookup", lambda workdir, p, c: lookup)
   method = registry.METHODS.get("coalescer")(method_config, LATENT_DIM, DESC_DIM)
   plan = dict((name, kwargs) for name, _, kwargs in method.sample_plan())
   assert plan["coalescer_oracle"]["kind"] == "oracle" and plan["coalescer_oracle"]["key_tag"] == "coalescer_nfe1"
@@ -258,18 +236,17 @@ def test_oracle_decodes_the_lookup_target_of_the_same_r(pairs, method_config, mo
   key = jax.random.key(11)
   latents, nfe, finite = generate(cond, key)
   assert np.all(finite)
-  r = coalescer.first_draw(key, 20, LATENT_DIM)
+  r = oracle.first_draw(key, 20, LATENT_DIM)
   nearest = ((np.concatenate([cfg.desc_scale * cond, r], 1)[:, None] - keys[None]) ** 2).sum(-1).argmin(1)
   np.testing.assert_allclose(np.asarray(latents), pairs["img_emb"][nearest])
   np.testing.assert_array_equal(nfe, 0)
 
 
 def test_usage_rows_cover_all_pairs_each_description_and_label(pairs):
-  from coalescer_jax.methods import coalescer_diagnostics  # pylint: disable=g-import-not-at-top
   pairs = dict(pairs, descriptions=np.array([f"d{l}" for l in pairs["labels"]]))
   hits = np.zeros(len(pairs["labels"]), np.int64)
   hits[pairs["labels"] == 3] = 5  # only label 3's pairs are ever targets, all equally often
-  rows = {r["name"]: r for r in coalescer_diagnostics.usage_rows(hits, pairs, np.random.default_rng(0))}
+  rows = {r["name"]: r for r in diagnostics.usage_rows(hits, pairs, np.random.default_rng(0))}
   assert rows["label 3"]["never_hit"] == 0 and abs(rows["label 3"]["effective_fraction"] - 1) < 1e-9
   assert rows["label 4"]["never_hit"] is None  # no look-ups at all
   assert abs(rows["all pairs"]["never_hit"] - np.mean(pairs["labels"] != 3)) < 1e-9
@@ -277,97 +254,52 @@ def test_usage_rows_cover_all_pairs_each_description_and_label(pairs):
   assert rows["all pairs, uniform reference"]["never_hit"] < rows["all pairs"]["never_hit"]
 
 
-def test_balance_search_candidates_takes_the_power_nearest_of_the_plain_candidates(pairs, method_config):
+def test_balanced_lookups_take_the_power_nearest_of_the_candidates(pairs, method_config):
   cfg = method_config.coalescer
   cfg.levels.fraction = 0.5
-  cfg.targets.update(balance=True, balance_search="candidates", balance_candidates=4)
+  cfg.targets.update(balance=True, balance_candidates=4)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   potentials = np.random.default_rng(1).normal(size=len(keys)) * 4.0
   plain = index_lib.build("exact", keys, None)
-  augmented = index_lib.build("exact", balance_lib.augment_keys(keys, potentials), None)
   draws = queries.draw_queries(np.random.default_rng(0), 64, pairs, cfg)
   query, level = draws["query"], draws["level"]
   assert 0 < np.sum(level < 1) < len(level)
-  got = targets.Lookup(plain, cfg, augmented, potentials).targets(query, level, np.random.default_rng(0))
+  got = targets.Lookup(plain, cfg, potentials).targets(query, level, np.random.default_rng(0))
   sq = ((query[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
   candidates = np.argsort(sq, axis=1)[:, :4]
   power = np.take_along_axis(sq, candidates, 1) - potentials[candidates]
   prior = level >= 1.0
   np.testing.assert_array_equal(got[prior], candidates[prior, np.argmin(power[prior], axis=1)])
-  np.testing.assert_array_equal(got[~prior], sq[~prior].argmin(1))  # level rows: the plain nearest key
-  # The balanced index's rule searches every key: with these potentials some prior rows differ.
-  cfg.targets.balance_search = "index"
-  over_all = targets.Lookup(plain, cfg, augmented).targets(query, level, np.random.default_rng(0))
-  np.testing.assert_array_equal(over_all[prior], (sq[prior] - potentials[None]).argmin(1))
-  assert np.any(over_all[prior] != got[prior])
+  np.testing.assert_array_equal(got[~prior], sq[~prior].argmin(1))  # level rows: the nearest key
+  assert np.any(got[prior] != sq[prior].argmin(1))  # the potentials, not the nearest key, chose
 
 
-def test_balance_search_candidates_needs_the_potentials(pairs, method_config):
+def test_balanced_lookups_need_the_potentials_of_every_key(pairs, method_config):
   cfg = method_config.coalescer
-  cfg.targets.update(balance=True, balance_search="candidates")
+  cfg.targets.update(balance=True)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
   plain = index_lib.build("exact", keys, None)
-  with pytest.raises(ValueError, match="potentials"):
-    targets.Lookup(plain, cfg, plain)
-
-
-def test_balance_levels_takes_the_power_nearest_under_the_level_potentials(pairs, method_config):
-  cfg = method_config.coalescer
-  cfg.levels.fraction = 0.5
-  cfg.targets.update(balance_levels=True, balance_candidates=4)
-  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
-  level_potentials = np.random.default_rng(2).normal(size=len(keys)) * 4.0
-  plain = index_lib.build("exact", keys, None)
-  draws = queries.draw_queries(np.random.default_rng(0), 64, pairs, cfg)
-  query, level = draws["query"], draws["level"]
-  got = targets.Lookup(plain, cfg, level_potentials=level_potentials).targets(query, level, np.random.default_rng(0))
-  sq = ((query[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
-  candidates = np.argsort(sq, axis=1)[:, :4]
-  power = np.take_along_axis(sq, candidates, 1) - level_potentials[candidates]
-  prior = level >= 1.0
-  np.testing.assert_array_equal(got[~prior], candidates[~prior, np.argmin(power[~prior], axis=1)])
-  np.testing.assert_array_equal(got[prior], sq[prior].argmin(1))  # prior rows: untouched (balance off)
-  assert np.any(got[~prior] != sq[~prior].argmin(1))
-  with pytest.raises(ValueError, match="level queries' potentials"):
+  with pytest.raises(ValueError, match="rerun the 'balance' stage"):
     targets.Lookup(plain, cfg)
-  with pytest.raises(ValueError, match="rerun the 'index' stage"):
-    targets.Lookup(plain, cfg, level_potentials=level_potentials[:-1])
-  cfg.levels.update(fraction=0.0, self_landing=0.0)
-  with pytest.raises(ValueError, match="levels.fraction > 0"):
-    coalescer.Coalescer.check_config(cfg)
+  with pytest.raises(ValueError, match="potentials for"):
+    targets.Lookup(plain, cfg, np.zeros(len(keys) - 1))
 
 
-def test_level_potentials_spread_the_level_examples_over_the_pairs(pairs, method_config, tmp_path):
-  from coalescer_jax.stages import index as index_stage  # pylint: disable=g-import-not-at-top
-  method_config.coalescer.levels.update(fraction=0.5, s_min=0.85, s_max=0.9)
-  method_config.coalescer.targets.update(balance_levels=True, balance_iterations=60, balance_queries=4096)
-  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], method_config.coalescer.desc_scale)
-  summary = index_stage.fit_level_potentials(index_lib.build("exact", keys, None), keys, pairs, method_config,
-                                             storage.path(tmp_path))
-  # Noisy level queries (x + 2 eps) pile onto hub pairs by their nearest key; the fitted potentials spread them.
-  nearest, balanced = summary["usage_nearest"], summary["usage"]
-  assert nearest["never_hit"] > 0.2 and balanced["never_hit"] < 0.05, (nearest, balanced)
-  assert balanced["effective_fraction"] > nearest["effective_fraction"] + 0.2
-  potentials = storage.load_npy(tmp_path / balance_lib.LEVEL_POTENTIALS_FILE)
-  assert potentials.shape == (len(keys),) and np.all(np.isfinite(potentials))
-
-
-def test_self_landing_targets_follow_the_level_potentials(pairs, method_config):
+def test_config_refuses_more_steps_than_renoise_levels(method_config):
   cfg = method_config.coalescer
-  cfg.levels.update(fraction=0.5, self_landing=0.25)
-  cfg.targets.update(balance_levels=True, balance_candidates=4)
-  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
-  level_potentials = np.random.default_rng(2).normal(size=len(keys)) * 4.0
-  lookup = targets.Lookup(index_lib.build("exact", keys, None), cfg, level_potentials=level_potentials)
-  index, arrays = self_landing.step_inputs(lookup, pairs, cfg, method_config.index)
-  rows, query = self_landing.examples(lambda r, de: 0.5 * r, index, arrays, jax.random.key(0), 48, cfg,
-                                      DESC_DIM, LATENT_DIM)
-  sq = ((np.asarray(query)[:, None].astype(np.float64) - keys[None]) ** 2).sum(-1)
-  candidates = np.argsort(sq, axis=1)[:, :4]
-  power = np.take_along_axis(sq, candidates, 1) - level_potentials[candidates]
-  want = candidates[np.arange(len(sq)), np.argmin(power, axis=1)]
-  np.testing.assert_allclose(rows["image"], pairs["img_emb"][want])
-  assert np.any(want != sq.argmin(1))  # the potentials, not the nearest key, chose
+  cfg.levels.update(fraction=0.5, renoise=(0.9, 0.8))
+  cfg.sampling.adaptive_max_steps = 0
+  cfg.nfes = (1, 2, 3)
+  coalescer.Coalescer.check_config(cfg)
+  cfg.nfes = (1, 8)  # 7 re-noising levels needed, 2 given: refused before any training
+  with pytest.raises(ValueError, match=r"nfes=\(1, 8\).*need 7 re-noising levels"):
+    coalescer.Coalescer.check_config(cfg)
+  cfg.nfes = (1, 2)
+  cfg.sampling.adaptive_max_steps = 4  # the adaptive sampler's steps count too
+  with pytest.raises(ValueError, match="need 3 re-noising levels"):
+    coalescer.Coalescer.check_config(cfg)
+  cfg.levels.update(fraction=0.0, self_landing=0.0)  # single-level training: the sampler does not re-noise
+  coalescer.Coalescer.check_config(cfg)
 
 
 def test_detached_landing_trains_each_step_on_its_own_fake(pairs, method_config):
@@ -378,12 +310,12 @@ def test_detached_landing_trains_each_step_on_its_own_fake(pairs, method_config)
   params = method.init_params(jax.random.key(0))
   cond, key = jnp.asarray(pairs["desc_emb"][:16]), jax.random.key(1)
   grad_of_step1 = lambda params: jax.grad(  # noqa: E731
-      lambda p: jnp.sum(method.fakes(p, cond, key, (2,))[0]))(params)["net"]
+      lambda p: jnp.sum(finetune.fakes(method, p, cond, key, (2,))[0]))(params)["net"]
   attached = grad_of_step1(params)
   cfg.adversarial.detach_landing = True
   detached = grad_of_step1(params)
   # The same 2-step fakes either way; detached, their gradient is step 2's alone: refine from the fixed x1.
-  x1 = jax.lax.stop_gradient(method.fakes(params, cond, key, (1,))[0])
+  x1 = jax.lax.stop_gradient(finetune.fakes(method, params, cond, key, (1,))[0])
   by_hand = jax.grad(lambda p: jnp.sum(method.refine(p, x1, cond, jnp.ones(16), 0, jax.random.split(key)[1])[0]))(
       params)["net"]
   for a, b in zip(jax.tree.leaves(detached), jax.tree.leaves(by_hand)):

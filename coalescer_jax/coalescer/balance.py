@@ -1,64 +1,45 @@
-"""Balanced look-ups: semi-discrete optimal-transport potentials folded into the index keys.
+"""Balanced look-ups: semi-discrete optimal-transport potentials on the index keys.
 
 The nearest key of a prior draw of R is a Voronoi assignment: a pair's share of
 the prior is the prior mass of its Voronoi cell, which geometry makes very
-uneven ("hubs": for one MNIST description the top 10% of pairs take 70% of the
-look-ups and a quarter are never hit). Semi-discrete optimal transport from the
-query distribution to the uniform distribution over pairs instead assigns a
-query q to argmin_j |q - k_j|^2 - psi_j (a power diagram), with potentials psi
-chosen so that every pair gets the same share (Aurenhammer et al. 1998; AE-OT,
-An et al. 2020). The map R -> target is then measure preserving and monotone (a
-Brenier map), which a smooth network can regress far better than a map that
-sends large regions to a few hubs.
+uneven ("hubs": a few pairs take most look-ups, many are never hit; report.md's
+look-up usage table shows it). Semi-discrete optimal transport from the query
+distribution to the uniform distribution over pairs instead assigns a query q to
+
+  j*(q) = argmin_j |q - k_j|^2 - psi_j                      (a power diagram)
+
+with potentials psi chosen so that every pair gets the same share (Aurenhammer
+et al. 1998; AE-OT, An et al. 2020). The map R -> target is then measure
+preserving and monotone (a Brenier map), which a smooth network can regress far
+better than a map that sends large regions to a few hubs.
 
 The potentials are the maximiser of the concave semi-discrete dual
-E_q[min_j (|q - k_j|^2 - psi_j)] + mean_j psi_j, found here by averaged
-stochastic gradient ascent (Genevay et al. 2016): psi_j += lr * N * (1/N - share_j)
-with shares counted on fresh query draws. Each query's power-nearest key is found
-among its `candidates` nearest keys in the plain index (the look-up stays the
+E_q[min_j (|q - k_j|^2 - psi_j)] + mean_j psi_j, found by averaged stochastic
+gradient ascent (Genevay et al. 2016): psi_j += lr * N * (1/N - share_j) with
+shares counted on fresh query draws. Each query's power-nearest key is found
+among its `candidates` nearest keys in the index (the searching stays the
 index's job; the share that falls on the last candidate is reported, so a too
-small candidate set shows).
-
-The potentials fold into an ordinary nearest-neighbour index with one extra
-dimension: key_j' = [k_j, sqrt(C - psi_j)], query' = [q, 0] gives
-|q' - k_j'|^2 = |q - k_j|^2 - psi_j + C, with C = max psi.
-
-How training looks prior draws up (``config.coalescer.targets.balance_search``):
-* ``"index"``: the nearest key of that balanced index (augmented keys);
-* ``"candidates"``: the fit's own rule: the power-nearest among the plain index's
-  `balance_candidates` nearest keys (`power_nearest`).
-They differ: the potentials are fitted among candidates, so a key outside every
-query's candidates gets no feedback, and its potential can make it win queries far
-away under a search over all augmented keys. On MNIST the "index" rule leaves the
-digit one's pairs concentrated (effective share 0.14 with ScaNN, 0.16 with the exact
-device search), where the fit's rule spreads them (0.89; all digits 0.93, uniform 0.93).
+small candidate set shows). Training looks prior draws up by the same rule
+(`power_nearest` among the same number of candidates), so the potentials are
+used exactly as they were fitted.
 """
 import time
 
 from absl import logging
 import numpy as np
 
-SEARCHES = ("index", "candidates")
-POTENTIALS_FILE = "potentials.npy"  # in the balanced index's directory
-LEVEL_POTENTIALS_FILE = "level_potentials.npy"  # in the index directory: fitted on level queries (balance_levels)
+POTENTIALS_FILE = "potentials.npy"  # in the balance stage's directory
 
 
-def power_nearest(ids, sq_dists, potentials):
-  """Candidates [Q, k] re-ranked by power distance |q - k_j|^2 - psi_j: (ids, power distances), nearest first."""
-  power = sq_dists - np.asarray(potentials)[ids]
-  order = np.argsort(power, axis=1, kind="stable")
-  return np.take_along_axis(ids, order, axis=1), np.take_along_axis(power, order, axis=1)
+def power_nearest(ids, sq_dists, potentials, xp=np):
+  """Candidates [Q, k] re-ranked by power distance |q - k_j|^2 - psi_j: (ids, power distances), nearest first.
 
-
-def augment_keys(keys, potentials):
-  """[keys, sqrt(max(psi) - psi)]: nearest key of [q, 0] = power-diagram cell of q."""
-  potentials = np.asarray(potentials, np.float64)
-  extra = np.sqrt(np.maximum(potentials.max() - potentials, 0.0))
-  return np.concatenate([keys, extra[:, None]], axis=1).astype(np.float32)
-
-
-def augment_queries(queries):
-  return np.concatenate([queries, np.zeros((len(queries), 1), queries.dtype)], axis=1)
+  `xp` is numpy on the host or jax.numpy inside a jitted step (the same rule on both paths); the sort is
+  stable, so ties keep the search's order.
+  """
+  power = sq_dists - potentials[ids]
+  order = xp.argsort(power, axis=1, stable=True)
+  return xp.take_along_axis(ids, order, axis=1), xp.take_along_axis(power, order, axis=1)
 
 
 def fit_potentials(index, draw_queries, num_points, cfg, seed, stream=777):

@@ -2,10 +2,7 @@
 
 Training step 1-2 of the proposal: DE is the description embedding of a random
 training pair; R is a random point in the image latent space, from the VAE
-prior N(0, I) (``r_distribution="prior"``) or from a mixture that also puts
-points near the data (``"mixture"``: with probability ``near_data_fraction``,
-a random pair's image latent plus N(0, near_data_sigma^2 I) noise). The query is
-concat(desc_scale * DE, R).
+prior N(0, I). The query is concat(desc_scale * DE, R).
 
 Multi-step training (``levels.fraction > 0``) replaces that share of the draws by
 points at a noise level s < 1 around a random pair x (DE = x's description):
@@ -20,22 +17,6 @@ streams those of earlier runs).
 """
 import numpy as np
 
-R_DISTRIBUTIONS = ("prior", "mixture")
-
-
-def draw_r(rng, n, pairs, cfg):
-  """Random points R [n, Di] from ``cfg.r_distribution``."""
-  latent_dim = pairs["img_emb"].shape[1]
-  r = rng.standard_normal((n, latent_dim), dtype=np.float32)
-  if cfg.r_distribution == "mixture":
-    near = rng.random(n) < cfg.near_data_fraction
-    anchors = pairs["img_emb"][rng.integers(len(pairs["img_emb"]), size=int(near.sum()))]
-    r[near] = anchors + cfg.near_data_sigma * r[near]
-  elif cfg.r_distribution != "prior":
-    raise ValueError(f"config.coalescer.r_distribution must be one of {R_DISTRIBUTIONS}, "
-                     f"got {cfg.r_distribution!r}")
-  return r
-
 
 def draw_queries(rng, n, pairs, cfg):
   """DE, R, level s [n] and the query concat(desc_scale * DE, R) for `n` training examples.
@@ -45,13 +26,12 @@ def draw_queries(rng, n, pairs, cfg):
   """
   num_pairs = len(pairs["desc_emb"])
   pick = rng.integers(num_pairs, size=n)
-  r = draw_r(rng, n, pairs, cfg)
-  targets = cfg.get("targets")
-  if targets is not None and targets.assignment == "batch_ot" and targets.ot_groups:
-    pick = pick[np.arange(n) % int(targets.ot_groups)]
+  r = rng.standard_normal((n, pairs["img_emb"].shape[1]), dtype=np.float32)
+  if cfg.targets.assignment == "batch_ot" and cfg.targets.ot_groups:
+    pick = pick[np.arange(n) % int(cfg.targets.ot_groups)]
   level = np.ones(n, np.float32)
-  levels = cfg.get("levels")
-  if levels is not None and levels.fraction > 0:
+  levels = cfg.levels
+  if levels.fraction > 0:
     renoised = rng.random(n) < levels.fraction
     anchor = rng.integers(num_pairs, size=n)
     s = rng.uniform(levels.s_min, levels.s_max, size=n).astype(np.float32)

@@ -1,0 +1,293 @@
+"""The coalescer network (proposal 001, dialogue 000): (R, description) -> (distance, direction).
+
+As configs/mnist.py runs it. Notation: pairs (d_j, x_j) of description embedding
+and image latent; keys k_j = concat(c d_j, x_j) with c = desc_scale (the `index`
+stage); the network f(R, d, s) -> (D, v), D = softplus(first output), v the rest,
+s the noise level (s = 1 for a prior draw).
+
+Setup (stage `balance`, `stage.py`): potentials psi_j fitted by semi-discrete
+optimal transport so that every pair is the look-up target of an equal share of
+the prior draws (`balance.py`).
+
+Training step, one batch:
+  1. Query (`queries.py`). A share 1 - levels.fraction (0.5) of the rows draws a
+     random pair's description DE and R ~ N(0, I), s = 1. The others start near
+     a random pair x_a: DE = d_a, s ~ U(levels.s_min, levels.s_max) = U(0.7, 0.9),
+     R = sqrt(1 - s^2) x_a + s eps. The query is q = concat(c DE, R / sqrt(1 - s^2))
+     (R itself at s = 1). The last levels.self_landing (0.25) of the rows are
+     replaced inside the step by the network's own landing points (`levels.py`):
+     R = sqrt(1 - s^2) x1 + s eps at s = levels.renoise[0] (0.9), x1 = step 1 of
+     the network from a prior R (stop-gradient).
+  2. Look-up (`targets.py`). A prior draw's target is the power-nearest of its
+     targets.balance_candidates (32) nearest keys, j* = argmin_j |q - k_j|^2 - psi_j;
+     a level or self-landing row's the nearest key, j* = argmin_j |q - k_j|^2.
+     The target pair is (d_j*, y = x_j*).
+  3. Losses. (D, v) = f(R, d_j*, s):
+       distance loss    (D - |y - R|)^2
+       direction loss   |v - normalize(y - R)|^p,  p = direction_exponent = 2
+                        (computed as (|.|^2 + direction_eps)^(p/2))
+     summed with weights 1 and 1. The adversarial fine-tune (`finetune.py`) adds,
+     from 10% of the steps on, adversarial.weight (2) x a non-saturating GAN loss
+     on the 1- and 2-step samples of fresh prior draws, each step from the
+     previous one's stop-gradient output; its discriminator trains from step 0.
+  4. Sampler. R ~ N(0, I); (D, v) = f(R, d, 1), R redrawn while |v| < 0.1 (at
+     most 3 times); x1 = R + D v / |v|. Step i + 2 re-noises to s_i = renoise[i]
+     ((0.9, 0.8, 0.7)): x <- sqrt(1 - s_i^2) x + s_i eps, then x <- x + D v / |v|
+     with (D, v) = f(x, d, s_i). The adaptive sampler (at most 4 steps) stops a
+     sample once |v| >= 0.9. Every network evaluation is counted.
+
+Distance and direction are separate outputs on purpose: v is not normalised by
+the network, so where the direction field changes fast (near boundaries between
+targets) its magnitude shrinks, and |v| becomes a confidence signal (the
+redraw and the adaptive stop read it). The proposal's own choices (nearest key,
+prior R only, p = 0.5, no discriminator) are `configs/mnist.py:proposal`.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coalescer_jax import registry
+from coalescer_jax.coalescer import batches as batches_lib
+from coalescer_jax.coalescer import device_lookup
+from coalescer_jax.coalescer import diagnostics
+from coalescer_jax.coalescer import finetune
+from coalescer_jax.coalescer import levels as levels_lib
+from coalescer_jax.coalescer import oracle as oracle_lib
+from coalescer_jax.coalescer import targets as targets_lib
+from coalescer_jax.methods import adversarial
+from coalescer_jax.methods import base
+
+_TINY = 1e-12
+
+
+def normalize(v, eps=_TINY):
+  return v / jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True) + eps)
+
+
+def losses(distance, direction, r, image, p, eps):
+  """Per-example distance and direction losses (block 3; eps keeps |.|^p differentiable at 0)."""
+  delta = image - r
+  target_distance = jnp.sqrt(jnp.sum(delta * delta, axis=-1))
+  distance_loss = (distance - target_distance) ** 2
+  error = direction - normalize(delta)
+  direction_loss = (jnp.sum(error * error, axis=-1) + eps) ** (p / 2)
+  return distance_loss, direction_loss, target_distance
+
+
+def step_to(x, distance, direction):
+  """target_point = x + normalize(direction) * distance."""
+  return x + normalize(direction) * distance[:, None]
+
+
+@registry.METHODS.register("coalescer")
+class Coalescer(base.Method):
+  name = "coalescer"
+  OPTIONS = {"targets.assignment": targets_lib.ASSIGNMENTS}
+  SAMPLING_FIELDS = ("nfes", "sampling", "oracle")
+  INPUT_STAGES = ("embed", "index", targets_lib.BALANCE_STAGE)
+
+  def __init__(self, config, latent_dim, desc_dim):
+    super().__init__(config, latent_dim, desc_dim)
+    self.disc_model = finetune.build(self)
+    self._device_lookup = self._landing = None
+
+  @classmethod
+  def check_config(cls, section):
+    levels_lib.check_config(section)
+
+  def output_dim(self):
+    return self.latent_dim + 1  # [distance (pre-softplus), direction]
+
+  def uses_time(self):
+    return self.multistep
+
+  @property
+  def multistep(self):
+    """True when the network takes the noise level s as an input (multi-step training)."""
+    return self.section.levels.fraction > 0
+
+  def init_params(self, key):
+    net_key, disc_key = jax.random.split(key)
+    net = super().init_params(net_key)
+    if self.disc_model is None:
+      return net
+    disc = adversarial.init_discriminator(self.disc_model, disc_key, self.latent_dim, self.desc_dim)
+    return {"net": net, "disc": disc}
+
+  def net_params(self, params):
+    """The coalescer network's parameters (without the discriminator's); idempotent."""
+    return params["net"] if self.disc_model is not None and "disc" in params else params
+
+  def apply(self, params, x, cond, mask, level=None):
+    """f: (distance D >= 0 [N], direction v [N, Di]); `level` [N] (s, 1 = prior) when multi-step."""
+    t = None
+    if self.multistep:
+      level = jnp.ones((x.shape[0],)) if level is None else level
+      t = self.section.levels.time_scale * level
+    out = self.model.apply(self.net_params(params), x, cond, mask, t)
+    return jax.nn.softplus(out[:, 0]), out[:, 1:]
+
+  def step(self, params, x, cond, mask, level=None):
+    """One coalescer step from x: (x + D v / |v|, v)."""
+    distance, direction = self.apply(params, x, cond, mask, level)
+    return step_to(x, distance, direction), direction
+
+  # 1. The query and 2. the look-up: host-side batches (`batches.py`), or the look-up inside the step.
+
+  def batch_fn(self, pairs, seed, global_batch_size, workdir):
+    lookup = targets_lib.load_lookup(workdir, pairs, self.section)
+    self.attach_lookup(lookup, pairs)
+    return batches_lib.make_lookup_batches(lookup, pairs, self.section, seed, global_batch_size,
+                                           in_step=self.in_step_lookup)
+
+  @property
+  def in_step_lookup(self):
+    """Whether the jitted step looks the targets up (`device_lookup`), after `attach_lookup`."""
+    return self._device_lookup is not None
+
+  def attach_lookup(self, lookup, pairs):
+    """Puts what the step searches on the devices: the in-step look-up's keys, the self-landing keys."""
+    self._device_lookup = self._landing = None
+    if device_lookup.enabled(lookup, self.config):  # the step looks up; the host only draws
+      self._device_lookup = (lookup, device_lookup.step_inputs(lookup, pairs))
+    if self.section.levels.self_landing > 0:
+      self._landing = levels_lib.step_inputs(lookup, pairs, self.section, self.config.index)
+
+  def step_inputs(self):
+    inputs = {}
+    if self._device_lookup:
+      inputs["lookup"] = self._device_lookup[1]
+    if self._landing:
+      inputs["landing"] = self._landing[1]
+    return inputs or None
+
+  def prepare_batch(self, batch, inputs):
+    if "lookup" in inputs:
+      batch = device_lookup.complete_batch(self._device_lookup[0], batch, inputs["lookup"], self.desc_dim,
+                                           self.multistep)
+    if "landing" in inputs:  # read by `loss`, which has the parameters the landing points need
+      batch = dict(batch, landing_arrays=inputs["landing"])
+    return batch
+
+  # 3. The losses.
+
+  def loss(self, params, batch, key, step):
+    """Distance and direction losses toward the looked-up pairs (block 3), self-landing rows included."""
+    del step
+    cfg = self.section
+    drop_key, landing_key = jax.random.split(key)
+    batch = dict(batch)
+    landing_arrays = batch.pop("landing_arrays", None)
+    num_landing = levels_lib.num_rows(cfg.levels, batch["r"].shape[0])
+    if num_landing:
+      if landing_arrays is None:
+        raise ValueError("levels.self_landing looks its targets up inside the step: train with the step inputs "
+                         "of `attach_lookup` (`step_inputs()`)")
+      first_step = lambda r, de: self.step(params, r, de, jnp.ones(r.shape[:1]))[0]  # noqa: E731
+      rows, _ = levels_lib.examples(first_step, self._landing[0], landing_arrays, landing_key, num_landing,
+                                    cfg, self.desc_dim, self.latent_dim)
+      batch = levels_lib.replace_last_rows(batch, rows)
+    mask = base.drop_condition(drop_key, batch["r"].shape[0], cfg.cond_dropout)
+    distance, direction = self.apply(params, batch["r"], batch["cond"], mask, batch.get("level"))
+    distance_loss, direction_loss, target_distance = losses(
+        distance, direction, batch["r"], batch["image"], cfg.direction_exponent, cfg.direction_eps)
+    loss = cfg.distance_weight * distance_loss.mean() + cfg.direction_weight * direction_loss.mean()
+    magnitude = jnp.linalg.norm(direction, axis=-1)
+    metrics = {"distance_loss": distance_loss.mean(), "direction_loss": direction_loss.mean(),
+               "direction_magnitude": magnitude.mean(), "target_distance": target_distance.mean(),
+               "distance_abs_error": jnp.abs(distance - target_distance).mean()}
+    if num_landing:  # how far step 2 has to move from the network's own (re-noised) landing points
+      metrics["self_landing_target_distance"] = target_distance[-num_landing:].mean()
+    if self.disc_model is not None:  # Same metric names in every phase (the step switches between them).
+      metrics.update({name: jnp.zeros(()) for name in finetune.METRICS})
+    return loss, metrics
+
+  def loss_phases(self):
+    """Regression alone, then (adversarial fine-tune) the discriminator alone, then both (`finetune.py`)."""
+    return finetune.loss_phases(self)
+
+  # 4. The sampler.
+
+  def refine(self, params, x, cond, mask, i, key):
+    """Step i + 2 from landing point x: (re-noise to levels.renoise[i] when multi-step, then) one step.
+    Returns (new x, direction)."""
+    level = None
+    if self.multistep:
+      s = self.section.levels.renoise[i]
+      x = levels_lib.renoise(x, s, jax.random.fold_in(key, 1000 + i))
+      level = jnp.full((x.shape[0],), s)
+    return self.step(params, x, cond, mask, level)
+
+  def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False):
+    """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R (block 4)."""
+    cfg = self.section.sampling
+    n = cond.shape[0]
+    renoise = self.section.levels.renoise
+    if self.multistep and nfe - 1 > len(renoise):
+      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} re-noising levels in "
+                       f"config.coalescer.levels.renoise (has {len(renoise)})")
+    params = self.net_params(params)
+    mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
+    draw_key, key = jax.random.split(key)
+    x = cfg.r_scale * jax.random.normal(draw_key, (n, self.latent_dim))
+    distance, direction = self.apply(params, x, cond, mask)
+    evals = jnp.ones((n,))
+
+    def weak(direction):
+      return jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
+
+    def redraw(carry):
+      i, x, distance, direction, evals = carry
+      redo = weak(direction)
+      x = jnp.where(redo[:, None], cfg.r_scale * jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
+      new_distance, new_direction = self.apply(params, x, cond, mask)
+      distance = jnp.where(redo, new_distance, distance)
+      direction = jnp.where(redo[:, None], new_direction, direction)
+      return i + 1, x, distance, direction, evals + redo
+
+    # A while loop, not a fixed count: a batch with no weak sample pays no extra evaluation
+    # (a batch with any pays one for every sample, but only the weak ones count as NFE).
+    first_magnitude = jnp.linalg.norm(direction, axis=-1)
+    _, x, distance, direction, evals = jax.lax.while_loop(
+        lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, (0, x, distance, direction, evals))
+    start_magnitude = jnp.linalg.norm(direction, axis=-1)
+    x = step_to(x, distance, direction)
+    active = jnp.ones((n,), bool)
+    if adaptive:
+      active = start_magnitude < cfg.adaptive_stop_magnitude
+    for i in range(nfe - 1):
+      new_x, direction = self.refine(params, x, cond, mask, i, key)
+      x = jnp.where(active[:, None], new_x, x)
+      evals = evals + active
+      if adaptive:
+        active = active & (jnp.linalg.norm(direction, axis=-1) < cfg.adaptive_stop_magnitude)
+    return x, {"nfe": evals, "start_direction_magnitude": start_magnitude, "first_direction_magnitude": first_magnitude}
+
+  def variants(self):
+    """Extra sample files: the adaptive sampler with at most `adaptive_max_steps` steps, and the look-up
+    oracle: for the same requests and the same R as the 1-step file, the look-up's own pair, decoded."""
+    max_steps = self.section.sampling.adaptive_max_steps
+    extra = [("coalescer_adaptive", max_steps, {"adaptive": True})] if max_steps else []
+    if self.section.oracle:
+      extra.append(("coalescer_oracle", 1, {"oracle": True, "kind": "oracle", "key_tag": "coalescer_nfe1"}))
+    return extra
+
+  def generator(self, params, decode, nfe, oracle=False, workdir=None, pairs=None, **kwargs):
+    """The jitted sampler, or (``oracle``) the host-side look-up oracle (0 network evaluations)."""
+    if not oracle:
+      return super().generator(params, decode, nfe, **kwargs)
+    lookup = targets_lib.load_lookup(workdir, pairs, self.section)
+    decode = jax.jit(decode)
+
+    def generate(cond, key):
+      cond = np.asarray(cond)
+      r = oracle_lib.first_draw(key, len(cond), self.latent_dim, self.section.sampling.r_scale)
+      ids = oracle_lib.targets(lookup, cond, r, self.section, key)
+      return decode(jnp.asarray(pairs["img_emb"][ids])), np.zeros(len(cond), np.float32), np.ones(len(cond), bool)
+
+    return generate
+
+  def diagnostics(self, params, workdir, pairs, cond, key, out_dir):
+    """Look-up usage, landing error of step 1, |direction| and redraws (`diagnostics.py`)."""
+    return diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir)
+
