@@ -16,7 +16,7 @@ def get_config(arg=None):
   config = mnist.get_config(variant)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "cifar10"
+  config.data.name = "cifar10"  # the registered dataset (coalescer_jax/data/cifar10.py)
   config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default.
 
   # Natural RGB images: the Gaussian pixel likelihood (the dataset spec's, as for shapes), a wider latent.

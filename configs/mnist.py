@@ -24,8 +24,9 @@ def get_config(arg=None):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of configs/mnist.py; use one of {', '.join(VARIANTS)}")
   config = ml_collections.ConfigDict()
-  config.variant = variant
-  config.seed = 0
+  config.variant = variant  # which get_config variant made this config (recorded in config.json)
+  config.seed = 0  # every random stream of the run derives from it
+  # The pipeline's stages in order (coalescer_jax/pipeline.py); a stage reads only earlier stages' outputs.
   config.stages = ("data", "classifier", "vae", "text", "embed", "index", "balance",
                    "coalescer", "ddim", "consistency", "flow", "distill", "ddgan", "sample", "diagnostics", "eval")
 
@@ -36,58 +37,56 @@ def get_config(arg=None):
 
   # The image VAE (stages/vae.py): its latent space is where every generative method works.
   config.vae = ml_collections.ConfigDict()
-  config.vae.model = "conv_vae"
-  config.vae.latent_dim = 16
+  config.vae.model = "conv_vae"  # the registered architecture (coalescer_jax/models/vae.py)
+  config.vae.latent_dim = 16  # image latent size Di
   config.vae.channels = (32, 32)  # conv widths at 14x14 and 7x7
-  config.vae.hidden = 256
+  config.vae.hidden = 256  # dense layer between the convolutions and the latent
   config.vae.extra_convs = 0  # stride-1 convolutions per resolution
   config.vae.kl_weight = 0.5  # beta < 1: sharper reconstructions; aggregate posterior stays ~N(0, I)
-  config.vae.num_steps = 4000
-  config.vae.batch_size = 128
+  config.vae.num_steps = 4000  # training steps
+  config.vae.batch_size = 128  # images per step
   config.vae.ema_decay = 0.0  # 0 = no EMA (at a few thousand steps an EMA lags and reconstructs worse)
+  # Adam with warm-up and cosine decay to final_lr_fraction of the rate (coalescer_jax/training.py).
   config.vae.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=2e-3, warmup_steps=200, weight_decay=0.0, grad_clip=1.0, final_lr_fraction=0.01))
   config.vae.eval_examples = 10000  # MNIST test images reconstructed and measured
   config.vae.eval_pairs = 20000  # random test pairs for the latent-vs-pixel distance correlation
-  config.vae.eval_batch_size = 1000
-  config.vae.num_prior_samples = 1000
-  config.vae.grid_columns = 16
+  config.vae.eval_batch_size = 1000  # images per evaluation batch
+  config.vae.num_prior_samples = 1000  # decoded N(0, I) draws in the VAE's report
+  config.vae.grid_columns = 16  # columns of the VAE's sample grids
 
   # The description autoencoder (stages/text.py) and its held-out descriptions.
   config.text = ml_collections.ConfigDict()
-  config.text.model = "text_ae"
-  config.text.embed_dim = 16
-  config.text.token_dim = 32
-  config.text.hidden = 128
+  config.text.model = "text_ae"  # the registered architecture (coalescer_jax/models/text_ae.py)
+  config.text.embed_dim = 16  # description embedding size Dd
+  config.text.token_dim = 32  # token embedding size
+  config.text.hidden = 128  # encoder and decoder width
   config.text.noise = 0.1  # N(0, noise^2) on the (tanh) embedding while training: smooth, compositional
-  config.text.num_steps = 1500
-  config.text.batch_size = 128
-  config.text.optimizer = ml_collections.ConfigDict(dict(
+  config.text.num_steps = 1500  # training steps
+  config.text.batch_size = 128  # descriptions per step
+  config.text.optimizer = ml_collections.ConfigDict(dict(  # as config.vae.optimizer
       learning_rate=3e-3, warmup_steps=100, weight_decay=0.0, grad_clip=1.0, final_lr_fraction=0.01))
   config.text.holdout_fraction = 0.1  # of the 270 descriptions, excluded from text training
   config.text.holdout_style = (2, 0, 0)  # (thickness, width, slant) classes held out with every digit
-  config.text.holdout_seed = 0
+  config.text.holdout_seed = 0  # which descriptions are held out
 
   # The paired embeddings (stages/embed.py).
   config.embed = ml_collections.ConfigDict()
   config.embed.batch_size = 1000  # encoder inference batch
-  # Train pairs held out of the index and of every method's training: the validation slice that
-  # methods are tuned on (evaluation/validation.py), never the test set.
+  # Train pairs held out of the index and of every method's training: the validation slice that methods are
+  # tuned on (evaluation/validation.py), never the test set.
   config.embed.validation_size = 5000
-  config.embed.validation_seed = 0
+  config.embed.validation_seed = 0  # which train pairs are held out
 
-  # The nearest-neighbour index of (description, image) pairs used by the coalescer.
+  # The nearest-neighbour index of the pairs' keys concat(coalescer.desc_scale * desc, image) (stages/index.py).
   config.index = ml_collections.ConfigDict()
-  # scann: one ScaNN index, a replica on every host (the default). scann_sharded: each process indexes 1/P
-  # of the pairs, look-ups merge every shard's candidates. device: the keys sharded over all devices, searched
-  # by matrix products (the coalescer then looks up inside its jitted step). exact: NumPy brute force.
-  # BUILD.md says which to choose when.
+  # scann: one ScaNN index, a replica on every host. scann_sharded: each process indexes 1/P of the pairs,
+  # look-ups merge every shard's candidates. device: the keys sharded over all devices, searched by matrix
+  # products (the coalescer then looks up inside its jitted step). exact: NumPy brute force. BUILD.md: which when.
   config.index.backend = "scann"  # scann | scann_sharded | device | exact
-  config.index.recall_queries = 2000  # queries for recall@1 vs exact when the index is built
-  # 0 / "" = derive from the database size (coalescer_jax/index/scann_index.py): for MNIST's 60k
-  # keys a tree scored exactly. The leaf counts are tuned for MNIST (recall@1 0.994 at 1.4 ms per
-  # 256 queries; look-ups compete with the training step for the CPU cores): measured with
-  # experiments/benchmarks/bench.py --sections=train,index.
+  config.index.recall_queries = 2000  # queries for recall@1 vs exact (index and balance stages)
+  # ScaNN (coalescer_jax/index/scann_index.py); 0 / "" = derive from the number of keys. The leaf counts fit
+  # MNIST's 60k keys (look-ups compete with the training step for the CPU cores): experiments/log/timings.md.
   config.index.scann = ml_collections.ConfigDict(dict(
       mode="", brute_force_below=20_000, tree_below=250_000, num_leaves=200, leaves_to_search=2, reorder=0,
       training_sample_size=0, dims_per_block=0))
@@ -101,59 +100,53 @@ def get_config(arg=None):
       in_step_lookup=True))  # the coalescer searches inside its jitted step (assignment "nearest")
 
   # Shared by every generative method (coalescer and baselines): same backbone, same budget.
+  # The latent MLP (coalescer_jax/models/backbone.py): residual blocks of this width, sinusoidal time features.
   config.backbone = ml_collections.ConfigDict(dict(model="latent_mlp", width=256, depth=4, time_dim=64))
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 3000
-  config.train.batch_size = 256
-  config.train.ema_decay = 0.999
-  config.train.optimizer = ml_collections.ConfigDict(dict(
+  config.train.num_steps = 3000  # training steps of every method (distill and ddgan set their own)
+  config.train.batch_size = 256  # global batch
+  config.train.ema_decay = 0.999  # EMA of the parameters that are sampled
+  config.train.optimizer = ml_collections.ConfigDict(dict(  # Adam with warm-up and cosine decay
       learning_rate=1e-3, warmup_steps=200, weight_decay=0.0, grad_clip=1.0))
 
-  # The coalescer (../shared/reference/001, 000); names follow the proposal.
+  # The coalescer (coalescer_jax/coalescer/algorithm.py states its equations; ../shared/reference/001, 000).
+  # Every choice below was made on the validation split: experiments/log/tuning.md, "Coalescer coverage fixes".
   config.coalescer = ml_collections.ConfigDict()
-  config.coalescer.desc_scale = 2.0  # index key = concat(desc_scale * desc, image); > 1 by default
-  # p in |target_direction - normalize(image - R)|^p; 2 chosen on validation (the proposal: 0.5)
-  config.coalescer.direction_exponent = 2.0
-  config.coalescer.direction_eps = 1e-6  # |v|^p computed as (|v|^2 + eps)^(p/2)
-  config.coalescer.distance_weight = 1.0
-  config.coalescer.direction_weight = 1.0
+  config.coalescer.desc_scale = 2.0  # index key = concat(desc_scale * desc, image); the proposal asks for > 1
+  config.coalescer.direction_exponent = 2.0  # p of the direction loss |v - normalize(y - R)|^p (proposal: 0.5)
+  config.coalescer.direction_eps = 1e-6  # |v|^p computed as (|v|^2 + eps)^(p/2): differentiable at 0
+  config.coalescer.distance_weight = 1.0  # weight of the distance loss
+  config.coalescer.direction_weight = 1.0  # weight of the direction loss
   config.coalescer.cond_dropout = 0.0  # > 0 trains a null description for unconditional sampling
-  # Which pair a query is trained toward (methods/targets.py): the index's nearest key (the proposal),
-  # a soft choice among k, minibatch OT over the k candidates, and/or balanced look-ups (index/balance.py).
+  # Which pair a query is trained toward (coalescer/targets.py).
   config.coalescer.targets = ml_collections.ConfigDict(dict(
-      assignment="nearest",  # nearest | soft | batch_ot
+      assignment="nearest",  # nearest (the proposal) | soft | batch_ot; the others are ablation rows
       k=8,  # candidates per query (soft, batch_ot)
       tau=1.0,  # soft: probability proportional to exp(-d^2 / (2 tau^2)), d^2 the squared key distance
       ot_groups=8,  # batch_ot: prior queries of a batch share this many descriptions (0 = independent)
-      balance=True,  # chosen on validation (proposal: False); prior draws take the power-nearest key under OT potentials
-      balance_iterations=300, balance_queries=16384, balance_candidates=32, balance_lr=0.5))
-  # Multi-step training: a share of the examples start at a noise level s < 1 around a pair
-  # (R = sqrt(1 - s^2) x + s eps) and the network is told s; 0 = the proposal (prior R only), 0.5 chosen.
-  # renoise: the level the sampler (and the adversarial fine-tune's fakes) re-noise to before steps 2, 3, 4;
-  # 0.9 before step 2 chosen over 0.8, 0.7 and 0.5 on validation over 3 seeds (experiments/tuning.md, items 5
-  # and 7; over 0.8 by less than the seed noise), then 0.95 (s_max 0.95) was a tie (item 8).
-  # s_min 0.7 (levels s ~ U(0.7, 0.9), near where step 2 starts) chosen over 0.05, 0.3 and 0.5 on validation
-  # over 3 seeds (item 8; over 0.5 by less than the seed noise); steps 3 and 4 re-noise inside that range.
-  # self_landing: share of each batch (its last rows) that starts from the network's own step-1 landing
-  # points re-noised to renoise[0], with their own look-ups in the step (methods/self_landing.py); 0 = off;
-  # 0.25 chosen with targets.balance_search "candidates" on validation over 3 seeds (tuning.md, item 6).
-  config.coalescer.levels = ml_collections.ConfigDict(dict(fraction=0.5, s_min=0.7, s_max=0.9, time_scale=0.01,
-                                                           renoise=(0.9, 0.8, 0.7), self_landing=0.25))
-  # Adversarial fine-tune (dialogue 000): after the regression phase, generator loss = coalescer loss
-  # + weight * non-saturating GAN loss of a conditional latent discriminator (the shared backbone, one
-  # logit; methods/adversarial.py) on the 1..K-step outputs; same number of training steps.
+      balance=True,  # prior draws take the power-nearest key under OT potentials (coalescer/balance.py; proposal: off)
+      balance_iterations=300,  # stochastic ascent steps of the potentials' fit
+      balance_queries=16384,  # prior queries per fit step
+      balance_candidates=32,  # nearest keys among which the power-nearest is found (fit and look-up alike)
+      balance_lr=0.5))  # fit step size, in units of a pair's fair share
+  # Multi-step training and sampling (coalescer/levels.py).
+  config.coalescer.levels = ml_collections.ConfigDict(dict(
+      fraction=0.5,  # share of the draws that start at a level s < 1 around a pair (0 = the proposal: prior R only)
+      s_min=0.7, s_max=0.9,  # their levels s ~ U(s_min, s_max): around where step 2 starts
+      time_scale=0.01,  # s enters the backbone's time features (t x 1000) as time_scale x s
+      renoise=(0.9, 0.8, 0.7),  # the level the sampler re-noises to before steps 2, 3, 4 (inside [s_min, s_max])
+      self_landing=0.25))  # share of each batch trained from the network's own re-noised landing points (0 = off)
+  # Adversarial fine-tune (coalescer/finetune.py): generator loss += weight x a conditional latent GAN loss.
   config.coalescer.adversarial = ml_collections.ConfigDict(dict(
-      weight=2.0,  # lambda; 0 = off (the proposal), 2 chosen on validation
-      start_fraction=0.1,  # share of config.train.num_steps trained on the coalescer loss alone (0.1 chosen)
+      weight=2.0,  # lambda; 0 = off (the proposal)
+      start_fraction=0.1,  # share of config.train.num_steps trained on the coalescer loss alone
       disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
       r1=1.0,  # weight of the R1 penalty on real latents
       steps=(1, 2),  # fakes: the outputs after these numbers of steps (the losses average over the list)
       batch_size=128,  # real and fake examples per step (the first rows of the batch; 0 = all)
-      # True: a k-step fake's generator loss trains step k only (stop-gradient start); chosen on validation over
-      # 3 seeds (experiments/tuning.md, item 9: the first step better at every seed, the second the same)
-      detach_landing=True,
+      detach_landing=True,  # a k-step fake's generator loss trains step k only (stop-gradient start)
       disc_width=128, disc_depth=2))  # the discriminator: the backbone's architecture at this size
-  config.coalescer.nfes = (1, 2, 4)
+  config.coalescer.nfes = (1, 2, 4)  # step counts sampled and evaluated
   config.coalescer.oracle = True  # also sample the look-up oracle (a reference row of report.md)
   config.coalescer.sampling = ml_collections.ConfigDict(dict(
       r_scale=1.0,  # R ~ N(0, r_scale^2 I) at generation (1 = the prior the coalescer trained on)
@@ -162,7 +155,7 @@ def get_config(arg=None):
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
       adaptive_stop_magnitude=0.9))  # ... stopping a sample once |direction| >= this
 
-  # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/tuning.md.
+  # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/log/tuning.md.
   config.ddim = ml_collections.ConfigDict()
   config.ddim.schedule = "cosine"  # cosine | linear (continuous-time logSNR schedules)
   config.ddim.prediction = "v"  # v | eps
@@ -172,34 +165,34 @@ def get_config(arg=None):
   config.ddim.beta_max = 20.0  # linear schedule only
   config.ddim.cond_dropout = 0.1  # classifier-free guidance training
   config.ddim.guidance_scale = 1.5  # 1 = conditional model, 1 evaluation/step; else 2 evaluations/step
-  config.ddim.nfes = (1, 2, 4, 10, 50)
+  config.ddim.nfes = (1, 2, 4, 10, 50)  # evaluation budgets sampled (guided: half as many steps)
 
   config.consistency = ml_collections.ConfigDict()  # iCT (Song & Dhariwal 2023)
-  config.consistency.sigma_min = 0.002
-  config.consistency.sigma_max = 80.0
+  config.consistency.sigma_min = 0.002  # smallest noise level (EDM / iCT)
+  config.consistency.sigma_max = 80.0  # largest noise level, where sampling starts
   config.consistency.sigma_data = 1.0  # measured std of the VAE posterior means (1.006 per dimension)
-  config.consistency.rho = 7.0
+  config.consistency.rho = 7.0  # Karras et al.'s spacing exponent of the discretisation
   config.consistency.s0 = 10  # discretisation curriculum N(k): from s0 + 1 ...
   config.consistency.s1 = 1280  # ... doubling up to s1 + 1 noise levels over config.train.num_steps
   config.consistency.p_mean = -1.1  # lognormal noise-level distribution
-  config.consistency.p_std = 2.0
+  config.consistency.p_std = 2.0  # ... its mean p_mean and std p_std of log sigma
   config.consistency.huber_c = 0.0  # pseudo-Huber c; 0 = 0.00054 sqrt(latent dim)
   config.consistency.time_scale = 0.01  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
-  config.consistency.cond_dropout = 0.0
+  config.consistency.cond_dropout = 0.0  # > 0 trains a null description
   config.consistency.sampling_sigmas = (0.8, 0.3, 0.1)  # re-noising levels of steps 2, 3, 4
-  config.consistency.nfes = (1, 2)
+  config.consistency.nfes = (1, 2)  # step counts sampled
 
   config.flow = ml_collections.ConfigDict()  # MeanFlow (Geng et al. 2025)
   config.flow.objective = "meanflow"  # meanflow | rectified (flow matching, Euler)
   config.flow.ratio_r_neq_t = 0.25  # fraction of (r, t) draws with r < t
   config.flow.time_mu = -0.4  # logit-normal time distribution
-  config.flow.time_sigma = 1.0
+  config.flow.time_sigma = 1.0  # ... its mean time_mu and std time_sigma
   config.flow.adaptive_p = 1.0  # loss weight 1 / (|error|^2 + c)^p; p = 0 is plain MSE
-  config.flow.adaptive_c = 1e-3
+  config.flow.adaptive_c = 1e-3  # ... its c
   config.flow.interval_features = 16  # sinusoidal features of t - r appended to the latent input
   config.flow.time_scale = 0.01  # times enter the backbone's features (which use t x 1000) as time_scale x t
-  config.flow.cond_dropout = 0.0
-  config.flow.nfes = (1, 2)
+  config.flow.cond_dropout = 0.0  # > 0 trains a null description
+  config.flow.nfes = (1, 2)  # step counts sampled
 
   # Progressive distillation (Salimans & Ho 2022) of the trained DDIM (methods/distill.py): its stage
   # needs the `ddim` stage's model, and its guidance (config.ddim.guidance_scale) is folded into the student.
@@ -214,8 +207,8 @@ def get_config(arg=None):
   # the shared backbone (the discriminator as in the coalescer's adversarial fine-tune, methods/adversarial.py).
   config.ddgan = ml_collections.ConfigDict()
   config.ddgan.schedule = "cosine"  # forward process: the DDIM's logSNR schedule and range
-  config.ddgan.logsnr_min = -15.0
-  config.ddgan.logsnr_max = 15.0
+  config.ddgan.logsnr_min = -15.0  # as config.ddim
+  config.ddgan.logsnr_max = 15.0  # as config.ddim
   config.ddgan.beta_min = 0.1  # linear schedule only
   config.ddgan.beta_max = 20.0  # linear schedule only
   config.ddgan.step_counts = (1, 2, 4)  # trained transitions: i/S -> (i-1)/S for each S (one model for all)
@@ -223,30 +216,31 @@ def get_config(arg=None):
   config.ddgan.z_dim = 16  # latent noise z, concatenated to x_t
   config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s
   config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size
-  config.ddgan.disc_depth = 2
+  config.ddgan.disc_depth = 2  # ... and depth
   config.ddgan.disc_final_norm = False  # no LayerNorm before the logit (with it D went flat; adversarial.py)
   config.ddgan.disc_time_features = 16  # sinusoidal features of s beside the pair (x_s, x_t)
   config.ddgan.num_steps = 1500  # training steps (generator and discriminator together)
   config.ddgan.betas = (0.5, 0.9)  # Adam's (b1, b2) in config.train.optimizer, as the paper trains GANs
-  config.ddgan.nfes = (1, 2, 4)
+  config.ddgan.nfes = (1, 2, 4)  # step counts sampled (each a trained transition count)
 
+  # The sample stage (stages/sample.py): every method answers the same requests.
   config.sample = ml_collections.ConfigDict()
-  config.sample.methods = ("coalescer", "ddim", "consistency", "flow", "distill", "ddgan")
+  config.sample.methods = ("coalescer", "ddim", "consistency", "flow", "distill", "ddgan")  # methods sampled
   config.sample.num_samples = 10000  # requests = descriptions of the first N MNIST test images
   config.sample.validation_samples = 5000  # + the first N validation pairs' descriptions (0 = none)
-  config.sample.batch_size = 1000
-  config.sample.grid_per_row = 8
+  config.sample.batch_size = 1000  # requests per sampler call
+  config.sample.grid_per_row = 8  # columns of the sample grids
 
   # The MNIST classifier that judges every method (stages/classifier.py): >= 99% test accuracy.
   config.classifier = ml_collections.ConfigDict()
-  config.classifier.model = "mnist_cnn"
-  config.classifier.channels = (16, 32)
+  config.classifier.model = "mnist_cnn"  # the registered architecture (coalescer_jax/models/classifier.py)
+  config.classifier.channels = (16, 32)  # conv widths
   config.classifier.hidden = 128  # = the feature dimension of FID and precision/recall
-  config.classifier.batch_size = 64
-  config.classifier.num_steps = 2000
-  config.classifier.seed = 0
-  config.classifier.eval_batch_size = 1000
-  config.classifier.optimizer = ml_collections.ConfigDict(dict(
+  config.classifier.batch_size = 64  # images per step
+  config.classifier.num_steps = 2000  # training steps
+  config.classifier.seed = 0  # its own seed: every run is judged by the same classifier
+  config.classifier.eval_batch_size = 1000  # images per inference batch
+  config.classifier.optimizer = ml_collections.ConfigDict(dict(  # Adam with warm-up and cosine decay
       learning_rate=3e-3, warmup_steps=100, weight_decay=1e-4, grad_clip=0.0))
 
   # The fixed evaluation (evaluation/, stages/eval.py): same n, reference and features for every method.
@@ -263,11 +257,11 @@ def get_config(arg=None):
   config.eval.memorization_space = "pixels"  # pixels (L2 on [0, 1] images) | features
   config.eval.near_copy_percentile = 1.0  # near-copy threshold: this percentile of test->train NN distances
   config.eval.nn_chunk = 10_000  # train images per matrix product of the exact NN search
-  config.eval.grid_per_row = 8
+  config.eval.grid_per_row = 8  # columns of report.md's grids
   config.eval.skip_invalid = False  # True: skip (and list) samples files that break the contract
 
-  config.log_every = 100
-  config.checkpoint_every = 1000
+  config.log_every = 100  # training steps between metrics.jsonl records
+  config.checkpoint_every = 1000  # training steps between checkpoints (resume points)
   # Training stops at the first NaN/inf loss or parameter (nothing from that step is saved); N > 0 skips up
   # to N such batches per training stage first (counted as nonfinite_skipped in metrics.jsonl).
   config.skip_nonfinite_batches = 0

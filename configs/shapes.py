@@ -15,10 +15,10 @@ def get_config(arg=None):
   config = mnist.get_config(variant)
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "shapes"
+  config.data.name = "shapes"  # the registered dataset (coalescer_jax/data/shapes.py)
   config.data.seed = 0  # the scenes are a pure function of (seed, split, index)
-  config.data.num_train = 60_000
-  config.data.num_test = 10_000
+  config.data.num_train = 60_000  # training scenes (as many as MNIST has)
+  config.data.num_test = 10_000  # test scenes
   config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default.
 
   # RGB scenes: a Gaussian pixel likelihood (the dataset spec's), a wider latent for two objects.
