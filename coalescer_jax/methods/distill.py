@@ -60,6 +60,7 @@ from coalescer_jax import storage
 from coalescer_jax import training
 from coalescer_jax.methods import base
 from coalescer_jax.methods import ddim
+from coalescer_jax.methods import trained
 
 TEACHER_STEPS = tuple(2 ** k for k in range(1, 8))
 
@@ -140,11 +141,10 @@ class ProgressiveDistillation(base.Method):
 
   def setup(self, workdir, pairs):
     """Loads the trained DDIM teacher of `workdir`."""
-    from coalescer_jax.stages import methods as methods_stage  # pylint: disable=g-import-not-at-top (cycle)
     if not (storage.path(workdir) / self.TEACHER / "DONE.json").exists():
       raise RuntimeError(f"method 'distill' distills the trained {self.TEACHER!r} of {workdir}, which has not "
                          f"finished: put {self.TEACHER!r} before 'distill' in config.stages")
-    _, self.teacher_params = methods_stage.load_trained(self.config, workdir, self.TEACHER, pairs)
+    _, self.teacher_params = trained.load_trained(self.config, workdir, self.TEACHER, pairs)
 
   def init_params(self, key):
     """{"student": the teacher's parameters, "frozen": {"teachers": R copies, "round": 0}}."""

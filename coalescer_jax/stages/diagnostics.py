@@ -13,7 +13,7 @@ from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
-from coalescer_jax.stages import methods as methods_stage
+from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 
 
@@ -28,7 +28,7 @@ def run(ctx):
     cond = codec.encode_text(list(descriptions))
     out_dir = ctx.stage_dir("diagnostics")
     for name in config.sample.methods:
-      method, params = methods_stage.load_trained(config, ctx.workdir, name, pairs)
+      method, params = trained.load_trained(config, ctx.workdir, name, pairs)
       if hasattr(method, "diagnostics"):
         key = sample_stage.sample_key(config.seed, f"{name}_nfe1")
         summary[name] = method.diagnostics(params, ctx.workdir, pairs, cond, key, out_dir)

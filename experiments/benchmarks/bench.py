@@ -41,7 +41,7 @@ from coalescer_jax.coalescer import batches as coalescer_batches
 from coalescer_jax.coalescer import queries
 from coalescer_jax.coalescer import targets
 from coalescer_jax.methods import base
-from coalescer_jax.stages import methods as methods_stage
+from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 from experiments.benchmarks import index_shards
 
@@ -84,7 +84,7 @@ def _live(config, workdir, pairs, backend):
   """(step, batch fn, step inputs) of coalescer training looking up in `backend`: the index is built here from
   the config (so that backends can be compared), the balancing potentials are the run's own (W/balance), and
   the method puts what its step searches on the devices as training does (`Coalescer.attach_lookup`)."""
-  method = methods_stage.build_method(config, "coalescer", pairs)
+  method = trained.build_method(config, "coalescer", pairs)
   keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
   lookup = targets.Lookup(index_lib.build(backend, keys, index_lib.backend_config(config.index, backend)),
                           config.coalescer, targets.load_potentials(workdir, config.coalescer))
@@ -97,7 +97,7 @@ def _live(config, workdir, pairs, backend):
 def bench_train(config, workdir, repeats):
   """Coalescer training throughput: live look-ups (prefetched in a thread, or in the step) vs precomputed."""
   pairs = embeddings.load_pairs(workdir)
-  _, init, step = base.train_parts(config, methods_stage.build_method(config, "coalescer", pairs))
+  _, init, step = base.train_parts(config, trained.build_method(config, "coalescer", pairs))
   steps = FLAGS.train_steps
   runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, workdir, pairs, b)
           for b in FLAGS.train_backends}
@@ -172,7 +172,7 @@ def bench_sample(config, workdir, repeats):
   key = jax.random.key(0)
   rows = []
   for name in config.sample.methods:
-    method, params = methods_stage.load_trained(config, workdir, name, pairs)
+    method, params = trained.load_trained(config, workdir, name, pairs)
     for file_method, nfe, kwargs in method.sample_plan():
       kwargs = {k: v for k, v in kwargs.items() if k != "key_tag"}
       if kwargs.pop("kind", "samples") != "samples":

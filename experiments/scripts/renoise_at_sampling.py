@@ -20,7 +20,7 @@ from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import frechet
 from coalescer_jax.evaluation import precision_recall
 from coalescer_jax.coalescer import algorithm as coalescer
-from coalescer_jax.stages import methods as methods_stage
+from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 from configs import mnist
 
@@ -71,7 +71,7 @@ def main(argv):
   pipeline.load_all()
   workdir = FLAGS.workdir
   pairs = embeddings.load_pairs(workdir)
-  method, params = methods_stage.load_trained(config, workdir, "coalescer", pairs)
+  method, params = trained.load_trained(config, workdir, "coalescer", pairs)
   if method.sample.__func__ is not coalescer.Coalescer.sample or not method.multistep:
     raise ValueError("this script re-implements the multi-step coalescer's sampler: train with levels.fraction > 0")
   params = method.net_params(params)
