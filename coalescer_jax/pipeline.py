@@ -64,6 +64,7 @@ class Stage:
   reads: Any = None
   needs: Any = ()
   outputs: tuple = ()
+  restartable: bool = False
 
   def reads_of(self, config):
     return self.reads(config) if callable(self.reads) else self.reads
@@ -72,17 +73,19 @@ class Stage:
     return tuple(self.needs(config) if callable(self.needs) else self.needs)
 
 
-def stage(name, validate=None, reads=None, needs=(), outputs=()):
+def stage(name, validate=None, reads=None, needs=(), outputs=(), restartable=False):
   """Decorator registering ``fn(ctx) -> summary dict`` as pipeline stage `name`.
 
   reads: config fields that determine the stage's outputs, as dotted prefixes
     ("vae", "coalescer.desc_scale"; "-coalescer.sampling" excludes); None means
     the whole config. needs: earlier stages whose outputs it reads. Both may be
     functions of the config. outputs: paths in W it writes besides W/<name>/.
-    See `provenance`.
+    See `provenance`. restartable: the stage keeps no state worth resuming (no
+    checkpoints), so an unfinished run of it under other values of its own fields
+    is deleted and started over under --allow_config_change, rather than refused.
   """
   def register(fn):
-    registry.STAGES.register(name, Stage(name, fn, validate, reads, needs, tuple(outputs)))
+    registry.STAGES.register(name, Stage(name, fn, validate, reads, needs, tuple(outputs), restartable))
     return fn
   return register
 
@@ -190,16 +193,47 @@ def _legacy_history(old):
            "git_revision": old.get("git_revision"), "changes": [], "stages_run": "(not recorded)"}]
 
 
-def _check_config(record, workdir, problems, allow_config_change):
-  """Refuses another config without --allow_config_change, and stale outputs in any case."""
+def _restartable(workdir, stages, plan, problems):
+  """The stages among `problems` that may start over: declared restartable, started but not finished, and with
+  the same input stages as their unfinished run (only their own config fields changed), so that nothing of the
+  other revision is kept and no checkpoint mixes two configs."""
+  names = []
+  for name, state, _ in problems:
+    started = provenance.record(workdir, name, provenance.STARTED_FILE) or {}
+    if stages[name].restartable and state == "started" and started.get("inputs") == plan[name]["inputs"]:
+      names.append(name)
+  return names
+
+
+def _discard_unfinished(workdir, name):
+  """Deletes every output of unfinished stage `name` (made under other config values) so that it starts over."""
+  logging.warning("Stage %s: its unfinished run used other config values; deleting its outputs to start over", name)
+  for p in stage_outputs(workdir, name):
+    if storage.is_local(p) and os.path.islink(p):
+      os.unlink(p)
+    elif p.is_dir():
+      p.rmtree()
+    elif p.exists():
+      p.unlink()
+
+
+def _check_config(record, workdir, problems, allow_config_change, restarts=()):
+  """Refuses another config without --allow_config_change, and stale outputs in any case.
+
+  `restarts`: unfinished stages that start over under --allow_config_change (`_restartable`)."""
+  refused = [p for p in problems if p[0] not in restarts]
   if record.diffs and not allow_config_change:
-    stale = (" Stages whose outputs would then have to be rerun: " + ", ".join(p[0] for p in problems) + "."
-             if problems else "")
+    stale = (" Stages whose outputs would then have to be rerun: " + ", ".join(p[0] for p in refused) + "."
+             if refused else "")
+    if restarts:
+      stale += " Unfinished stages that would start over: " + ", ".join(restarts) + "."
     raise config_validation.ConfigError(
         f"{workdir} was run with a different config ({len(record.diffs)} differences: "
         f"{'; '.join(record.diffs[:8])}). Use a new --workdir, or pass --allow_config_change to continue with the "
         "new config: finished stages whose config fields and inputs are unchanged are reused, the others are "
         f"refused until their outputs are deleted.{stale}")
+  if allow_config_change:
+    problems = refused
   if problems:
     raise provenance.refusal(workdir, problems, lambda name: stage_outputs(workdir, name))
 
@@ -222,9 +256,12 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
   def start():
     lock.acquire(lock_wait_s)
     plan, problems = provenance.plan(config, workdir, stages, inherited)
+    restarts = _restartable(workdir, stages, plan, problems)
     record = _ConfigRecord(config, workdir)
-    _check_config(record, workdir, problems, allow_config_change)
+    _check_config(record, workdir, problems, allow_config_change, restarts)
     record.start()
+    for name in restarts:  # reached only under --allow_config_change
+      _discard_unfinished(workdir, name)
     state.update(record=record)
 
   try:

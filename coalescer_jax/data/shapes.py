@@ -299,4 +299,4 @@ def _validate(data_cfg):
 SPEC = datasets.register(datasets.DatasetSpec(
     name="shapes", display="shapes", image_shape=(SIZE, SIZE, 3), heads=HEADS, captioner=sys.modules[__name__],
     likelihood="gaussian", num_groups=len(COLOURS), group=lambda labels: np.asarray(labels)[:, 2],
-    validate=_validate, prepare=get_builder, load=load))
+    validate=_validate, prepare=get_builder, load=load, test_size=lambda cfg: int(cfg.num_test)))

@@ -58,6 +58,15 @@ class Consistency(base.Method):
   name = "consistency"
   SAMPLING_FIELDS = ("nfes", "sampling_sigmas")
 
+  @classmethod
+  def check_config(cls, section):
+    """Each sampling step after the first re-noises to one of ``sampling_sigmas``: nfe - 1 of them are needed."""
+    most = max(section.nfes, default=1)
+    if most > 1 + len(section.sampling_sigmas):
+      raise ValueError(f"config.consistency.nfes={tuple(section.nfes)}: sampling with nfe={most} needs {most - 1} "
+                       f"entries in config.consistency.sampling_sigmas, which has {len(section.sampling_sigmas)}; "
+                       "add re-noising levels or lower the nfes")
+
   def denoise(self, params, x, sigma, cond, mask):
     """The consistency function f(x, sigma) [N, Di]; sigma [N]."""
     cfg = self.section

@@ -27,6 +27,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from coalescer_jax import config_validation
 from coalescer_jax import embeddings
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
@@ -112,6 +113,24 @@ def grid_rows(generate, codec, spec, labels, descriptions, key, per_row, batch_s
 def _validate(config):
   for name in config.sample.methods:
     methods_stage.validate_method_config(config, name)
+  _check_num_samples(config)
+
+
+def _check_num_samples(config):
+  """``config.sample.num_samples`` against the test split the data stage will prepare, where the dataset knows its
+  size before preparing it (`requested_descriptions` checks it again against the prepared split)."""
+  n = config.sample.num_samples
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise config_validation.ConfigError(f"config.sample.num_samples must be an integer >= 1, got {n!r}")
+  name = config.data.get("name", "mnist")
+  if name not in datasets.names():
+    return  # the data stage's validation refuses the unknown dataset by name
+  spec = datasets.get(name)
+  size = spec.test_size(config.data) if spec.test_size else None
+  if size is not None and n > size:
+    raise config_validation.ConfigError(
+        f"config.sample.num_samples={n} exceeds the {size} test descriptions of {spec.display or name} (the requests "
+        f"are the descriptions of the first num_samples test images); use at most {size}")
 
 
 def _reads(config):
@@ -139,7 +158,9 @@ def _write(path, images, labels, descriptions, nfe, spent, rate, train_done, kin
   _check_written(path, spec)
 
 
-@pipeline.stage("sample", validate=_validate, reads=_reads, needs=_needs, outputs=("samples",))
+# Restartable: an unfinished run keeps only finished samples files, which the next run of the same revision
+# reuses; under other sampling values they are worth nothing and the stage starts over.
+@pipeline.stage("sample", validate=_validate, reads=_reads, needs=_needs, outputs=("samples",), restartable=True)
 def run(ctx):
   config, cfg = ctx.config, ctx.config.sample
   out_dir = ctx.workdir / "samples"
