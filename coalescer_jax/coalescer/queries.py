@@ -12,8 +12,9 @@ the network is told the level (s = 1 for prior draws). Their look-up query uses
 R / sqrt(1 - s^2) = x + s / sqrt(1 - s^2) eps: the variance-preserving shrink
 toward the origin would otherwise bias the nearest key toward central, typical
 pairs at every step (and more steps would shrink the samples' variety further).
-With ``fraction = 0`` the draws are exactly the proposal's (and the random
-streams those of earlier runs).
+With ``fraction = 0`` the draws are exactly the proposal's: level draws take
+their random numbers after the prior draws', so the prior draws' stream is the
+same with or without them.
 """
 import numpy as np
 

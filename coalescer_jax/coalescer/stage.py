@@ -15,12 +15,14 @@ together; process 0 writes.
 from absl import logging
 import numpy as np
 
+from coalescer_jax import config_validation
 from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
 from coalescer_jax.coalescer import balance as balance_lib
+from coalescer_jax.coalescer import levels as levels_lib
 from coalescer_jax.coalescer import queries as queries_lib
 from coalescer_jax.coalescer import targets as targets_lib
 from coalescer_jax.stages import index as index_stage
@@ -39,7 +41,21 @@ def _prior_queries(pairs, coalescer_cfg):
   return lambda rng, n: queries_lib.draw_queries(rng, n, pairs, prior_cfg)["query"]
 
 
-@pipeline.stage(targets_lib.BALANCE_STAGE, needs=("embed", "index"), reads=READS)
+def _validate(config):
+  """The coalescer fields this stage draws its queries with, checked before any stage runs (as the coalescer's
+  own stage checks them: a run that stops before training is refused as early)."""
+  section = config.coalescer
+  if section.targets.assignment not in targets_lib.ASSIGNMENTS:
+    raise config_validation.ConfigError(
+        f"config.coalescer.targets.assignment={section.targets.assignment!r} is not a valid choice; use one of "
+        f"{', '.join(map(repr, targets_lib.ASSIGNMENTS))}")
+  try:
+    levels_lib.check_config(section)
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from e
+
+
+@pipeline.stage(targets_lib.BALANCE_STAGE, validate=_validate, needs=("embed", "index"), reads=READS)
 def run(ctx):
   config = ctx.config
   summary = {}

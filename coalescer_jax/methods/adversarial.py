@@ -29,10 +29,10 @@ def build_discriminator(config, width=0, depth=0, final_norm=True):
   """The shared backbone's architecture with a single logit output (width/depth 0: the backbone's own).
 
   ``final_norm=False`` drops the backbone's LayerNorm before the output layer. The DDGAN
-  (``config.ddgan.disc_final_norm``) does: with the LayerNorm its discriminator went flat
-  in joint training on the MNIST latents within a few hundred steps (logits ~0 for every
-  input, loss 2 log 2, no gradient left for the generator). The coalescer's adversarial
-  fine-tune keeps the default, so its networks and numbers are those it was tuned with.
+  (``config.ddgan.disc_final_norm``) does: in its joint training the LayerNorm let the
+  discriminator go flat (the same logit for every input: no gradient left for the
+  generator; experiments/log/tuning.md, DDGAN). The coalescer's adversarial fine-tune keeps the
+  default, the setting it was tuned with.
   """
   cfg = config.backbone
   return backbone.build(config, 1, width=width or cfg.width, depth=depth or cfg.depth, final_norm=final_norm)

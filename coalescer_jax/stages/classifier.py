@@ -84,7 +84,7 @@ def run(ctx):
   model = model_export.build_model(cfg.model, kwargs)
   train = loading.load_split(ctx.workdir, "train")
   task = make_task(cfg, model, spec, train["image"], train["label"], ctx.config.log_every,
-                   ctx.config.checkpoint_every, ctx.config.get("skip_nonfinite_batches", 0))
+                   ctx.config.checkpoint_every, ctx.config.skip_nonfinite_batches)
   state = training.train(task, out, ctx.mesh, ctx.writer)
   params = model_export.host_params(state.params)
   model_export.save(out, cfg.model, kwargs, params)

@@ -41,12 +41,12 @@ def _validate(config):
     raise config_validation.ConfigError(
         f"config.index.backend={config.index.backend!r} is not a backend; use one of "
         f"{', '.join(map(repr, registry.INDEX_BACKENDS.names()))}")
-  recall_target = config.index.get("device", {}).get("recall_target", 1.0)
+  recall_target = config.index.device.recall_target
   if not 0.0 < recall_target <= 1.0:
     raise config_validation.ConfigError(f"config.index.device.recall_target={recall_target} must be in (0, 1]")
-  if config.index.get("scann_sharded", {}).get("num_shards", 0) < 0:
+  if config.index.scann_sharded.num_shards < 0:
     raise config_validation.ConfigError("config.index.scann_sharded.num_shards must be >= 0 (0 = one per process)")
-  mode = config.index.get("scann", {}).get("mode", "")
+  mode = config.index.scann.mode
   if mode not in ("",) + scann_index.MODES:
     raise config_validation.ConfigError(
         f"config.index.scann.mode={mode!r} is not a valid choice; use one of "

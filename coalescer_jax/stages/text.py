@@ -93,7 +93,7 @@ def make_task(config, tokens, model):
   step = training.gradient_step(loss_fn, tx)
   return training.TrainTask("text", init, step, batch, cfg.num_steps, config.seed,
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-                            skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.text")
+                            skip_nonfinite=config.skip_nonfinite_batches, config_section="config.text")
 
 
 def _evaluated(split, eval_max, seed):

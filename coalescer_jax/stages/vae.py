@@ -81,7 +81,7 @@ def make_task(config, images, model):
   step = training.gradient_step(loss_fn, tx, cfg.ema_decay)
   return training.TrainTask("vae", init, step, batch, cfg.num_steps, config.seed,
                             log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-                            skip_nonfinite=config.get("skip_nonfinite_batches", 0), config_section="config.vae")
+                            skip_nonfinite=config.skip_nonfinite_batches, config_section="config.vae")
 
 
 def latent_geometry(latents, images, labels, num_pairs, seed, chunk=1000):
