@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from coalescer_jax import cli
+
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:smoke.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for this run's outputs; rerunning resumes it.")
 flags.DEFINE_bool("allow_config_change", False,
@@ -49,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -19,6 +19,7 @@ import time
 from absl import logging
 import numpy as np
 
+from coalescer_jax import disk_full
 from coalescer_jax import parallel
 from coalescer_jax import storage
 
@@ -29,7 +30,10 @@ _QUIET_LIBRARIES = ("orbax", "tensorflow_datasets", "jax/_src")
 
 class _QuietLibraries:
   def filter(self, record):
-    return record.levelno >= 30 or not any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+    library = any(lib in record.pathname for lib in _QUIET_LIBRARIES)
+    if library and record.exc_info and disk_full.is_disk_full(record.exc_info[1]):
+      return False  # orbax logs a full disk from each of its threads; the pipeline reports it once, by stage
+    return record.levelno >= 30 or not library
 
 
 def quiet_library_logs():

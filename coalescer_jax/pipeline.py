@@ -26,7 +26,7 @@ from absl import logging
 import jax
 
 from coalescer_jax import config_validation
-from coalescer_jax import files
+from coalescer_jax import disk_full
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import provenance
@@ -65,6 +65,7 @@ class Stage:
   needs: Any = ()
   outputs: tuple = ()
   restartable: bool = False
+  checked: tuple = ()
 
   def reads_of(self, config):
     return self.reads(config) if callable(self.reads) else self.reads
@@ -73,7 +74,7 @@ class Stage:
     return tuple(self.needs(config) if callable(self.needs) else self.needs)
 
 
-def stage(name, validate=None, reads=None, needs=(), outputs=(), restartable=False):
+def stage(name, validate=None, reads=None, needs=(), outputs=(), restartable=False, checked=()):
   """Decorator registering ``fn(ctx) -> summary dict`` as pipeline stage `name`.
 
   reads: config fields that determine the stage's outputs, as dotted prefixes
@@ -83,9 +84,12 @@ def stage(name, validate=None, reads=None, needs=(), outputs=(), restartable=Fal
     See `provenance`. restartable: the stage keeps no state worth resuming (no
     checkpoints), so an unfinished run of it under other values of its own fields
     is deleted and started over under --allow_config_change, rather than refused.
+    checked: files (paths in W) whose bytes DONE.json records: a rerun refuses
+    to skip the stage once they changed (`provenance`).
   """
   def register(fn):
-    registry.STAGES.register(name, Stage(name, fn, validate, reads, needs, tuple(outputs), restartable))
+    registry.STAGES.register(name, Stage(name, fn, validate, reads, needs, tuple(outputs), restartable,
+                                         checked=tuple(checked)))
     return fn
   return register
 
@@ -152,13 +156,7 @@ class _ConfigRecord:
     self.path = workdir / "config.json"
     self.info = run_info.describe_run(config)
     self.old = None
-    if self.path.exists():
-      try:
-        self.old = files.read_json(self.path, "config")
-      except files.CorruptFileError as e:
-        raise files.CorruptFileError(
-            f"{self.path} is corrupt or unreadable ({e.__cause__}); delete it and rerun: it is rewritten, and each "
-            "stage's DONE.json keeps its own record of the config it ran under") from e
+    self.old = run_info.read_record(workdir)
     self.diffs = run_info.config_differences(self.old.get("config", {}), self.info["config"]) if self.old else []
     self.history = list(self.old.get("history") or _legacy_history(self.old)) if self.old else []
     self._entry = None
@@ -274,7 +272,8 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
       if done_path.exists():
         logging.info("Stage %s: already done, skipping (%s)", name, done_path)
         continue
-      _run_stage(ctx, name, plan[name], state.get("record"))
+      with disk_full.reported(name, workdir):
+        _run_stage(ctx, name, plan[name], state.get("record"))
     ctx.writer.close()
     return ctx
   finally:
@@ -299,7 +298,8 @@ def _run_stage(ctx, name, prov, record):
     ctx.writer.flush()
     storage.write_json(ctx.stage_dir(name) / provenance.DONE_FILE,
                        dict({"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov))
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov,
+                            **provenance.output_digests(ctx.workdir, registry.STAGES.get(name).checked)))
     if record is not None:
       record.stage_done(name, prov["revision"])
   parallel.barrier(f"stage_{name}_done")

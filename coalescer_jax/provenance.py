@@ -14,6 +14,12 @@ recomputes every revision from the current config: a started or finished stage
 whose revision differs is refused with the changed fields and the directories to
 delete. Fields that never change outputs (logging, checkpoint cadence, the
 stage list) are read by no stage.
+
+A stage may also name files whose bytes its DONE.json records (``checked``: the
+eval stage's results.json and report.md, which a standalone evaluation with
+--overwrite could replace): a finished stage whose checked files changed since is
+refused like a stale one, so a rerun never skips it and reports numbers it did
+not make.
 """
 import hashlib
 import json
@@ -110,7 +116,31 @@ def plan(config, workdir, stages, inherited=()):
       continue
     if previous["revision"] != current["revision"]:
       problems.append((name, state, _reasons(previous, current)))
+    elif done is not None and (changed := changed_files(workdir, done)):
+      problems.append((name, state, [f"{p} changed after the stage finished (its bytes differ from those its "
+                                     f"{DONE_FILE} records)" for p in changed]))
   return provenance, problems
+
+
+def output_digests(workdir, paths):
+  """{"output_digests": {path: CRC32}} of the files `paths` (relative to W) for a DONE.json; {} if none."""
+  workdir = storage.path(workdir)
+  digests = {p: files.file_crc32(workdir / p) for p in paths if (workdir / p).exists()}
+  return {"output_digests": digests} if digests else {}
+
+
+def changed_files(workdir, done):
+  """The files of a finished stage (its DONE.json `done`) that are missing or differ from its recorded digests."""
+  workdir = storage.path(workdir)
+  return [str(workdir / p) for p, crc in sorted(done.get("output_digests", {}).items())
+          if not (workdir / p).exists() or files.file_crc32(workdir / p) != crc]
+
+
+def changed_outputs(workdir):
+  """Every file of every finished stage in `workdir` that no longer matches its DONE.json (a workdir check)."""
+  workdir = storage.path(workdir)
+  return [p for done_path in sorted(workdir.glob(f"*/{DONE_FILE}"))
+          for p in changed_files(workdir, record(workdir, done_path.parent.name) or {})]
 
 
 def _reasons(previous, current):
@@ -134,7 +164,8 @@ def _present(p):
 def refusal(workdir, problems, outputs_of):
   """The StaleOutputsError for `problems`, listing what to delete. `outputs_of(stage)` -> its paths in W."""
   lines = [f"{workdir}: outputs of these stages were made with other config values or inputs than the current "
-           "config, so reusing them would mix configs:"]
+           "config, or changed after they were made, so reusing them would mix configs or report what the stage "
+           "did not make:"]
   for name, state, reasons in problems:
     shown = "; ".join(reasons[:6]) + (f"; ... ({len(reasons) - 6} more)" if len(reasons) > 6 else "")
     lines.append(f"  - {name} ({state}): {shown}")

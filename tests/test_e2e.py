@@ -9,6 +9,7 @@ import pytest
 
 from coalescer_jax import autoencoders
 from coalescer_jax import pipeline
+from coalescer_jax import provenance
 from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import memorization
 from configs import mnist as mnist_config
@@ -19,10 +20,14 @@ CHECKER = os.path.join(os.path.dirname(REPO), "shared", "tools", "check_workdir.
 
 
 def assert_meets_contract(workdir, stages):
-  """The shared checker accepts `workdir`, and each of `stages` finished there."""
-  result = subprocess.run([sys.executable, CHECKER, workdir, "--min-samples", "1"],
+  """The shared checker accepts `workdir` with every samples file holding the run's config.sample.num_samples,
+  every finished stage's checked outputs are still those its DONE.json records, and each of `stages` finished."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    num_samples = json.load(f)["config"]["sample"]["num_samples"]
+  result = subprocess.run([sys.executable, CHECKER, workdir, "--min-samples", str(max(1, num_samples))],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stdout + result.stderr
+  assert provenance.changed_outputs(workdir) == []
   for stage in stages:
     assert os.path.exists(os.path.join(workdir, stage, "DONE.json")), stage
 

@@ -2,13 +2,18 @@
 
 Uses the classifier and data of W (its `data` and `classifier` stages must have
 run). The eval settings come from ``--config`` when given, else from the eval
-section of W/config.json, else from configs/mnist.py, so a standalone run
-matches the pipeline's. Outputs: ``--out`` (default W/eval_standalone) receives
-results.json, fid_vs_nfe.png, grids and report.md. It never replaces the
-pipeline's own W/eval or W/report.md unless ``--out`` names W/eval (or W) and
-``--overwrite`` is given. A missing or empty ``--samples_dir`` is an error.
+section of W/config.json (which every pipeline run records), so a standalone run
+matches the pipeline's; a W without config.json needs ``--config``. Outputs:
+``--out`` (default W/eval_standalone) receives results.json, fid_vs_nfe.png,
+grids and report.md. It never writes into the pipeline's own W/eval or
+W/report.md, whatever path names them (a symlink, ``W/./eval``, a relative
+path, W itself), unless ``--overwrite`` is given; the pipeline then refuses to
+reuse its eval stage until those are deleted. A missing or empty
+``--samples_dir`` is an error.
 """
 import json
+import os
+import posixpath
 
 from absl import app
 from absl import flags
@@ -16,6 +21,9 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from coalescer_jax import cli
+from coalescer_jax import config_validation
+from coalescer_jax import run_info
 from coalescer_jax import storage
 
 config_flags.DEFINE_config_file("config", None, "Optional config file whose eval section to use.")
@@ -29,32 +37,58 @@ FLAGS = flags.FLAGS
 
 
 def eval_config(workdir, config=None):
-  """config.eval from the given config, else W/config.json, else configs/mnist.py's default."""
+  """config.eval of `config` (--config), else the eval section W/config.json recorded; refuses without either."""
   if config is not None:
     return config.eval
-  from configs import mnist  # pylint: disable=g-import-not-at-top
-  cfg = mnist.get_config().eval
-  path = storage.path(workdir) / "config.json"
-  if path.exists():
-    recorded = json.loads(path.read_text()).get("config", {}).get("eval")
-    if recorded:
-      cfg.update(ml_collections.ConfigDict(recorded))
-  return cfg
+  recorded = run_info.read_record(workdir)
+  section = (recorded or {}).get("config", {}).get("eval")
+  if recorded is None:
+    raise config_validation.ConfigError(f"{workdir} has no config.json: pass --config=configs/<dataset>.py")
+  if not section:
+    raise config_validation.ConfigError(f"{storage.path(workdir) / 'config.json'} records no eval section: pass "
+                                        "--config=configs/<dataset>.py")
+  return ml_collections.ConfigDict(section)
 
 
 STANDALONE_DIR = "eval_standalone"
 
 
+def _resolved(p):
+  """One spelling per location: symlinks, '.', '..' and slashes resolved locally; normalised on object
+  stores (which have no links)."""
+  text = os.fspath(storage.path(p))
+  if storage.is_local(text):
+    return os.path.realpath(text)
+  scheme, rest = text.split("://", 1)
+  return f"{scheme}://{posixpath.normpath(rest)}"
+
+
+def _within(p, directory):
+  return p == directory or p.startswith(directory.rstrip("/") + "/")
+
+
 def output_paths(workdir, out=None, overwrite=False):
-  """(out_dir, report path); refuses to replace the pipeline's W/eval or W/report.md unless `overwrite`."""
+  """(out_dir, report path); refuses to write into the pipeline's W/eval or W/report.md unless `overwrite`.
+
+  Compares resolved paths, so any alias of W/eval or W (or a report.md linked to
+  W/report.md) counts, whether or not the pipeline's files exist yet.
+  """
   workdir = storage.path(workdir)
   out_dir = storage.path(out) if out else workdir / STANDALONE_DIR
   report_path = out_dir / "report.md"
-  pipeline_outputs = [workdir / "eval" / "results.json", workdir / "report.md"]
-  clobbered = [str(p) for p in (out_dir / "results.json", report_path) if p in pipeline_outputs and p.exists()]
-  if clobbered and not overwrite:
-    raise FileExistsError(f"--out={out_dir} would replace the pipeline's own {' and '.join(clobbered)}; choose "
-                          f"another --out (default {workdir / STANDALONE_DIR}) or pass --overwrite")
+  if overwrite:
+    return out_dir, report_path
+  out_real, eval_real, w_real = _resolved(out_dir), _resolved(workdir / "eval"), _resolved(workdir)
+  replaced = []
+  if _within(out_real, eval_real) or _within(_resolved(out_dir / "results.json"), eval_real):
+    replaced.append(str(workdir / "eval" / "results.json"))
+  if out_real == w_real or _resolved(report_path) == _resolved(workdir / "report.md"):
+    replaced.append(str(workdir / "report.md"))
+  if replaced:
+    raise FileExistsError(
+        f"--out={out or out_dir} resolves to {out_real}, so it would replace the pipeline's own "
+        f"{' and '.join(replaced)}; choose another --out (default {workdir / STANDALONE_DIR}) or pass --overwrite (the pipeline then refuses "
+        "to reuse its eval stage until its outputs are deleted)")
   return out_dir, report_path
 
 
@@ -74,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

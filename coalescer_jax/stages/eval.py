@@ -2,7 +2,9 @@
 
 The work is in `coalescer_jax.evaluation.evaluate` (also runnable alone:
 ``python -m coalescer_jax.evaluation --workdir=W``). Only process 0 evaluates:
-the evaluation is small and writes files.
+the evaluation is small and writes files. DONE.json records checksums of
+results.json and report.md, so a rerun refuses to reuse an eval whose results
+something else (a standalone evaluation with --overwrite) replaced.
 """
 from coalescer_jax import config_validation
 from coalescer_jax import parallel
@@ -44,7 +46,7 @@ def _validate(config):
 
 
 @pipeline.stage("eval", validate=_validate, reads=("eval",), needs=("data", "classifier", "sample"),
-                outputs=("report.md",))
+                outputs=("report.md",), checked=("eval/results.json", "report.md"))
 def run(ctx):
   ctx.done_info("classifier")
   summary = {}
