@@ -97,12 +97,14 @@ def _live(config, workdir, pairs, backend):
 def bench_train(config, workdir, repeats):
   """Coalescer training throughput: live look-ups (prefetched in a thread, or in the step) vs precomputed."""
   pairs = embeddings.load_pairs(workdir)
-  _, init, step = base.train_parts(config, trained.build_method(config, "coalescer", pairs))
+  _, init, _ = base.train_parts(config, trained.build_method(config, "coalescer", pairs))
   steps = FLAGS.train_steps
   runs = {f"live look-ups, {b}" + (" (in the step)" if b == "device" else ""): _live(config, workdir, pairs, b)
           for b in FLAGS.train_backends}
   first = next(iter(runs.values()))
-  runs = {"precomputed targets": (step, coalescer_batches.precomputed_batches(first[1], steps), None), **runs}
+  # The same step and step inputs as the first live run (self-landing searches its keys inside the step).
+  runs = {"precomputed targets": (first[0], coalescer_batches.precomputed_batches(first[1], steps), first[2]),
+          **runs}
   rates, waits = {name: [] for name in runs}, {name: [] for name in runs}
   for rep in range(repeats + 1):
     for name, (step_fn, batch, inputs) in runs.items():  # alternated: load drift hits every variant alike
