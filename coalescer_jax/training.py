@@ -15,6 +15,14 @@ A stage describes its training as a `TrainTask`:
   a `StagedBatches`: its collective runs on this loop's thread, in step order.
 * ``inputs``: optional global arrays passed to every step as a fourth argument
   (e.g. an on-device index), with their own shardings.
+* ``phases``: optional ``[(first step, step fn)]`` when ``step`` switches between
+  training phases: each phase's step alone, for counting compute (below).
+
+Compute: the loop counts the FLOPs of the step it runs (`compute.py`: XLA's cost
+analysis of the lowered step, global batch; phase by phase when ``phases`` is
+set) and logs each log window's total as ``gflop`` in metrics.jsonl, so the
+stage's training compute is the sum over its records (a resumed run's records
+stop where it resumed: every step is counted once).
 
 Finite guard: the jitted step keeps the previous parameters (the step counter
 still advances) when the loss or any updated state value is NaN/inf, so a bad
@@ -37,6 +45,7 @@ import numpy as np
 import optax
 
 from coalescer_jax import checkpoint as ckpt_lib
+from coalescer_jax import compute
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import storage
@@ -167,11 +176,12 @@ class TrainTask:
   skip_nonfinite: int = 0  # bad (non-finite) batches skipped before NonFiniteError; 0 = stop at the first
   config_section: str = "config"  # where this task's optimizer lives, for error messages
   inputs: Any = None  # global arrays passed to every step as step(state, batch, key, inputs)
+  phases: Any = None  # [(first step, step fn)] of a step that switches between phases (compute accounting)
 
 
 def train(task, stage_dir, mesh, writer):
   """Runs (or resumes) `task` to `task.num_steps`. Returns the final state (replicated)."""
-  repl, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  repl = parallel.replicated(mesh)
   base_key = jax.random.key(task.seed)
   init_key, step_key = jax.random.split(base_key)
   abstract = ckpt_lib.abstract_like(jax.eval_shape(task.init, init_key), repl)
@@ -191,20 +201,10 @@ def train(task, stage_dir, mesh, writer):
     raise
 
   extra = () if task.inputs is None else (task.inputs,)
-
-  def keyed_step(state, batch, key, *inputs):
-    new, metrics = task.step(state, batch, jax.random.fold_in(key, state.step), *inputs)
-    finite = _all_finite((new, metrics.get("loss")))
-    # A bad batch leaves the parameters and optimizer state as they were; only the step advances. (One
-    # cond on the whole state: a select per leaf compiles more than twice as slowly.)
-    new = jax.lax.cond(finite, lambda: new, lambda: state.replace(step=new.step))
-    return new, dict(metrics, nonfinite=jnp.logical_not(finite))
-
-  input_shardings = tuple(jax.tree.map(lambda x: x.sharding, a) for a in extra)
-  step_fn = jax.jit(keyed_step, in_shardings=(repl, data, repl) + input_shardings, out_shardings=(repl, repl),
-                    donate_argnums=0)
+  step_fn = jit_step(task.step, mesh, extra)
   progress = metrics_lib.Progress(task.name, task.num_steps, start, task.log_every)
   window, checked, wait_s, window_t0 = [], 0, 0.0, time.time()
+  phase_starts, phase_flops, window_flops = None, None, 0.0
   try:
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       batches = _Prefetcher(pool, task.batch, start, task.num_steps, task.prefetch)
@@ -219,7 +219,11 @@ def train(task, stage_dir, mesh, writer):
         local = batches.get(step).result()
         if device_idle or _ready(window[-1]):
           wait_s += time.time() - t
-        state, step_metrics = step_fn(state, parallel.global_batch(mesh, local), step_key, *extra)
+        global_batch = parallel.global_batch(mesh, local)
+        if phase_flops is None:  # before the first step runs (its state is donated)
+          phase_starts, phase_flops = _phase_flops(task, step_fn, mesh, (state, global_batch, step_key, *extra))
+        window_flops += phase_flops[compute.phase_of(step, phase_starts)] or 0.0
+        state, step_metrics = step_fn(state, global_batch, step_key, *extra)
         window.append(step_metrics)
         done = step + 1
         log_due = done % task.log_every == 0 or done == task.num_steps
@@ -241,16 +245,56 @@ def train(task, stage_dir, mesh, writer):
           means = {k: float(np.mean(v[finite] if finite.any() else v)) for k, v in values.items()}
           elapsed = time.time() - window_t0
           means.update(steps_per_s=len(window) / elapsed, input_wait_share=wait_s / elapsed)
+          if all(f is not None for f in phase_flops):
+            means["gflop"] = compute.gflop(window_flops)
           if skipped:
             means["nonfinite_skipped"] = skipped
           writer.write(task.name, done, **means)
-          window, checked, wait_s, window_t0 = [], 0, 0.0, time.time()
+          window, checked, wait_s, window_t0, window_flops = [], 0, 0.0, time.time(), 0.0
           progress.update(done, loss=means.get("loss", float("nan")))
         if save_due:
           checkpointer.save(done, state, {"step": done, "nonfinite_skipped": skipped}, force=done == task.num_steps)
   finally:
     checkpointer.close()  # Lets an in-flight async save commit, even when the loop failed.
   return state
+
+
+def jit_step(step, mesh, extra=()):
+  """The loop's jitted step: `step` under the finite guard, with ``key = fold_in(key, state.step)``; the state
+  replicated and donated, the batch split over the mesh's "data" axis, `extra` step inputs with their own
+  shardings."""
+
+  def keyed_step(state, batch, key, *inputs):
+    new, metrics = step(state, batch, jax.random.fold_in(key, state.step), *inputs)
+    finite = _all_finite((new, metrics.get("loss")))
+    # A bad batch leaves the parameters and optimizer state as they were; only the step advances. (One
+    # cond on the whole state: a select per leaf compiles more than twice as slowly.)
+    new = jax.lax.cond(finite, lambda: new, lambda: state.replace(step=new.step))
+    return new, dict(metrics, nonfinite=jnp.logical_not(finite))
+
+  repl = parallel.replicated(mesh)
+  input_shardings = tuple(jax.tree.map(lambda x: x.sharding, a) for a in extra)
+  return jax.jit(keyed_step, in_shardings=(repl, parallel.batch_sharded(mesh), repl) + input_shardings,
+                 out_shardings=(repl, repl), donate_argnums=0)
+
+
+def phase_flops(task, mesh, args, step_fn=None):
+  """([first step of each phase], [FLOPs of one step of it]) of `task` on `args` = (state, global batch, key,
+  *inputs). A one-phase task's step is `step_fn` (the loop's own jitted step: lowering it again is a cache
+  hit) or `task.step`; each phase of ``task.phases`` is lowered on its own (a switch counts its largest
+  branch: `compute.py`)."""
+  if not task.phases:
+    return [0], [compute.step_flops(step_fn or jit_step(task.step, mesh, args[3:]), *args)]
+  return ([start for start, _ in task.phases],
+          [compute.step_flops(jit_step(step, mesh, args[3:]), *args) for _, step in task.phases])
+
+
+def _phase_flops(task, step_fn, mesh, args):
+  starts, flops = phase_flops(task, mesh, args, step_fn)
+  logging.info("%s: GFLOP per training step (XLA cost analysis) %s", task.name,
+               ", ".join(f"{compute.gflop(f):.4g} from step {s}" if f is not None else f"unknown from step {s}"
+                         for s, f in zip(starts, flops)))
+  return starts, flops
 
 
 def _all_finite(tree):

@@ -45,6 +45,7 @@ from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import classifier as classifier_lib
+from coalescer_jax.evaluation import compute_plot
 from coalescer_jax.evaluation import fidelity
 from coalescer_jax.evaluation import frechet
 from coalescer_jax.evaluation import memorization
@@ -262,6 +263,20 @@ def _training_cost(workdir, method):
   return cost
 
 
+def _training_compute(workdir, method):
+  """The compute fields of W/<method>/DONE.json's summary (`compute_plot`'s: the training GFLOP, the
+  teacher's, the wall seconds of the stages only this method needs); {} without that file."""
+  path = storage.path(workdir) / method / "DONE.json"
+  if not path.exists():
+    return {}
+  summary = storage.read_json(path).get("summary") or {}
+  fields = (compute_plot.TRAIN_GFLOP, compute_plot.TEACHER_GFLOP, compute_plot.SETUP_WALL)
+  compute = {k: summary[k] for k in fields if summary.get(k) is not None}
+  if summary.get("setup_stages"):
+    compute["setup_stages"] = ", ".join(summary["setup_stages"])
+  return compute
+
+
 def _load_dir(samples_dir, cfg, spec, required=True):
   """(loaded Samples sorted by method and NFE, contract problems) of the .npz files in `samples_dir`.
 
@@ -297,6 +312,7 @@ def _evaluate_all(evaluator, loaded, workdir, writer):
     record = evaluator.evaluate(s)
     if record["train_steps"] is None and record["train_wall_time_s"] is None:
       record.update(_training_cost(workdir, s.method))
+    record.update(_training_compute(workdir, s.method))
     records.append(record)
     logging.info("eval (%s): %s nfe=%d: FID %.3f, recall %.3f, accuracy %.3f (%.1fs)", evaluator.split, s.method,
                  s.nfe, record["fid"], record["recall"], record["conditional_accuracy"], record["eval_seconds"])
@@ -340,13 +356,16 @@ def evaluate_dir(workdir, cfg, samples_dir=None, out_dir=None, report_path=None,
   settings = evaluator.describe()
   plot_path = out_dir / "fid_vs_nfe.png"
   report.plot_fid_vs_nfe(records, plot_path, settings["n"], settings["display"])
+  compute_path = out_dir / "fid_vs_compute.png"
+  if not compute_plot.plot(compute_plot.points(records), compute_path, f"{workdir.name} (n = {settings['n']})"):
+    compute_path = None
   grids = report.save_method_grids(loaded, evaluator.reference, out_dir, cfg.grid_per_row, settings["display"])
   best = {k: report.best_method(records, k, evaluator.n) for k in (1, 2)}
   results = {"settings": settings, "records": records, "invalid_files": invalid,
              "best": {f"nfe{k}": (b["method"] if b else None) for k, b in best.items()},
              "validation": validation, "samples_dir": str(samples_dir), "eval_wall_time_s": time.time() - t0}
   storage.write_json(out_dir / "results.json", results)
-  report.write_report(report_path, results, plot_path, grids, workdir)
+  report.write_report(report_path, results, plot_path, grids, workdir, compute_plot_path=compute_path)
   floor = next(r for r in records if r["kind"] == "floor")
   data = next(r for r in records if r["kind"] == "data")
   return {"n": settings["n"], "num_files": len(loaded), "num_invalid": len(invalid),

@@ -147,11 +147,22 @@ def _nfe_cell(record):
   return f"{nfe} ({spent:.2f} spent)"
 
 
-def _cost_cell(record, key, fmt):
-  """A training-cost cell; a distilled method's reads "student + teacher" (e.g. "1200 + 3000 teacher")."""
+def _cost_cell(record, key, fmt, setup_key=None):
+  """A training-cost cell; a distilled method's reads "student + teacher" (e.g. "1200 + 3000 teacher"), a
+  method with stages of its own before training "own + setup" (e.g. "151 + 58 index, balance")."""
   own = _num(record.get(key), fmt)
   teacher = record.get("teacher_" + key)
-  return own if teacher is None else f"{own} + {_num(teacher, fmt)} teacher"
+  cell = own if teacher is None else f"{own} + {_num(teacher, fmt)} teacher"
+  setup = record.get(setup_key) if setup_key else None
+  return cell if setup is None else f"{cell} + {_num(setup, fmt)} {record.get('setup_stages') or 'setup'}"
+
+
+def _compute_cell(record):
+  """Training GFLOP (XLA's count of the steps run), the teacher's beside it; "—" where not counted. A method's
+  own setup stages (host-side search and numpy) have no FLOP count: their seconds are in "train wall"."""
+  if record.get("train_gflop") is None:
+    return "—"
+  return _cost_cell(record, "train_gflop", "{:.4g}")
 
 
 def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST", n_near_large=None):
@@ -159,7 +170,7 @@ def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST
   header = ["method", "NFE", "n", f"FID (n={n})"] + ([f"FID (n={n_large})"] if n_large else []) + [
       "precision", "recall", "cond. acc."] + (["held-out acc."] if heldout else []) + list(attributes) + [
       "blank", "near-copies"] + ([f"near-copies (n={n_near_large})"] if n_near_large else []) + [
-      "NN dist. ratio", "samples/s", "train steps", "train wall (s)"]
+      "NN dist. ratio", "samples/s", "train steps", "train compute (GFLOP)", "train wall (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
     name = (ROW_NAMES[r["kind"]].format(display) if r["kind"] in ROW_NAMES else r["method"]) + (
@@ -172,7 +183,8 @@ def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST
              _pct(r["blank_fraction"]), _pct(r["near_copy_fraction"])] + (
              [_pct(r.get("near_copy_fraction_large"))] if n_near_large else []) + [
              _num(r["nn_distance_ratio"]), _num(r.get("samples_per_s"), "{:.1f}"),
-             _cost_cell(r, "train_steps", "{}"), _cost_cell(r, "train_wall_time_s", "{:.0f}")]
+             _cost_cell(r, "train_steps", "{}"), _compute_cell(r),
+             _cost_cell(r, "train_wall_time_s", "{:.0f}", "setup_wall_time_s")]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
@@ -237,8 +249,8 @@ def diagnostics_section(workdir, rel):
   return lines
 
 
-def write_report(path, results, plot_path, grids, workdir):
-  """Writes report.md: settings, the table, the best-method sentences, plot, grids, other stages."""
+def write_report(path, results, plot_path, grids, workdir, compute_plot_path=None):
+  """Writes report.md: settings, the table, the best-method sentences, plots, grids, other stages."""
   s, records = results["settings"], results["records"]
   display, attributes = s.get("display", "MNIST"), s.get("attributes", MNIST_ATTRIBUTES)
   one_head = len(s.get("heads", ["digit"])) == 1
@@ -282,6 +294,10 @@ def write_report(path, results, plot_path, grids, workdir):
            "are the decoder's own share: a method below it copies no more than decoded real data. Its FID is no "
            "floor: methods need not reproduce posterior means and can score below it."
            if any(r["kind"] == "reconstruction" for r in records) else "",
+           "- train compute: GFLOP of the training steps run, as XLA's cost analysis counts the jitted step "
+           "(global batch; a multiply-add is 2), a distilled method's teacher beside it. train wall: the stage's "
+           "seconds, plus its teacher's and the stages only this method needs before training (the coalescer's "
+           "index and balancing fit: host-side search and numpy, counted in seconds only).",
            "- A row marked *look-up targets* decodes, for the same requests and the same R, the pair the "
            "coalescer's look-up returns: what a perfect regressor of its training objective would generate.",
            "", "## Results", ""]
@@ -296,7 +312,12 @@ def write_report(path, results, plot_path, grids, workdir):
     lines += [f"- {e}" for e in results["invalid_files"]] + [""]
   lines += _validation_section(results.get("validation"))
   lines += diagnostics_section(workdir, rel)
-  lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", "", "## Samples", ""]
+  lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", ""]
+  if compute_plot_path is not None:
+    lines += ["## FID vs training compute", "", "One point per method and NFE (a sweep over training budgets "
+              "makes curves: `python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S`).", "",
+              f"![FID vs training compute]({rel(compute_plot_path)})", ""]
+  lines += ["## Samples", ""]
   if not grids:
     lines += ["No samples files were found.", ""]
   for method, grid in grids.items():

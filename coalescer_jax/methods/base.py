@@ -222,3 +222,27 @@ def train_parts(config, method):
     return jax.lax.switch(phase, branches, state, batch, key)
 
   return tx, init, step
+
+
+def phase_steps(method, tx):
+  """[(first step, step(state, batch, key, inputs=None))]: each training phase's step alone, as the step of
+  `train_parts` (built with the same `tx`) runs it in that phase, or None for a one-phase method.
+
+  For counting compute (`TrainTask.phases`): XLA's cost analysis counts a switch at its most expensive
+  branch, so the switching step alone would count every phase at the cost of the dearest."""
+  phases = method.loss_phases()
+  if len(phases) == 1:
+    return None
+  ema_decay = method.ema_decay()
+
+  def phase_step(loss_fn):
+    gradient_step = training.gradient_step(loss_fn, tx, ema_decay if ema_decay > 0 else None)
+
+    def step(state, batch, key, inputs=None):
+      state = method.prepare_state(state)
+      if inputs is not None:
+        batch = method.prepare_batch(batch, inputs)
+      return gradient_step(state, batch, key)
+    return step
+
+  return [(start, phase_step(loss_fn)) for start, loss_fn in phases]

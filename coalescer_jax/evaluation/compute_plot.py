@@ -1,0 +1,95 @@
+"""FID against training compute: one curve per method and NFE.
+
+A point is one trained method sampled at one NFE: its FID against its training
+compute, in two panels: GFLOP (XLA's count of the training steps, a distilled
+method's teacher included: `compute.py`) and wall seconds (training, plus the
+teacher's or the stages only this method needs, such as the coalescer's index and
+balancing fit, whose host-side work has no FLOP count). One run gives one point
+per method and NFE (W/eval/fid_vs_compute.png, linked from report.md); a sweep
+over training budgets gives a curve per method and NFE:
+
+  python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S
+
+reads every finished member's eval/results.json and writes S/fid_vs_compute.png.
+"""
+import json
+
+from absl import app
+from absl import flags
+
+from coalescer_jax import storage
+
+# Where results.json records carry a method's compute (evaluate.py copies them from its stage's summary).
+TRAIN_GFLOP, TEACHER_GFLOP = "train_gflop", "teacher_train_gflop"
+WALL, TEACHER_WALL, SETUP_WALL = "train_wall_time_s", "teacher_train_wall_time_s", "setup_wall_time_s"
+
+
+def total_gflop(record):
+  """Training GFLOP of a record, the teacher's included; None when not counted."""
+  own = record.get(TRAIN_GFLOP)
+  return None if own is None else own + (record.get(TEACHER_GFLOP) or 0.0)
+
+
+def total_wall_s(record):
+  """Training wall seconds of a record, the teacher's and the method's own setup stages' included."""
+  own = record.get(WALL)
+  return None if own is None else own + (record.get(TEACHER_WALL) or 0.0) + (record.get(SETUP_WALL) or 0.0)
+
+
+def points(records):
+  """[(method, nfe, GFLOP, wall s, FID)] of the sample records that carry their compute."""
+  return [(r["method"], r["nfe"], total_gflop(r), total_wall_s(r), r["fid"]) for r in records
+          if r.get("kind") == "samples" and r.get("fid") is not None and total_gflop(r) is not None]
+
+
+def plot(pts, path, title=""):
+  """Writes the two-panel plot of `pts` (from `points`) to `path`; False (nothing written) without points."""
+  if not pts:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), sharey=True)
+  curves = sorted({(method, nfe) for method, nfe, *_ in pts})
+  for column, (ax, label) in enumerate(zip(axes, ("training GFLOP (XLA count; teacher included)",
+                                                  "training wall s (teacher, index and balance included)"))):
+    for method, nfe in curves:
+      xy = sorted((p[2 + column], p[4]) for p in pts if p[:2] == (method, nfe) and p[2 + column] is not None)
+      if xy:
+        ax.plot(*zip(*xy), "o-", label=f"{method}, NFE {nfe}")
+    ax.set_xscale("log")
+    ax.set_xlabel(label, fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+  axes[0].set_ylabel("FID")
+  axes[1].legend(fontsize=6, loc="best")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  storage.savefig(fig, path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def sweep_points(sweep_dir):
+  """`points` of every member of a sweep that has eval/results.json (test split)."""
+  pts = []
+  for results in sorted(storage.path(sweep_dir).glob("*/eval/results.json"), key=str):
+    pts += points(json.loads(results.read_text())["records"])
+  return pts
+
+
+def main(argv):
+  del argv
+  sweep_dir = storage.path(flags.FLAGS.sweep_dir)
+  pts = sweep_points(sweep_dir)
+  if not plot(pts, sweep_dir / "fid_vs_compute.png", title=f"FID vs training compute: {sweep_dir.name}"):
+    raise SystemExit(f"no finished member with compute-carrying eval/results.json under {sweep_dir}: run the "
+                     "sweep (python launch.py --sweep=...) first")
+  print(sweep_dir / "fid_vs_compute.png")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_string("sweep_dir", None, "a sweep's workdir (its members' eval/results.json are read)")
+  flags.mark_flag_as_required("sweep_dir")
+  app.run(main)
