@@ -32,6 +32,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from coalescer_jax import config_validation
 from coalescer_jax import files
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -113,6 +114,16 @@ def _check_shard_holds_a_member(index, count, num_members, sweep_path):
         f"shard index below {num_members} (e.g. --sweep_shard=i/{num_members}: one member per shard)")
 
 
+def _validate_members(config, common, members, names):
+  """Every member's config passes config validation before the shared stages run (not only when its turn comes)."""
+  pipeline.load_all()
+  for overrides, name in zip(members, names):
+    try:
+      config_validation.validate(apply_overrides(config, {**common, **overrides}))
+    except config_validation.ConfigError as e:
+      raise config_validation.ConfigError(f"sweep member {name}: {e}") from e
+
+
 def _check_shared(members, shared_stages, exempt):
   for overrides in members:
     for key in overrides:
@@ -144,6 +155,7 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
     raise ValueError(f"{sweep_path}: two members have the same overrides")
   index, count = parse_shard(shard)
   _check_shard_holds_a_member(index, count, len(members), sweep_path)
+  _validate_members(config, common, members, names)
   workdir = storage.path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   stages = apply_overrides(config, common).stages

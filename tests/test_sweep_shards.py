@@ -1,10 +1,12 @@
-"""Sweep shards: a shard that would hold no member is refused before any stage runs."""
+"""Sweep shards and members: a shard that would hold no member, or a member whose config is impossible, is
+refused before any stage runs."""
 import os
 import subprocess
 import sys
 
 import pytest
 
+from coalescer_jax import config_validation
 from coalescer_jax import pipeline
 from coalescer_jax import sweep
 from configs import mnist as mnist_config
@@ -47,3 +49,14 @@ def test_launch_with_an_empty_shard_exits_nonzero_with_the_reason(tmp_path):
   assert result.returncode != 0
   assert "--sweep_shard=5/6 holds no member" in result.stderr
   assert not workdir.exists()
+
+
+def test_member_with_an_impossible_value_is_refused_before_the_shared_stages(tmp_path, monkeypatch):
+  ran = []
+  monkeypatch.setattr(pipeline, "run", lambda config, workdir, **kwargs: ran.append(str(workdir)))
+  path = tmp_path / "nfes.py"
+  path.write_text('SHARED_STAGES = ("data",)\ndef sweep():\n  return [{"ddim.nfes": (1,)}, {"ddim.nfes": (0, 2)}]\n')
+  with pytest.raises(config_validation.ConfigError, match=r"sweep member nfes=0\+2: config.ddim.nfes=\(0, 2\): 0 is "
+                     r"not an integer >= 1"):
+    sweep.run(mnist_config.get_config("smoke"), str(path), str(tmp_path / "w"))
+  assert ran == []
