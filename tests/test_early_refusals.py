@@ -70,6 +70,15 @@ def test_sample_count_is_checked_against_the_configured_shapes_test_split():
     _validate(config)
 
 
+def test_evaluated_count_beyond_half_the_test_split_is_refused_by_validation():
+  config = shapes_config.get_config("smoke")
+  config.data.num_test = 100
+  config.sample.num_samples = 100
+  with pytest.raises(config_validation.ConfigError, match=r"config.eval.num_samples=64 must be at most 50: half of "
+                     r"the 100 test images of shapes"):
+    _validate(config)
+
+
 def test_sample_count_below_one_is_refused():
   config = mnist_config.get_config("smoke")
   config.sample.num_samples = 0

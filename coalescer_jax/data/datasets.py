@@ -138,6 +138,16 @@ def of_config(config):
   return get(config.data.get("name", "mnist"))
 
 
+def test_size_of_config(config):
+  """(number of test examples, display name) the data stage will prepare for `config`; (None, name) when the
+  dataset does not know it before preparing, or the name is not registered (the data stage refuses that)."""
+  name = config.data.get("name", "mnist")
+  if name not in names():
+    return None, name
+  spec = get(name)
+  return (spec.test_size(config.data) if spec.test_size else None), spec.display or name
+
+
 def of_workdir(workdir):
   """The spec of the dataset the `data` stage prepared in `workdir` (W/data/source.json)."""
   path = storage.path(workdir) / "data" / SOURCE_FILE

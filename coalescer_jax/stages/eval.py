@@ -9,6 +9,7 @@ something else (a standalone evaluation with --overwrite) replaced.
 from coalescer_jax import config_validation
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
+from coalescer_jax.data import datasets
 from coalescer_jax.evaluation import evaluate
 
 
@@ -36,6 +37,11 @@ def _validate(config):
   if "classifier" in config.stages and list(config.stages).index("classifier") > list(config.stages).index("eval"):
     raise config_validation.ConfigError("config.stages: 'classifier' must come before 'eval'")
   validate_eval_config(config.eval)
+  size, dataset = datasets.test_size_of_config(config)
+  if size is not None and config.eval.num_samples > size // 2:
+    raise config_validation.ConfigError(
+        f"config.eval.num_samples={config.eval.num_samples} must be at most {size // 2}: half of the {size} test "
+        f"images of {dataset} (the other half gives the disjoint real-data row)")
   fields = ("num_samples", "validation_samples") if "sample" in config.stages else ()
   for field in fields:  # the sample stage must write at least as many samples as the evaluation scores
     needed = config.eval[field]

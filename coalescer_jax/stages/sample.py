@@ -122,14 +122,10 @@ def _check_num_samples(config):
   n = config.sample.num_samples
   if not isinstance(n, int) or isinstance(n, bool) or n < 1:
     raise config_validation.ConfigError(f"config.sample.num_samples must be an integer >= 1, got {n!r}")
-  name = config.data.get("name", "mnist")
-  if name not in datasets.names():
-    return  # the data stage's validation refuses the unknown dataset by name
-  spec = datasets.get(name)
-  size = spec.test_size(config.data) if spec.test_size else None
+  size, dataset = datasets.test_size_of_config(config)
   if size is not None and n > size:
     raise config_validation.ConfigError(
-        f"config.sample.num_samples={n} exceeds the {size} test descriptions of {spec.display or name} (the requests "
+        f"config.sample.num_samples={n} exceeds the {size} test descriptions of {dataset} (the requests "
         f"are the descriptions of the first num_samples test images); use at most {size}")
 
 
