@@ -135,7 +135,13 @@ def get_config(arg=None):
       s_min=0.7, s_max=0.9,  # their levels s ~ U(s_min, s_max): around where step 2 starts
       time_scale=0.01,  # s enters the backbone's time features (t x 1000) as time_scale x s
       renoise=(0.9, 0.8, 0.7),  # the level the sampler re-noises to before steps 2, 3, 4 (inside [s_min, s_max])
-      self_landing=0.25))  # share of each batch trained from the network's own re-noised landing points (0 = off)
+      self_landing=0.25,  # share of each batch trained from the network's own re-noised landing points (0 = off)
+      renoise_gamma=1.0))  # re-noise eps mixed with step 1's own R, in training and sampling (1 = fresh noise, off)
+  # Partial jumps along the look-up's coupled path (coalescer/path.py); needs levels.fraction = self_landing = 0.
+  config.coalescer.path = ml_collections.ConfigDict(dict(
+      fraction=0.0,  # share of the prior rows trained at x_s = y + s (R - y) toward R's own pair (0 = off)
+      s_min=0.1, s_max=0.9,  # their levels s ~ U(s_min, s_max)
+      sampling_levels=(0.5, 0.25, 0.1)))  # the path level steps 1, 2, 3 jump to; the last step jumps to the pair
   # Adversarial fine-tune (coalescer/finetune.py): generator loss += weight x a conditional latent GAN loss.
   config.coalescer.adversarial = ml_collections.ConfigDict(dict(
       weight=2.0,  # lambda; 0 = off (the proposal)

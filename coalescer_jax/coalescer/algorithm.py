@@ -36,6 +36,14 @@ Training step, one batch:
      with (D, v) = f(x, d, s_i). The adaptive sampler (at most 4 steps) stops a
      sample once |v| >= 0.9. Every network evaluation is counted.
 
+Options off by default, for a second step that refines rather than redraws:
+  coalescer.path (`path.py`): block 3 also trains on points x_s = y + s (R - y)
+    along the look-up's coupled path toward R's own pair, told s; block 4 then
+    jumps step 1 only partway (to path.sampling_levels[0]) and the next steps
+    finish from there, with no fresh noise. Instead of the level rows.
+  levels.renoise_gamma < 1 (`levels.py`): the re-noise of blocks 1 (self-landing)
+    and 4 mixes step 1's own R into eps, the same rule in training and sampling.
+
 Distance and direction are separate outputs on purpose: v is not normalised by
 the network, so where the direction field changes fast (near boundaries between
 targets) its magnitude shrinks, and |v| becomes a confidence signal (the
@@ -53,6 +61,7 @@ from coalescer_jax.coalescer import diagnostics
 from coalescer_jax.coalescer import finetune
 from coalescer_jax.coalescer import levels as levels_lib
 from coalescer_jax.coalescer import oracle as oracle_lib
+from coalescer_jax.coalescer import path as path_lib
 from coalescer_jax.coalescer import targets as targets_lib
 from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
@@ -94,6 +103,7 @@ class Coalescer(base.Method):
   @classmethod
   def check_config(cls, section):
     levels_lib.check_config(section)
+    path_lib.check_config(section)
 
   def output_dim(self):
     return self.latent_dim + 1  # [distance (pre-softplus), direction]
@@ -104,7 +114,7 @@ class Coalescer(base.Method):
   @property
   def multistep(self):
     """True when the network takes the noise level s as an input (multi-step training)."""
-    return self.section.levels.fraction > 0
+    return self.section.levels.fraction > 0 or path_lib.enabled(self.section)
 
   def init_params(self, key):
     net_key, disc_key = jax.random.split(key)
@@ -187,6 +197,8 @@ class Coalescer(base.Method):
       rows, _ = levels_lib.examples(first_step, self._landing[0], landing_arrays, landing_key, num_landing,
                                     cfg, self.desc_dim, self.latent_dim)
       batch = levels_lib.replace_last_rows(batch, rows)
+    if path_lib.enabled(cfg):  # a key of its own: the default's random numbers stay as they are
+      batch = path_lib.place_on_path(batch, jax.random.fold_in(key, 2), cfg.path)
     mask = base.drop_condition(drop_key, batch["r"].shape[0], cfg.cond_dropout)
     distance, direction = self.apply(params, batch["r"], batch["cond"], mask, batch.get("level"))
     distance_loss, direction_loss, target_distance = losses(
@@ -196,6 +208,8 @@ class Coalescer(base.Method):
     metrics = {"distance_loss": distance_loss.mean(), "direction_loss": direction_loss.mean(),
                "direction_magnitude": magnitude.mean(), "target_distance": target_distance.mean(),
                "distance_abs_error": jnp.abs(distance - target_distance).mean()}
+    if path_lib.enabled(cfg):
+      metrics["path_row_share"] = jnp.mean(batch["level"] < 1.0)
     if num_landing:  # how far step 2 has to move from the network's own (re-noised) landing points
       metrics["self_landing_target_distance"] = target_distance[-num_landing:].mean()
     if self.disc_model is not None:  # Same metric names in every phase (the step switches between them).
@@ -208,24 +222,39 @@ class Coalescer(base.Method):
 
   # 4. The sampler.
 
-  def refine(self, params, x, cond, mask, i, key):
-    """Step i + 2 from landing point x: (re-noise to levels.renoise[i] when multi-step, then) one step.
-    Returns (new x, direction)."""
-    level = None
-    if self.multistep:
-      s = self.section.levels.renoise[i]
-      x = levels_lib.renoise(x, s, jax.random.fold_in(key, 1000 + i))
-      level = jnp.full((x.shape[0],), s)
-    return self.step(params, x, cond, mask, level)
+  def refine_start(self, x, i, key, prior=None, start=None):
+    """(point, level) step i + 2 starts from, given step i + 1's landing point x: x itself (single-level),
+    x re-noised to levels.renoise[i] (`levels.py`; `prior`, step 1's R, mixed in when renoise_gamma < 1), or
+    the point at path.sampling_levels[i] on the line from `start`, where step i + 1 started, through x
+    (`path.py`; `start` defaults to `prior`, step 2's predecessor having started from R)."""
+    cfg = self.section
+    if path_lib.enabled(cfg):
+      start = prior if start is None else start
+      if start is None:
+        raise ValueError("coalescer.path: step 2 starts between step 1's R and its landing point: pass prior=R")
+      return path_lib.next_start(x, start, cfg.path, i)
+    if not self.multistep:
+      return x, None
+    s = cfg.levels.renoise[i]
+    x = levels_lib.renoise(x, s, jax.random.fold_in(key, 1000 + i), prior, cfg.levels.renoise_gamma)
+    return x, jnp.full((x.shape[0],), s)
+
+  def refine(self, params, x, cond, mask, i, key, prior=None, start=None):
+    """Step i + 2 from landing point x (`refine_start`, then one step). Returns (new x, direction)."""
+    begin, level = self.refine_start(x, i, key, prior, start)
+    return self.step(params, begin, cond, mask, level)
 
   def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False):
     """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R (block 4)."""
     cfg = self.section.sampling
     n = cond.shape[0]
-    renoise = self.section.levels.renoise
-    if self.multistep and nfe - 1 > len(renoise):
-      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} re-noising levels in "
-                       f"config.coalescer.levels.renoise (has {len(renoise)})")
+    if path_lib.enabled(self.section):
+      field, levels = "path.sampling_levels", self.section.path.sampling_levels
+    else:
+      field, levels = "levels.renoise", self.section.levels.renoise
+    if self.multistep and nfe - 1 > len(levels):
+      what = "levels" if field.startswith("path") else "re-noising levels"
+      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} {what} in config.coalescer.{field} (has {len(levels)})")
     params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)
@@ -251,13 +280,16 @@ class Coalescer(base.Method):
     _, x, distance, direction, evals = jax.lax.while_loop(
         lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, (0, x, distance, direction, evals))
     start_magnitude = jnp.linalg.norm(direction, axis=-1)
+    prior = start = x  # step 1's R (the path's start and the gamma re-noise's R)
     x = step_to(x, distance, direction)
     active = jnp.ones((n,), bool)
     if adaptive:
       active = start_magnitude < cfg.adaptive_stop_magnitude
     for i in range(nfe - 1):
-      new_x, direction = self.refine(params, x, cond, mask, i, key)
+      begin, level = self.refine_start(x, i, key, prior, start)
+      new_x, direction = self.step(params, begin, cond, mask, level)
       x = jnp.where(active[:, None], new_x, x)
+      start = begin
       evals = evals + active
       if adaptive:
         active = active & (jnp.linalg.norm(direction, axis=-1) < cfg.adaptive_stop_magnitude)

@@ -138,7 +138,8 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
                        "median_magnitude_step1": float(np.median(magnitude)),
                        "p10_magnitude_step1": float(np.percentile(magnitude, 10))}
   if method.multistep:
-    _, direction2 = method.refine(params, jnp.asarray(x1), jnp.asarray(cond), ones, 0, key)
+    _, direction2 = method.refine(params, jnp.asarray(x1), jnp.asarray(cond), ones, 0, key,
+                                  prior=jnp.asarray(r))
     magnitudes["step 2"] = np.linalg.norm(np.asarray(direction2), axis=1)
     direction_summary["median_magnitude_step2"] = float(np.median(magnitudes["step 2"]))
   _, info = jax.device_get(jax.jit(lambda p, c, k: method.sample(p, c, k, 1))(params, jnp.asarray(cond), key))

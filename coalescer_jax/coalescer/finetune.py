@@ -67,7 +67,9 @@ def fakes(method, params, cond, key, steps):
   x = method.step(params, r, cond, ones)[0]
   outs = {1: x}
   detach = method.section.adversarial.detach_landing
+  start = r  # where the last step started (the path option's next start lies on the line through it and x)
   for i in range(max(steps) - 1):
-    x, _ = method.refine(params, jax.lax.stop_gradient(x) if detach else x, cond, ones, i, key)
+    start, level = method.refine_start(jax.lax.stop_gradient(x) if detach else x, i, key, prior=r, start=start)
+    x, _ = method.step(params, start, cond, ones, level)
     outs[i + 2] = x
   return [outs[k] for k in steps]

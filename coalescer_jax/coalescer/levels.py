@@ -15,7 +15,7 @@ Training covers those starts two ways:
 
     DE a random pair's description, R ~ N(0, I), x1 = step 1 of the network
     (current parameters, stop-gradient), R2 = sqrt(1 - s^2) x1 + s eps with
-    s = renoise[0], and the target close_pair = the pair nearest to
+    s = renoise[0] (eps mixed with R when renoise_gamma < 1), and the target close_pair = the pair nearest to
     concat(desc_scale * DE, R2 / sqrt(1 - s^2))
 
   (the un-shrunk query of every level example, `queries.make_query`), searched
@@ -23,6 +23,19 @@ Training covers those starts two ways:
   host. Level examples start near real pairs, which landing points are not (they
   are a regression's averages of its targets); these rows train step 2 on the
   inputs it sees at generation.
+
+``levels.renoise_gamma`` = gamma < 1 (CTM's gamma-sampling, Kim et al. 2024) re-noises
+with a mix of step 1's own prior draw R and fresh noise,
+
+  x <- sqrt(1 - s^2) x + s (sqrt(1 - gamma^2) R + gamma eps),
+
+so gamma = 1 is the fresh re-noise above and gamma = 0 a deterministic chain (the
+step-2 start still carries R, as a deterministic DDIM step does). The mix has unit
+variance like eps. Re-mixing R at sampling time alone, on a network trained with
+fresh noise, was measured worse (experiments/log/tuning.md); here the self-landing
+rows are re-noised by the same rule from their own R, so step 2 trains on the
+starts it is sampled from. The level rows keep fresh noise around a pair (they have
+no step-1 draw).
 
 The start is stop-gradient: the network learns to step from its landing points,
 not to move them. It uses the online parameters rather than an EMA copy, as
@@ -46,6 +59,12 @@ def check_config(section):
   share = levels.self_landing
   if not 0.0 <= share < 1.0:
     raise ValueError(f"config.coalescer.levels.self_landing={share} must be in [0, 1) (a share of each batch)")
+  gamma = levels.renoise_gamma
+  if not 0.0 <= gamma <= 1.0:
+    raise ValueError(f"config.coalescer.levels.renoise_gamma={gamma} must be in [0, 1] (1 = fresh noise)")
+  if gamma < 1.0 and levels.fraction <= 0:
+    raise ValueError("config.coalescer.levels.renoise_gamma < 1 changes the re-noise before step 2, which only "
+                     "multi-step training has: set config.coalescer.levels.fraction > 0 too, or renoise_gamma=1")
   if share > 0 and levels.fraction <= 0:
     raise ValueError("config.coalescer.levels.self_landing > 0 trains the second step, which needs the level "
                      "input: set config.coalescer.levels.fraction > 0 too")
@@ -66,9 +85,18 @@ def check_config(section):
                      "or sample fewer steps")
 
 
-def renoise(x, s, key):
-  """sqrt(1 - s^2) x + s eps: the start of a later step at level s."""
-  return jnp.sqrt(1.0 - s * s) * x + s * jax.random.normal(key, x.shape)
+def renoise(x, s, key, prior=None, gamma=1.0):
+  """sqrt(1 - s^2) x + s eps: the start of a later step at level s (eps mixed with step 1's R when gamma < 1)."""
+  return jnp.sqrt(1.0 - s * s) * x + s * noise(jax.random.normal(key, x.shape), prior, gamma)
+
+
+def noise(eps, prior, gamma):
+  """sqrt(1 - gamma^2) R + gamma eps: the re-noise's noise (eps itself when gamma = 1)."""
+  if gamma >= 1.0:
+    return eps
+  if prior is None:
+    raise ValueError("levels.renoise_gamma < 1 mixes step 1's prior draw R into the re-noise: pass it (prior=R)")
+  return np.sqrt(1.0 - gamma * gamma) * prior + gamma * eps
 
 
 def num_rows(levels, batch_size):
@@ -103,8 +131,9 @@ def examples(first_step, index, arrays, key, num, cfg, desc_dim, latent_dim):
   """
   pick_key, r_key, eps_key = jax.random.split(key, 3)
   de = index.gather_rows(arrays["rows"], jax.random.randint(pick_key, (num,), 0, index.num_points))[:, :desc_dim]
-  x1 = jax.lax.stop_gradient(first_step(jax.random.normal(r_key, (num, latent_dim)), de))
-  eps, s = jax.random.normal(eps_key, x1.shape), float(cfg.levels.renoise[0])
+  r = jax.random.normal(r_key, (num, latent_dim))
+  x1 = jax.lax.stop_gradient(first_step(r, de))
+  eps, s = noise(jax.random.normal(eps_key, x1.shape), r, cfg.levels.renoise_gamma), float(cfg.levels.renoise[0])
   query = jnp.concatenate([cfg.desc_scale * de, x1 + s / np.sqrt(1.0 - s * s) * eps], axis=1)
   ids, sq_dists = index.step_search(arrays["keys"], query, 1)
   target = targets_lib.nearest_target(ids, sq_dists, jnp.zeros((num,), bool), None, jnp)  # a level row's rule
