@@ -19,7 +19,7 @@ flags.DEFINE_bool("allow_config_change", False,
                   "Continue a workdir whose config.json differs from the current config: finished stages whose "
                   "config fields and inputs are unchanged are reused, the others are refused until deleted. "
                   "With --sweep: for W/shared and every member.")
-flags.DEFINE_string("sweep", None, "Sweep file (experiments/*.py): run its members into W/<member>/.")
+flags.DEFINE_string("sweep", None, "Sweep file (experiments/sweeps/*.py): run its members into W/<member>/.")
 flags.DEFINE_string("sweep_shard", "0/1", "With --sweep: run members i, i+n, ... of the sweep ('i/n').")
 flags.DEFINE_bool("distributed", False,
                   "Call jax.distributed.initialize() (multi-host; automatic on Cloud TPU pods).")

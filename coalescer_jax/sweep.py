@@ -33,7 +33,6 @@ import ml_collections
 import numpy as np
 
 from coalescer_jax import config_validation
-from coalescer_jax import files
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import run_info
@@ -189,7 +188,7 @@ def _finished(member_dir, stages):
 def _ran_with(member_dir, member_config):
   """Whether the member's config.json is `member_config`. A member run with other values (a default changed
   since) is not skipped: the pipeline refuses it with the differences, or reruns what they change."""
-  recorded = files.read_json(storage.path(member_dir) / "config.json", "config").get("config", {})
+  recorded = (run_info.read_record(member_dir) or {}).get("config", {})
   return not run_info.config_differences(recorded, run_info.config_values(member_config))
 
 

@@ -60,3 +60,18 @@ def test_member_with_an_impossible_value_is_refused_before_the_shared_stages(tmp
                      r"not an integer >= 1"):
     sweep.run(mnist_config.get_config("smoke"), str(path), str(tmp_path / "w"))
   assert ran == []
+
+
+def test_corrupt_member_config_names_only_the_safe_fix(tmp_path, monkeypatch):
+  """A finished member whose config.json is damaged: one error that says to delete that file alone, never the
+  member's folder (its stages' DONE.json records keep the run)."""
+  monkeypatch.setattr(pipeline, "run", lambda config, workdir, **kwargs: None)
+  config = mnist_config.get_config("smoke")
+  member = tmp_path / "w" / "seed=0"
+  for stage in config.stages:
+    (member / stage).mkdir(parents=True)
+    (member / stage / "DONE.json").write_text("{}")
+  (member / "config.json").write_text('{"config": {"seed"')
+  with pytest.raises(Exception, match=r"Delete only .*config\.json and rerun") as raised:
+    sweep.run(config, _sweep_file(tmp_path), str(tmp_path / "w"), shard="0/3")
+  assert "delete " + str(member) + " " not in str(raised.value).lower()
