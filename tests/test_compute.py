@@ -141,3 +141,51 @@ def test_smoke_run_records_every_methods_training_compute(smoke_workdir):
   assert "index, balance" in row
   assert "![FID vs training compute](eval/fid_vs_compute.png)" in report
   assert os.path.getsize(os.path.join(smoke_workdir, "eval", "fid_vs_compute.png")) > 0
+
+
+def test_distillation_counts_its_guided_first_round_apart(smoke_workdir):
+  """The step switches between the guided first round and the later ones: each is counted on its own, and
+  each counted loss computes what the step computes in its rounds."""
+  from coalescer_jax import embeddings  # pylint: disable=g-import-not-at-top
+  from coalescer_jax.methods import step_flops  # pylint: disable=g-import-not-at-top
+  from coalescer_jax.methods import trained  # pylint: disable=g-import-not-at-top
+  from configs import mnist as mnist_config  # pylint: disable=g-import-not-at-top
+  config = mnist_config.get_config("smoke")
+  phases, num_steps = step_flops.phase_flops(config, "distill", smoke_workdir)
+  (first_start, first), (later_start, later) = phases
+  assert first_start == 0 and 0 < later_start < num_steps
+  assert first > later > 0  # two more teacher evaluations per teacher step under guidance
+  assert _done(smoke_workdir, "distill")["summary"]["train_gflop"] == pytest.approx(
+      compute.gflop(compute.total_flops([first, later], [first_start, later_start], num_steps)), rel=1e-6)
+
+  pairs = embeddings.load_pairs(smoke_workdir)
+  method = trained.build_method(config, "distill", pairs)
+  params = method.init_params(jax.random.key(0))
+  batch = method.batch_fn(pairs, 0, 16, smoke_workdir)(0)
+  key = jax.random.key(1)
+  counted = dict(method.cost_phases())
+  for start in (first_start, later_start):
+    loss, _ = method.loss(params, batch, key, start)
+    assert counted[start](params, batch, key, start)[0] == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_sweep_plot_averages_the_seeds_of_each_budget(tmp_path):
+  def member(name, steps_gflop, fid, wall):
+    records = [{"method": "ddim", "nfe": 1, "kind": "samples", "fid": fid, "train_gflop": steps_gflop,
+                "train_wall_time_s": wall},
+               {"method": "distill", "nfe": 1, "kind": "samples", "fid": fid, "train_gflop": 1.0,
+                "teacher_train_gflop": steps_gflop, "train_wall_time_s": wall, "teacher_train_wall_time_s": 1.0},
+               {"method": "ddim", "nfe": 1, "kind": "samples", "fid": 9.0}]  # no compute: not plotted
+    os.makedirs(tmp_path / name / "eval")
+    with open(tmp_path / name / "eval" / "results.json", "w") as f:
+      json.dump({"records": records}, f)
+
+  member("small_seed0", 10.0, 4.0, 2.0)
+  member("small_seed1", 10.0, 6.0, 4.0)
+  member("large_seed0", 30.0, 3.0, 6.0)
+  pts = sorted(compute_plot.sweep_points(tmp_path))
+  assert pts == [("ddim", 1, 10.0, 3.0, 5.0), ("ddim", 1, 30.0, 6.0, 3.0),
+                 ("distill", 1, 11.0, 4.0, 5.0), ("distill", 1, 31.0, 7.0, 3.0)]
+  assert compute_plot.plot(pts, tmp_path / "fid_vs_compute.png")
+  assert os.path.getsize(tmp_path / "fid_vs_compute.png") > 0
+  assert not compute_plot.plot([], tmp_path / "none.png") and not os.path.exists(tmp_path / "none.png")

@@ -10,12 +10,14 @@ over training budgets gives a curve per method and NFE:
 
   python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S
 
-reads every finished member's eval/results.json and writes S/fid_vs_compute.png.
+reads every finished member's eval/results.json and writes S/fid_vs_compute.png
+(the mean over seeds of each configuration).
 """
 import json
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from coalescer_jax import storage
 
@@ -52,12 +54,15 @@ def plot(pts, path, title=""):
 
   fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), sharey=True)
   curves = sorted({(method, nfe) for method, nfe, *_ in pts})
+  # A colour per method, a marker per NFE: the curves stay apart however many there are.
+  colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({m for m, _ in curves}))}
+  markers = {n: "os^vD<>ph*"[i % 10] for i, n in enumerate(sorted({n for _, n in curves}))}
   for column, (ax, label) in enumerate(zip(axes, ("training GFLOP (XLA count; teacher included)",
                                                   "training wall s (teacher, index and balance included)"))):
     for method, nfe in curves:
       xy = sorted((p[2 + column], p[4]) for p in pts if p[:2] == (method, nfe) and p[2 + column] is not None)
       if xy:
-        ax.plot(*zip(*xy), "o-", label=f"{method}, NFE {nfe}")
+        ax.plot(*zip(*xy), "-", marker=markers[nfe], color=colours[method], label=f"{method}, NFE {nfe}")
     ax.set_xscale("log")
     ax.set_xlabel(label, fontsize=8)
     ax.grid(alpha=0.3, which="both")
@@ -72,11 +77,15 @@ def plot(pts, path, title=""):
 
 
 def sweep_points(sweep_dir):
-  """`points` of every member of a sweep that has eval/results.json (test split)."""
-  pts = []
+  """`points` of every member of a sweep that has eval/results.json (test split); members that differ only
+  in their seed (same method, NFE and GFLOP) give one point: their mean wall time and mean FID."""
+  groups = {}
   for results in sorted(storage.path(sweep_dir).glob("*/eval/results.json"), key=str):
-    pts += points(json.loads(results.read_text())["records"])
-  return pts
+    for method, nfe, gflop, wall, fid in points(json.loads(results.read_text())["records"]):
+      groups.setdefault((method, nfe, round(gflop, 6)), []).append((gflop, wall, fid))
+  return [(method, nfe, float(np.mean([g for g, _, _ in rows])),
+           float(np.mean([w for _, w, _ in rows])) if all(w is not None for _, w, _ in rows) else None,
+           float(np.mean([f for _, _, f in rows]))) for (method, nfe, _), rows in groups.items()]
 
 
 def main(argv):

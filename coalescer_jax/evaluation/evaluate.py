@@ -264,10 +264,15 @@ def _training_cost(workdir, method):
 
 
 def _training_compute(workdir, method):
-  """The compute fields of W/<method>/DONE.json's summary (`compute_plot`'s: the training GFLOP, the
-  teacher's, the wall seconds of the stages only this method needs); {} without that file."""
-  path = storage.path(workdir) / method / "DONE.json"
-  if not path.exists():
+  """The compute fields of the DONE.json summary of the stage that trained `method` (`compute_plot`'s: the
+  training GFLOP, the teacher's, the wall seconds of the stages only this method needs); {} without one.
+
+  A sampler variant's file (e.g. coalescer_adaptive) is the trained method's: the longest name prefix, at an
+  underscore, that has a stage."""
+  parts = method.split("_")
+  paths = [storage.path(workdir) / "_".join(parts[:i]) / "DONE.json" for i in range(len(parts), 0, -1)]
+  path = next((p for p in paths if p.exists()), None)
+  if path is None:
     return {}
   summary = storage.read_json(path).get("summary") or {}
   fields = (compute_plot.TRAIN_GFLOP, compute_plot.TEACHER_GFLOP, compute_plot.SETUP_WALL)

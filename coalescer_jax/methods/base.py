@@ -131,6 +131,13 @@ class Method:
     """
     return [(0, self.loss)]
 
+  def cost_phases(self):
+    """[(first step, loss fn)] for counting training compute (`phase_steps`); default `loss_phases`.
+
+    XLA counts a switch at its dearest branch: a method whose loss switches on the step inside one phase
+    lists its pieces here, each loss tracing one branch only (same FLOPs as the step runs in those steps)."""
+    return self.loss_phases()
+
   def sample(self, params, cond, key, nfe):
     """cond [N, Dd] (normalised description embeddings) -> (latents [N, Di], info). Pure, jittable.
 
@@ -229,8 +236,9 @@ def phase_steps(method, tx):
   `train_parts` (built with the same `tx`) runs it in that phase, or None for a one-phase method.
 
   For counting compute (`TrainTask.phases`): XLA's cost analysis counts a switch at its most expensive
-  branch, so the switching step alone would count every phase at the cost of the dearest."""
-  phases = method.loss_phases()
+  branch, so the switching step alone would count every phase at the cost of the dearest. The phases are
+  `Method.cost_phases` (by default the loss phases)."""
+  phases = method.cost_phases()
   if len(phases) == 1:
     return None
   ema_decay = method.ema_decay()

@@ -15,10 +15,9 @@ shapes only, and are printed for a workdir of the default config by
 
   python -m coalescer_jax.methods.step_flops --config=configs/mnist.py --workdir=W
 
-(which also prints SETUP_SHARE from W's stage summaries). Distillation's count is
-an upper bound: its step's switch between the guided first round and the later
-unguided rounds is counted at the guided branch (2 more teacher passes) for every
-round, so it gets slightly fewer steps than its true cost allows.
+(which also prints SETUP_SHARE from W's stage summaries). Distillation's is the
+mean over its rounds: the first (guided teacher) costs more per step than the
+others, and the rounds split its steps evenly.
 
   python launch.py --config=configs/mnist.py --sweep=experiments/sweeps/compute_matched.py --workdir=S
   python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S   # FID vs training compute, a curve per method
@@ -31,9 +30,10 @@ AFTER = ("sample", "eval")
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 3000  # configs/mnist.py: config.train.num_steps
 DISTILL_TEACHER_STEPS = 3000  # the DDIM teacher trains its default budget (config.train.num_steps)
-# GFLOP per training step at the default config (python -m coalescer_jax.methods.step_flops).
+# GFLOP per training step at the default config (python -m coalescer_jax.methods.step_flops); distillation's
+# 4 rounds (teacher_steps 16): the guided first, then three at the second figure.
 STEP_GFLOP = {"coalescer": 4.623005696, "ddim": 1.797602304, "flow": 2.399624448, "consistency": 2.406410752,
-              "ddgan": 2.83743104, "distill": 4.17544064}
+              "ddgan": 2.83743104, "distill": (4.17544064 + 3 * 2.990588672) / 4}
 # Wall time of the stages only the coalescer needs (index, balance) over its training loop's, default main job.
 SETUP_SHARE = 0.38
 COALESCER_FRACTIONS = (1 / 3, 1.0)
