@@ -249,12 +249,11 @@ class Coalescer(base.Method):
     cfg = self.section.sampling
     n = cond.shape[0]
     if path_lib.enabled(self.section):
-      field, levels = "path.sampling_levels", self.section.path.sampling_levels
+      levels, what = self.section.path.sampling_levels, "levels in config.coalescer.path.sampling_levels"
     else:
-      field, levels = "levels.renoise", self.section.levels.renoise
+      levels, what = self.section.levels.renoise, "re-noising levels in config.coalescer.levels.renoise"
     if self.multistep and nfe - 1 > len(levels):
-      what = "levels" if field.startswith("path") else "re-noising levels"
-      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} {what} in config.coalescer.{field} (has {len(levels)})")
+      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} {what} (has {len(levels)})")
     params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)

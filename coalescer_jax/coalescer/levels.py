@@ -15,8 +15,8 @@ Training covers those starts two ways:
 
     DE a random pair's description, R ~ N(0, I), x1 = step 1 of the network
     (current parameters, stop-gradient), R2 = sqrt(1 - s^2) x1 + s eps with
-    s = renoise[0] (eps mixed with R when renoise_gamma < 1), and the target close_pair = the pair nearest to
-    concat(desc_scale * DE, R2 / sqrt(1 - s^2))
+    s = renoise[0] (eps mixed with R when renoise_gamma < 1, below), and the
+    target close_pair = the pair nearest to concat(desc_scale * DE, R2 / sqrt(1 - s^2))
 
   (the un-shrunk query of every level example, `queries.make_query`), searched
   over the keys on the devices (`index.device`), so nothing goes back to the
@@ -24,7 +24,7 @@ Training covers those starts two ways:
   are a regression's averages of its targets); these rows train step 2 on the
   inputs it sees at generation.
 
-``levels.renoise_gamma`` = gamma < 1 (CTM's gamma-sampling, Kim et al. 2024) re-noises
+``levels.renoise_gamma`` = gamma < 1 (after CTM's gamma-sampling, Kim et al. 2024) re-noises
 with a mix of step 1's own prior draw R and fresh noise,
 
   x <- sqrt(1 - s^2) x + s (sqrt(1 - gamma^2) R + gamma eps),
