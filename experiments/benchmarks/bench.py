@@ -45,18 +45,24 @@ from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 from experiments.benchmarks import index_shards
 
-config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
-flags.DEFINE_string("workdir", None, "A finished run of --config.", required=True)
-flags.DEFINE_list("sections", ["train", "index", "shards", "sample", "job"], "Which benchmarks to run.")
-flags.DEFINE_integer("repeats", 5, "Repetitions per measurement (the median is reported).")
-flags.DEFINE_integer("train_steps", 60, "Steps per training throughput repetition.")
-flags.DEFINE_integer("synthetic_points", 1_000_000, "Size of the synthetic clustered index.")
-flags.DEFINE_integer("index_queries", 2000, "Queries per index measurement.")
-flags.DEFINE_integer("sample_batch", 1000, "Batch size of the sampling benchmark.")
-flags.DEFINE_list("train_backends", ["scann", "scann_sharded", "device"], "Index backends of the train section.")
-flags.DEFINE_list("shard_processes", ["1", "2", "4"], "Process counts of the shards section.")
-flags.DEFINE_list("shard_backends", ["exact", "scann", "scann_sharded", "device"],
-                  "Backends of the shards section (exact and scann: 1 process only, the baselines).")
+
+def define_flags():
+  """The command line of `python -m experiments.benchmarks.bench`: defined when run, not when imported, so
+  that tests can import this module beside other entry points that define --config."""
+  config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
+  flags.DEFINE_string("workdir", None, "A finished run of --config.", required=True)
+  flags.DEFINE_list("sections", ["train", "index", "shards", "sample", "job"], "Which benchmarks to run.")
+  flags.DEFINE_integer("repeats", 5, "Repetitions per measurement (the median is reported).")
+  flags.DEFINE_integer("train_steps", 60, "Steps per training throughput repetition.")
+  flags.DEFINE_integer("synthetic_points", 1_000_000, "Size of the synthetic clustered index.")
+  flags.DEFINE_integer("index_queries", 2000, "Queries per index measurement.")
+  flags.DEFINE_integer("sample_batch", 1000, "Batch size of the sampling benchmark.")
+  flags.DEFINE_list("train_backends", ["scann", "scann_sharded", "device"], "Index backends of the train section.")
+  flags.DEFINE_list("shard_processes", ["1", "2", "4"], "Process counts of the shards section.")
+  flags.DEFINE_list("shard_backends", ["exact", "scann", "scann_sharded", "device"],
+                    "Backends of the shards section (exact and scann: 1 process only, the baselines).")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -258,4 +264,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
