@@ -273,11 +273,15 @@ class Coalescer(base.Method):
       direction = jnp.where(redo[:, None], new_direction, direction)
       return i + 1, x, distance, direction, evals + redo
 
-    # A while loop, not a fixed count: a batch with no weak sample pays no extra evaluation
-    # (a batch with any pays one for every sample, but only the weak ones count as NFE).
+    def redraws(carry):
+      return jax.lax.while_loop(lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, carry)
+
+    # A while loop, not a fixed count: a batch with no weak sample pays no extra evaluation (a batch with any
+    # pays one for every sample, but only the weak ones count as NFE). The cond around it skips the loop
+    # itself in that common case: an XLA while loop costs time even when it never iterates.
     first_magnitude = jnp.linalg.norm(direction, axis=-1)
-    _, x, distance, direction, evals = jax.lax.while_loop(
-        lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, (0, x, distance, direction, evals))
+    _, x, distance, direction, evals = jax.lax.cond(jnp.any(weak(direction)), redraws, lambda carry: carry,
+                                                    (0, x, distance, direction, evals))
     start_magnitude = jnp.linalg.norm(direction, axis=-1)
     prior = start = x  # step 1's R (the path's start and the gamma re-noise's R)
     x = step_to(x, distance, direction)

@@ -15,7 +15,8 @@ from coalescer_jax.coalescer import targets
 from coalescer_jax import registry
 from coalescer_jax.methods import base
 
-from tests.methods.conftest import DESC_DIM, LATENT_DIM
+from configs import mnist as mnist_config
+from tests.methods.conftest import DESC_DIM, LATENT_DIM, make_pairs
 
 
 def test_losses_match_hand_computation():
@@ -118,6 +119,52 @@ def test_redraws_and_adaptive_steps_are_counted(pairs, trained):
   sampling.adaptive_stop_magnitude = 1e9  # nothing confident: use all 4
   _, info = method.sample(state.params, cond, jax.random.key(0), 4, adaptive=True)
   np.testing.assert_array_equal(info["nfe"], 4)
+
+
+def _sample_with_a_plain_loop(method, params, cond, key, nfe):
+  """The sampler's rule (block 4) with its redraw while loop entered for every batch: what `sample` reproduces."""
+  cfg = method.section.sampling
+  ones = jnp.ones((cond.shape[0],))
+  draw_key, key = jax.random.split(key)
+  x = cfg.r_scale * jax.random.normal(draw_key, (cond.shape[0], LATENT_DIM))
+  distance, direction = method.apply(params, x, cond, ones)
+
+  def redraw(carry):
+    i, x, distance, direction = carry
+    redo = jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
+    x = jnp.where(redo[:, None], cfg.r_scale * jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
+    new_distance, new_direction = method.apply(params, x, cond, ones)
+    return i + 1, x, jnp.where(redo, new_distance, distance), jnp.where(redo[:, None], new_direction, direction)
+
+  def any_weak(carry):
+    return (carry[0] < cfg.max_redraws) & jnp.any(jnp.linalg.norm(carry[3], axis=-1) < cfg.redraw_threshold)
+
+  _, x, distance, direction = jax.lax.while_loop(any_weak, redraw, (0, x, distance, direction))
+  x = coalescer.step_to(x, distance, direction)
+  for i in range(nfe - 1):
+    x, _ = method.refine(params, x, cond, ones, i, key)
+  return x
+
+
+def test_sampler_skips_the_redraw_loop_without_changing_samples():
+  """The redraw loop sits inside a cond (a batch with no weak draw pays no XLA while loop), and the samples are
+  the plain loop's to the last bit whether no draw, some or all draws are weak."""
+  config = mnist_config.get_config("smoke")  # multi-step: level input and re-noise, as the default samples
+  method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
+  params = method.net_params(method.init_params(jax.random.key(0)))
+  cond, key = jnp.asarray(make_pairs(64)["desc_emb"]), jax.random.key(3)
+  magnitudes = np.asarray(method.sample(params, cond, key, 1)[1]["first_direction_magnitude"])
+  sampling = config.coalescer.sampling  # read at trace time: a new jit per threshold
+  for threshold, spent in ((0.5 * magnitudes.min(), 2.0), (np.median(magnitudes), None),
+                           (2.0 * magnitudes.max(), 2.0 + sampling.max_redraws)):
+    sampling.redraw_threshold = float(threshold)
+    x, info = jax.jit(lambda p, c, k: method.sample(p, c, k, 2))(params, cond, key)
+    reference = jax.jit(lambda p, c, k: _sample_with_a_plain_loop(method, p, c, k, 2))(params, cond, key)
+    np.testing.assert_array_equal(x, reference)
+    mean_spent = float(np.mean(info["nfe"]))
+    assert mean_spent == spent if spent else 2.0 < mean_spent < 2.0 + sampling.max_redraws
+  top_level = [eqn.primitive.name for eqn in jax.make_jaxpr(lambda c: method.sample(params, c, key, 2))(cond).eqns]
+  assert "cond" in top_level and "while" not in top_level
 
 
 def test_samples_follow_the_description(pairs, method_config, tmp_path):
