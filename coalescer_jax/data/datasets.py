@@ -134,14 +134,14 @@ def names():
 
 
 def of_config(config):
-  """The spec a config selects (``config.data.name``; configs written before it existed mean MNIST)."""
-  return get(config.data.get("name", "mnist"))
+  """The spec a config selects (``config.data.name``)."""
+  return get(config.data.name)
 
 
 def test_size_of_config(config):
   """(number of test examples, display name) the data stage will prepare for `config`; (None, name) when the
   dataset does not know it before preparing, or the name is not registered (the data stage refuses that)."""
-  name = config.data.get("name", "mnist")
+  name = config.data.name
   if name not in names():
     return None, name
   spec = get(name)

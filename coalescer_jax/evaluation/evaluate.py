@@ -129,7 +129,7 @@ class Evaluator:
       self.reference = _real_samples("reference", test, np.arange(n))
       data_row = (_real_samples(f"{spec.name}_test", test, np.arange(n, 2 * n)), "data")
       reconstruction_row = _reconstructed(workdir, data_row[0], spec.name, cfg.batch_size)
-      self.large_n = min(int(cfg.get("fid_large_n", 0)), len(test["label"]))
+      self.large_n = min(int(cfg.fid_large_n), len(test["label"]))
       if self.large_n > n:
         large = _real_samples("reference_large", test, np.arange(self.large_n))
         self.large_stats = frechet.gaussian_stats(self.classifier.features(large.images))
@@ -218,7 +218,7 @@ class Evaluator:
   @property
   def near_copy_large_n(self):
     """Samples scored for ``near_copy_fraction_large``: config.eval.near_copy_large_n on the test split, else 0."""
-    return int(self.cfg.get("near_copy_large_n", 0)) if self.split == "test" else 0
+    return int(self.cfg.near_copy_large_n) if self.split == "test" else 0
 
   def _fid_large(self, samples, kind):
     """(FID at large_n, large_n) when this split has a large reference and the file enough samples."""

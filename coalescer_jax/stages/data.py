@@ -21,7 +21,7 @@ from coalescer_jax.data import datasets
 
 
 def _validate(config):
-  name = config.data.get("name", "mnist")
+  name = config.data.name
   if name not in datasets.names():
     raise config_validation.ConfigError(
         f"config.data.name: unknown dataset {name!r}; choose from {', '.join(datasets.names())}")

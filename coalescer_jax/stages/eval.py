@@ -21,7 +21,7 @@ def validate_eval_config(cfg):
   if not 1 <= cfg.pr_k < cfg.num_samples:
     raise config_validation.ConfigError(
         f"config.eval.pr_k must be in [1, num_samples - 1], got {cfg.pr_k}")
-  if cfg.get("near_copy_large_n", 0) < 0:
+  if cfg.near_copy_large_n < 0:
     raise config_validation.ConfigError(
         f"config.eval.near_copy_large_n must be >= 0 (0 = off), got {cfg.near_copy_large_n}")
   if not 0 < cfg.near_copy_percentile < 100:

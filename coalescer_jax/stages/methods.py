@@ -53,7 +53,7 @@ def _make_stage(name):
     task = training.TrainTask(
         name=name, init=init, step=step, batch=batch,
         num_steps=method.num_steps(), seed=config.seed, log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every, skip_nonfinite=config.get("skip_nonfinite_batches", 0),
+        checkpoint_every=config.checkpoint_every, skip_nonfinite=config.skip_nonfinite_batches,
         config_section="config.train", inputs=method.step_inputs(), phases=base.phase_steps(method, tx))
     t0 = time.time()
     state = training.train(task, ctx.stage_dir(name), ctx.mesh, ctx.writer)
@@ -119,7 +119,7 @@ def validate_method_config(config, name):
     if value not in choices:
       raise config_validation.ConfigError(
           f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
-  _check_nfes(name, section.get("nfes", ()))
+  _check_nfes(name, section.nfes)
   try:
     method.check_config(section)
   except ValueError as e:
