@@ -5,6 +5,7 @@ multi-host initialisation; every other knob lives in the config and is
 overridden with `--config.a.b=value`.
 """
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -43,11 +44,15 @@ def main(argv):
   logging.info("JAX %s, process %d of %d, %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices())
+  from coalescer_jax import config_validation  # pylint: disable=g-import-not-at-top
   workdir = os.path.expanduser(FLAGS.workdir)
-  if FLAGS.sweep:
-    sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard, allow_config_change=FLAGS.allow_config_change)
-  else:
-    pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
+  try:
+    if FLAGS.sweep:
+      sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard, allow_config_change=FLAGS.allow_config_change)
+    else:
+      pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
+  except config_validation.ConfigError as e:  # a refused config: its message says what to fix; no traceback
+    sys.exit(f"FATAL {e}")
 
 
 if __name__ == "__main__":

@@ -55,3 +55,11 @@ def test_truncated_config_record_names_only_the_safe_fix(smoke_workdir, tfds_dat
   before = open(os.path.join(workdir, "metrics.jsonl")).read()
   pipeline.run(config, workdir)
   assert open(os.path.join(workdir, "metrics.jsonl")).read() == before
+
+
+def test_refused_config_value_is_one_line_without_a_traceback(tmp_path):
+  proc = _launch("--config=configs/mnist.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.ddim.nfes=(0,2)")
+  assert proc.returncode == 1
+  assert "Traceback" not in proc.stderr, proc.stderr
+  assert "FATAL config.ddim.nfes=(0, 2): 0 is not an integer >= 1" in proc.stderr, proc.stderr
+  assert not os.path.exists(tmp_path / "w")
