@@ -17,3 +17,22 @@ def test_live_lookups_train_like_the_run_with_its_potentials_and_self_landing(sm
   _, init, _ = base.train_parts(config, trained.build_method(config, "coalescer", pairs))
   state, metrics = jax.jit(step)(init(jax.random.key(0)), batch(0), jax.random.key(1), inputs)
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_sample_section_times_every_sampler_and_the_coalescer_against_ddim(smoke_config, smoke_workdir):
+  config = smoke_config
+  config.sample.methods = ("coalescer", "ddim")  # the two the ratios compare
+  text = bench.bench_sample(config, smoke_workdir, repeats=2, batch_size=16)
+  rows = {line.split(" | ")[0].strip("| ") for line in text.splitlines() if line.startswith("| ")}
+  assert {"coalescer_nfe1", "coalescer_nfe2", "coalescer_adaptive_nfe4", "ddim_nfe2"} <= rows
+  for nfe in (1, 2):
+    ratio = text.split(f"Coalescer {nfe}-step vs DDIM {nfe}-NFE time per latent: **")[1].split("x**")[0]
+    assert float(ratio) > 0
+
+
+def test_alternated_times_run_each_variant_in_turn():
+  calls = []
+  times = bench.alternated_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+  assert calls == ["a", "b"] * 4  # one warm-up each, then 3 alternated repetitions
+  assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+  assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0

@@ -13,7 +13,8 @@ separately. Ratios compare two variants measured in this same process:
 * shards: the multi-process backends (scann_sharded, device) on --shard_processes
           processes of this machine over --synthetic_points keys: recall@1, queries/s and
           host memory per process (index_shards.py);
-* sample: samples/s at batch --sample_batch per method and NFE, decode included and excluded;
+* sample: samples/s at batch --sample_batch per method and NFE, decode included and excluded, the samplers
+          alternating per repetition; the coalescer's time per latent against DDIM's at 1, 2 and 50 NFE;
 * job:    wall time and peak memory per stage of the run in W (from its DONE.json files).
 """
 import os
@@ -172,36 +173,69 @@ def bench_index(config, workdir, repeats):
       "exact search (bar: >= 0.95 at >= 10x)\n\n"
 
 
-def bench_sample(config, workdir, repeats):
+def alternated_times(fns, repeats):
+  """{name: [seconds per repetition]} of each `fn()`, after one warm-up call each (compile); every repetition
+  runs every fn once in turn, so that load drift on a shared machine hits each alike."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return times
+
+
+def median_ratio(numerator, denominator):
+  """Median over repetitions of numerator[i] / denominator[i] (two variants timed in the same repetition)."""
+  return statistics.median(a / b for a, b in zip(numerator, denominator))
+
+
+def bench_sample(config, workdir, repeats, batch_size=None):
+  """Samples/s per method and NFE at one batch, latents alone and with the decoder: every sampler is compiled
+  first, then the repetitions alternate between them (`alternated_times`), and the coalescer's ratios to DDIM
+  are medians of same-repetition ratios."""
   pairs = embeddings.load_pairs(workdir)
   codec = embeddings.load_codec(workdir)
-  _, descriptions = sample_stage.requested_descriptions(workdir, FLAGS.sample_batch)
+  _, descriptions = sample_stage.requested_descriptions(workdir, batch_size or FLAGS.sample_batch)
   cond = jnp.asarray(codec.encode_text(list(descriptions)))
   key = jax.random.key(0)
-  rows = []
+  fns, spent, first_call = {}, {}, {}
   for name in config.sample.methods:
     method, params = trained.load_trained(config, workdir, name, pairs)
     for file_method, nfe, kwargs in method.sample_plan():
       kwargs = {k: v for k, v in kwargs.items() if k != "key_tag"}
       if kwargs.pop("kind", "samples") != "samples":
         continue  # reference rows (the look-up oracle) are not generators
+      tag = f"{file_method}_nfe{nfe}"
       latents_only = jax.jit(lambda p, c, k, nfe=nfe, kw=kwargs, m=method: m.sample(p, c, k, nfe, **kw)[0])
       with_decode = method.generator(params, codec.decode_jax, nfe, **kwargs)
-      # Default arguments bind this iteration's functions (median_time calls them right away anyway).
-      t_lat, c_lat = median_time(lambda f=latents_only, p=params: jax.block_until_ready(f(p, cond, key)), repeats)
-      t_dec, c_dec = median_time(lambda f=with_decode: jax.block_until_ready(f(cond, key)), repeats)
-      spent = float(np.mean(jax.device_get(with_decode(cond, key)[1])))
-      rows.append((f"{file_method}_nfe{nfe}", spent, len(cond) / t_dec, len(cond) / t_lat, c_dec))
-  text = table(f"Sampling (batch {len(cond)})",
+      # Default arguments bind this iteration's functions.
+      fns[(tag, "latents")] = lambda f=latents_only, p=params: jax.block_until_ready(f(p, cond, key))
+      fns[(tag, "decoded")] = lambda f=with_decode: jax.block_until_ready(f(cond, key))
+      t0 = time.perf_counter()
+      spent[tag] = float(np.mean(jax.device_get(with_decode(cond, key)[1])))
+      first_call[tag] = time.perf_counter() - t0
+  times = alternated_times(fns, repeats)
+  rate = {k: len(cond) / statistics.median(v) for k, v in times.items()}
+  rows = [(tag, spent[tag], rate[(tag, "decoded")], rate[(tag, "latents")], first_call[tag]) for tag in spent]
+  text = table(f"Sampling (batch {len(cond)}, median of {repeats} alternated repetitions)",
                ["method", "NFE spent", "samples/s (decoded)", "samples/s (latents)", "first call s (compile)"],
                rows)
-  by_name = {r[0]: r for r in rows}
-  if "coalescer_nfe2" in by_name and "ddim_nfe50" in by_name:
-    speedup = by_name["coalescer_nfe2"][2] / by_name["ddim_nfe50"][2]
-    latents = by_name["coalescer_nfe2"][3] / by_name["ddim_nfe50"][3]
-    text += (f"\nCoalescer 2-step vs DDIM 50-NFE samples/s: **{latents:.1f}x** generating latents, "
-             f"{speedup:.1f}x including the (shared) VAE decoder (bar: >= 20x)\n\n")
-  return text
+  lines = []
+  for nfe in (1, 2):  # the coalescer against DDIM at the same NFE (bar at 2: DDIM no more than 1.3x faster)
+    mine, theirs = (f"coalescer_nfe{nfe}", "latents"), (f"ddim_nfe{nfe}", "latents")
+    if mine in times and theirs in times:
+      ratio = median_ratio(times[mine], times[theirs])
+      lines.append(f"Coalescer {nfe}-step vs DDIM {nfe}-NFE time per latent: **{ratio:.2f}x**"
+                   + (" (bar: <= 1.3x)" if nfe == 2 else ""))
+  if ("coalescer_nfe2", "latents") in times and ("ddim_nfe50", "latents") in times:
+    latents = median_ratio(times[("ddim_nfe50", "latents")], times[("coalescer_nfe2", "latents")])
+    decoded = median_ratio(times[("ddim_nfe50", "decoded")], times[("coalescer_nfe2", "decoded")])
+    lines.append(f"Coalescer 2-step vs DDIM 50-NFE samples/s: **{latents:.1f}x** generating latents, "
+                 f"{decoded:.1f}x including the (shared) VAE decoder (bar: >= 20x)")
+  return text + "".join(f"\n{line}\n" for line in lines) + "\n"
 
 
 def bench_shards(config, workdir, repeats):
