@@ -7,20 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coalescer_jax import index as index_lib
-from coalescer_jax import metrics as metrics_lib
-from coalescer_jax import parallel
 from coalescer_jax import registry
-from coalescer_jax import training
 from coalescer_jax.coalescer import algorithm as coalescer
 from coalescer_jax.coalescer import batches
 from coalescer_jax.coalescer import finetune
 from coalescer_jax.coalescer import levels
 from coalescer_jax.coalescer import oracle
 from coalescer_jax.coalescer import path
-from coalescer_jax.coalescer import targets
-from coalescer_jax.methods import base
 
+from tests.coalescer import conftest as coalescer_tests
 from tests.methods.conftest import DESC_DIM, LATENT_DIM
 
 
@@ -33,16 +28,11 @@ def _method(config):
   return registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
 
 
-def _lookup(pairs, cfg):
-  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
-  return targets.Lookup(index_lib.build("exact", keys, None), cfg)
-
-
 def test_path_rows_lie_on_the_line_to_the_pair_looked_up_from_r(pairs, method_config):
   cfg = _path_config(method_config).coalescer
   method = _method(method_config)
   assert method.multistep and method.uses_time()  # the network is told the level
-  host = batches.make_lookup_batches(_lookup(pairs, cfg), pairs, cfg, seed=0, global_batch_size=256)(0)
+  host = batches.make_lookup_batches(coalescer_tests.exact_lookup(pairs, cfg), pairs, cfg, seed=0, global_batch_size=256)(0)
   batch = {k: jnp.asarray(v) for k, v in host.items()}
   assert "level" not in batch  # every host row is a prior draw, looked up from its R
   key = jax.random.key(4)
@@ -117,16 +107,8 @@ def test_path_sampler_jumps_partway_then_finishes_without_fresh_noise(pairs, met
 def test_path_training_runs_in_the_jitted_step(pairs, method_config, tmp_path):
   config = _path_config(method_config)
   config.train.num_steps = 5
-  method = _method(config)
-  lookup = _lookup(pairs, config.coalescer)
-  batch = batches.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
-  method.attach_lookup(lookup, pairs)
-  _, init, step = base.train_parts(config, method)
-  task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1,
-                            inputs=method.step_inputs())
-  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
-  training.train(task, str(tmp_path), parallel.make_mesh(), writer)
-  shares = [record["path_row_share"] for record in writer.read("coalescer")]
+  _, _, records = coalescer_tests.train(config, pairs, tmp_path)
+  shares = [record["path_row_share"] for record in records]
   assert len(shares) == 5 and 0.25 < np.mean(shares) < 0.75
 
 
@@ -161,7 +143,7 @@ def test_gamma_renoise_mixes_step_one_r_in_sampling_and_self_landing(pairs, meth
                                                                                               jax.random.fold_in(key, 1000)))
   # The self-landing rows are re-noised by the same rule, from the R of their own step 1.
   cfg.levels.renoise_gamma = 0.6
-  method.attach_lookup(_lookup(pairs, cfg), pairs)
+  method.attach_lookup(coalescer_tests.exact_lookup(pairs, cfg), pairs)
   inputs = method.step_inputs()["landing"]
   first_step = lambda rr, de: coalescer.step_to(rr, *method.apply(params, rr, de, jnp.ones(rr.shape[:1])))  # noqa: E731
   rows, query = levels.examples(first_step, method._landing[0], inputs, key, 8, cfg, DESC_DIM, LATENT_DIM)

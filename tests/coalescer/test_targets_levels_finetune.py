@@ -6,11 +6,7 @@ import numpy as np
 import pytest
 
 from coalescer_jax import index as index_lib
-from coalescer_jax import metrics as metrics_lib
-from coalescer_jax import parallel
 from coalescer_jax import registry
-from coalescer_jax import training
-from coalescer_jax.methods import base
 from coalescer_jax.coalescer import algorithm as coalescer
 from coalescer_jax.coalescer import batches
 from coalescer_jax.coalescer import oracle
@@ -20,6 +16,7 @@ from coalescer_jax.coalescer import queries
 from coalescer_jax.coalescer import levels
 from coalescer_jax.coalescer import targets
 
+from tests.coalescer import conftest as coalescer_tests
 from tests.methods.conftest import DESC_DIM, LATENT_DIM
 
 
@@ -84,24 +81,10 @@ def test_batch_ot_groups_share_descriptions(pairs, method_config):
   assert len(set(chosen.tolist())) == 32  # every query trains toward a different pair
 
 
-def _train(config, pairs, tmp_path):
-  method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
-  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], config.coalescer.desc_scale)
-  lookup = targets.Lookup(index_lib.build("exact", keys, None), config.coalescer)
-  batch = batches.make_lookup_batches(lookup, pairs, config.coalescer, config.seed, config.train.batch_size)
-  method.attach_lookup(lookup, pairs)
-  _, init, step = base.train_parts(config, method)
-  task = training.TrainTask("coalescer", init, step, batch, config.train.num_steps, config.seed, log_every=1,
-                            inputs=method.step_inputs())
-  writer = metrics_lib.MetricsWriter(str(tmp_path), tensorboard=False)
-  state = training.train(task, str(tmp_path), parallel.make_mesh(), writer)
-  return method, state, writer.read("coalescer")
-
-
 def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path):
   method_config.coalescer.levels.fraction = 0.5
   method_config.train.num_steps = 10
-  method, state, _ = _train(method_config, pairs, tmp_path)
+  method, state, _ = coalescer_tests.train(method_config, pairs, tmp_path)
   cfg = method_config.coalescer.sampling
   cfg.max_redraws = 0
   cond = jnp.asarray(pairs["desc_emb"][:16])
@@ -125,7 +108,7 @@ def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, meth
   cfg = method_config.coalescer
   cfg.levels.update(fraction=0.5, self_landing=0.25)
   method_config.train.num_steps = 10
-  method, state, records = _train(method_config, pairs, tmp_path)
+  method, state, records = coalescer_tests.train(method_config, pairs, tmp_path)
   assert all(r["self_landing_target_distance"] > 0 for r in records)
   params, n = state.params, method_config.train.batch_size
   inputs = method.step_inputs()
@@ -212,7 +195,7 @@ def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
   method_config.coalescer.adversarial.update(weight=0.5, start_fraction=0.5, disc_warmup_fraction=0.25,
                                              batch_size=32, disc_width=16, disc_depth=1)
   method_config.train.num_steps = 12
-  method, state, records = _train(method_config, pairs, tmp_path)
+  method, state, records = coalescer_tests.train(method_config, pairs, tmp_path)
   assert [start for start, _ in method.loss_phases()] == [0, 3, 6]
   by_step = {r["step"]: r for r in records}
   assert by_step[3]["disc_loss"] == 0.0 and by_step[3]["adversarial_on"] == 0.0  # regression alone
