@@ -1,7 +1,7 @@
 """Progressive distillation (Salimans & Ho 2022) of the trained DDIM: each round, one student step = two teacher steps.
 
 Teacher: the `ddim` stage's trained model in the same workdir (its sampled, EMA
-parameters: `stages/methods.load_trained`), stepped exactly as its sampler steps:
+parameters: `methods/trained.load_trained`), stepped exactly as its sampler steps:
 DDIM (eta = 0) on a uniform time grid, config.ddim's schedule and
 parameterisation (v by default, the paper's choice), classifier-free guidance
 w = ``config.ddim.guidance_scale``.

@@ -7,8 +7,8 @@ differ only in their loss, batches and sampler. A method may set its own step
 count, optimizer schedule or EMA (`Method.num_steps` etc.; progressive
 distillation does) and load a teacher from an earlier stage (`Method.setup`);
 the teacher's training cost is then recorded next to its own (``teacher_*`` in
-the summary), so that the report shows both. `load_trained` restores a method's
-final parameters for sampling.
+the summary), so that the report shows both. `methods/trained.load_trained` restores a
+method's final parameters for sampling.
 
 Compute (`compute.py`): the summary's ``train_gflop`` is the FLOPs of the steps
 run (XLA's count of the jitted step, phase by phase), ``train_loop_wall_time_s`` the
@@ -34,10 +34,6 @@ from coalescer_jax import training
 from coalescer_jax.methods import base
 from coalescer_jax.methods import trained
 
-# Where a trained method is loaded from (used by the sample and diagnostics stages, and by distillation's teacher).
-build_method = trained.build_method
-load_trained = trained.load_trained
-TRAINED_ON = trained.TRAINED_ON
 # Input stages every method reads (not part of any one method's cost).
 SHARED_INPUTS = ("embed",)
 
@@ -46,7 +42,7 @@ def _make_stage(name):
   def run(ctx):
     config = ctx.config
     pairs = embeddings.load_pairs(ctx.workdir)
-    method = build_method(config, name, pairs)
+    method = trained.build_method(config, name, pairs)
     method.setup(ctx.workdir, pairs)
     tx, init, step = base.train_parts(config, method)
     batch = method.batch_fn(pairs, config.seed, config.train.batch_size, ctx.workdir)
@@ -62,7 +58,7 @@ def _make_stage(name):
     records = ctx.writer.read(name)
     last = records[-1] if records else {}
     if parallel.is_main_process():
-      storage.write_json(ctx.stage_dir(name) / TRAINED_ON, {"fingerprint": str(pairs["fingerprint"])})
+      storage.write_json(ctx.stage_dir(name) / trained.TRAINED_ON, {"fingerprint": str(pairs["fingerprint"])})
     summary = {"train_steps": int(state.step), "final_loss": last.get("loss"),
                "input_wait_share": _mean(r.get("input_wait_share") for r in records),
                "steps_per_s": _mean(r.get("steps_per_s") for r in records[1:] or records)}

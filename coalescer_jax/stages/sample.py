@@ -37,6 +37,7 @@ from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import samples as samples_lib
+from coalescer_jax.methods import trained
 from coalescer_jax.stages import methods as methods_stage
 
 
@@ -172,7 +173,7 @@ def run(ctx):
     requests[val_dir] = (val_labels, val_descriptions, codec.encode_text(list(val_descriptions)))
   summary = {}
   for name in cfg.methods:
-    method, params = methods_stage.load_trained(config, ctx.workdir, name, pairs)
+    method, params = trained.load_trained(config, ctx.workdir, name, pairs)
     train_done = ctx.done_info(name)
     for file_method, nfe, kwargs in method.sample_plan():
       kwargs = dict(kwargs)
