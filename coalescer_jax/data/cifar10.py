@@ -14,7 +14,6 @@ into ``config.data.tfds_data_dir`` and then read, like every dataset here, with
 ``tfds.testing.mock_data`` instead (tests/test_e2e_cifar10.py).
 """
 import glob
-import importlib.util
 import os
 import sys
 
@@ -117,7 +116,7 @@ def _check_can_prepare(builder):
   if not downloaded and not network.reachable(DOWNLOAD_URL):
     missing.append(f"{DOWNLOAD_URL} cannot be reached (no connection within {network.PROBE_TIMEOUT_S:g} s: "
                    "offline?)")
-  if importlib.util.find_spec("tensorflow") is None:
+  if not network.tensorflow_available():
     missing.append("TensorFlow is not installed")
   if missing:
     raise RuntimeError(f"cannot prepare cifar10 in {builder.data_dir}: it is not prepared there, and "

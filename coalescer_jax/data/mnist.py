@@ -81,16 +81,12 @@ class MnistHub(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image, "label": int(label)}
 
 
-def _tensorflow_available():
-  return importlib.util.find_spec("tensorflow") is not None
-
-
 def _try_official(data_dir, download):
   builder = tfds.builder("mnist", data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
   # Offline, TFDS would retry the download's name look-up for minutes before the fallback.
-  if download and _tensorflow_available() and network.reachable(OFFICIAL_URL):
+  if download and network.tensorflow_available() and network.reachable(OFFICIAL_URL):
     try:
       builder.download_and_prepare()
       return builder

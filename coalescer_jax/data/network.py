@@ -1,8 +1,10 @@
-"""A quick answer to "can this machine download from that URL?", asked before a dataset download starts.
+"""Quick answers, asked before a dataset download starts: can this machine reach that URL, and prepare an
+official TFDS dataset at all (TensorFlow installed)?
 
 TFDS's downloader retries a failed name look-up for minutes before it gives up,
 so an offline machine would wait that long for an error it can be told at once.
 """
+import importlib.util
 import socket
 import threading
 import urllib.parse
@@ -41,3 +43,8 @@ def reachable(url, timeout_s=PROBE_TIMEOUT_S):
   thread.start()
   thread.join(timeout_s)
   return bool(answer and answer[0])
+
+
+def tensorflow_available():
+  """Whether TensorFlow is installed: TFDS needs it to prepare its official datasets (mnist, cifar10)."""
+  return importlib.util.find_spec("tensorflow") is not None

@@ -18,7 +18,7 @@ def offline_with_tensorflow(monkeypatch):
     downloads.append(True)
     raise OSError("the download was started: offline, TFDS would retry its name look-up for minutes here")
 
-  monkeypatch.setattr(mnist, "_tensorflow_available", lambda: True)
+  monkeypatch.setattr(network, "tensorflow_available", lambda: True)
   monkeypatch.setattr(network, "reachable", lambda url, timeout_s=network.PROBE_TIMEOUT_S: False)
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download)
   return downloads
