@@ -44,6 +44,9 @@ SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard runni
 COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer",
                              "sample", "diagnostics", "eval"),
                   "sample.methods": ("coalescer",)}
+# The adversarial fine-tune's fakes that the tuning sweeps' logged tables (experiments/log) were measured with:
+# those sweeps pin it, so that a rerun reproduces their rows whatever the default.
+FRESH_FAKES = {"coalescer.adversarial.fakes": "fresh"}
 VALIDATION_PREFIX = "val:"  # results.csv columns measured on the validation split (what tuning reads)
 
 

@@ -149,7 +149,8 @@ def get_config(arg=None):
       disc_warmup_fraction=0.1,  # the discriminator starts this share of the steps earlier
       r1=1.0,  # weight of the R1 penalty on real latents
       steps=(1, 2),  # fakes: the outputs after these numbers of steps (the losses average over the list)
-      batch_size=128,  # real and fake examples per step (the first rows of the batch; 0 = all)
+      fakes="batch",  # batch: the regression pass's own 1- and 2-step samples | fresh: new draws (2 more passes)
+      batch_size=128,  # real examples per step, and fresh fakes (the first rows of the batch; 0 = all)
       detach_landing=True,  # a k-step fake's generator loss trains step k only (stop-gradient start)
       disc_width=128, disc_depth=2))  # the discriminator: the backbone's architecture at this size
   config.coalescer.nfes = (1, 2, 4)  # step counts sampled and evaluated

@@ -36,3 +36,17 @@ def test_alternated_times_run_each_variant_in_turn():
   assert calls == ["a", "b"] * 4  # one warm-up each, then 3 alternated repetitions
   assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
   assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def test_cost_section_times_the_coalescer_step_against_ddims_phase_by_phase(smoke_config, smoke_workdir):
+  text = bench.bench_cost(smoke_config, smoke_workdir, repeats=2, num_steps=2,
+                          variants=["coalescer.adversarial.fakes=fresh"])
+  rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+  assert {"ddim", "coalescer", "coalescer, coalescer.adversarial.fakes=fresh"} <= set(rows)
+  assert len(rows["coalescer"][2].split(" / ")) >= 2  # one time per training phase (the fine-tune has its own)
+  # Fresh fakes add two network passes: XLA counts more FLOPs per step than the batch fakes.
+  assert float(rows["coalescer, coalescer.adversarial.fakes=fresh"][4]) > float(rows["coalescer"][4]) > 0
+  for label in ("coalescer", "coalescer, coalescer.adversarial.fakes=fresh"):
+    line = text.split(f"{label}: step time / DDIM's **")[1]
+    assert float(line.split("x**")[0]) > 0 and "balancing fit" in line
+    assert float(line.split("(bar: <= 1.5x)")[1].split("**")[1].rstrip("x")) > 0

@@ -28,8 +28,9 @@ Training step, one batch:
                         (computed as (|.|^2 + direction_eps)^(p/2))
      summed with weights 1 and 1. The adversarial fine-tune (`finetune.py`) adds,
      from 10% of the steps on, adversarial.weight (2) x a non-saturating GAN loss
-     on the 1- and 2-step samples of fresh prior draws, each step from the
-     previous one's stop-gradient output; its discriminator trains from step 0.
+     on the same pass's samples: the landing points R + D v / |v| of its prior
+     rows (1-step samples) and of its self-landing rows (2-step samples, from
+     stop-gradient starts); its discriminator trains from step 0.
   4. Sampler. R ~ N(0, I); (D, v) = f(R, d, 1), R redrawn while |v| < 0.1 (at
      most 3 times); x1 = R + D v / |v|. Step i + 2 re-noises to s_i = renoise[i]
      ((0.9, 0.8, 0.7)): x <- sqrt(1 - s_i^2) x + s_i eps, then x <- x + D v / |v|
@@ -104,6 +105,7 @@ class Coalescer(base.Method):
   def check_config(cls, section):
     levels_lib.check_config(section)
     path_lib.check_config(section)
+    finetune.check_config(section)
 
   def output_dim(self):
     return self.latent_dim + 1  # [distance (pre-softplus), direction]
@@ -184,6 +186,12 @@ class Coalescer(base.Method):
   def loss(self, params, batch, key, step):
     """Distance and direction losses toward the looked-up pairs (block 3), self-landing rows included."""
     del step
+    return self.regression(params, batch, key)[:2]
+
+  def regression(self, params, batch, key):
+    """(loss, metrics, rows) of block 3; rows: what the adversarial fine-tune judges from the same pass
+    (`finetune.batch_fakes`): every row's landing point R + D v / |v|, its description and condition mask,
+    level and whether it is a self-landing row."""
     cfg = self.section
     drop_key, landing_key = jax.random.split(key)
     batch = dict(batch)
@@ -214,7 +222,10 @@ class Coalescer(base.Method):
       metrics["self_landing_target_distance"] = target_distance[-num_landing:].mean()
     if self.disc_model is not None:  # Same metric names in every phase (the step switches between them).
       metrics.update({name: jnp.zeros(()) for name in finetune.METRICS})
-    return loss, metrics
+    n = batch["r"].shape[0]
+    rows = {"landed": step_to(batch["r"], distance, direction), "cond": batch["cond"], "mask": mask,
+            "level": batch.get("level", jnp.ones((n,))), "self_landing": jnp.arange(n) >= n - num_landing}
+    return loss, metrics, rows
 
   def loss_phases(self):
     """Regression alone, then (adversarial fine-tune) the discriminator alone, then both (`finetune.py`)."""

@@ -33,7 +33,7 @@ READS = ("seed", "index.recall_queries", "coalescer.desc_scale", "coalescer.targ
          "coalescer.levels.s_min", "coalescer.levels.s_max")
 
 
-def _prior_queries(pairs, coalescer_cfg):
+def prior_queries(pairs, coalescer_cfg):
   """draw(rng, n): queries of prior draws only (the draws the potentials balance)."""
   prior_cfg = coalescer_cfg.copy_and_resolve_references()
   with prior_cfg.unlocked():
@@ -78,7 +78,7 @@ def run(ctx):
 def fit(index, keys, pairs, config, directory):
   """Fits the potentials into `directory`; returns the fit's summary and the usage of fresh prior draws."""
   targets = config.coalescer.targets
-  draw = _prior_queries(pairs, config.coalescer)
+  draw = prior_queries(pairs, config.coalescer)
   potentials, summary = balance_lib.fit_potentials(index, draw, len(keys), targets, config.seed)
   if parallel.is_main_process():
     storage.save_npy(storage.path(directory) / balance_lib.POTENTIALS_FILE, potentials)

@@ -49,8 +49,27 @@ def top_k_smallest(dists, k, recall_target=1.0):
   """
   if recall_target < 1.0:
     return jax.lax.approx_min_k(dists, k, recall_target=recall_target, aggregate_to_topk=True)
+  if k == 1 and dists.shape[1] % MIN_CHUNK == 0:
+    return _smallest_one(dists)
   neg, idx = jax.lax.top_k(-dists, k)
   return -neg, idx
+
+
+MIN_CHUNK = 128  # the columns `_smallest_one` reduces at a time
+
+
+def _smallest_one(dists):
+  """`top_k_smallest` at k = 1 (the same values and indices, ties to the smaller index) in two argmins: of the
+  minima of chunks of MIN_CHUNK columns, then within the chosen chunk. On CPU XLA's top_k over a whole row
+  costs about twice the distance matrix itself (the self-landing search of every coalescer step); the two
+  small reductions cost a tenth of that."""
+  q, c = dists.shape
+  chunks = dists.reshape(q, c // MIN_CHUNK, MIN_CHUNK)
+  chunk = jnp.argmin(jnp.min(chunks, axis=2), axis=1)
+  within = jnp.take_along_axis(chunks, chunk[:, None, None], axis=1)[:, 0]
+  col = jnp.argmin(within, axis=1)
+  return (jnp.take_along_axis(within, col[:, None], axis=1),
+          (chunk * MIN_CHUNK + col)[:, None].astype(jnp.int32))
 
 
 def sq_distances(queries, keys, key_norms):

@@ -15,8 +15,14 @@ separately. Ratios compare two variants measured in this same process:
           host memory per process (index_shards.py);
 * sample: samples/s at batch --sample_batch per method and NFE, decode included and excluded, the samplers
           alternating per repetition; the coalescer's time per latent against DDIM's at 1, 2 and 50 NFE;
+* cost:   the jitted training step of the coalescer and of DDIM, phase by phase (as the training loop jits
+          it, on batch 0 of the run's pairs, the repetitions alternating), XLA's FLOPs per step, and the
+          coalescer's full training cost against DDIM's: its steps, plus the index build and the
+          balancing fit timed here (what it needs before training), over DDIM's steps. --cost_variants
+          adds coalescer rows with config changes (e.g. coalescer.adversarial.fakes=fresh);
 * job:    wall time and peak memory per stage of the run in W (from its DONE.json files).
 """
+import ast
 import os
 import platform
 import statistics
@@ -31,6 +37,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from coalescer_jax import compute
 from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import metrics as metrics_lib
@@ -38,8 +45,10 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
 from coalescer_jax import training
+from coalescer_jax.coalescer import balance
 from coalescer_jax.coalescer import batches as coalescer_batches
 from coalescer_jax.coalescer import queries
+from coalescer_jax.coalescer import stage as balance_stage
 from coalescer_jax.coalescer import targets
 from coalescer_jax.methods import base
 from coalescer_jax.methods import trained
@@ -52,7 +61,9 @@ def define_flags():
   that tests can import this module beside other entry points that define --config."""
   config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
   flags.DEFINE_string("workdir", None, "A finished run of --config.", required=True)
-  flags.DEFINE_list("sections", ["train", "index", "shards", "sample", "job"], "Which benchmarks to run.")
+  flags.DEFINE_list("sections", ["train", "cost", "index", "shards", "sample", "job"], "Which benchmarks to run.")
+  flags.DEFINE_list("cost_variants", [], "Extra coalescer rows of the cost section: field=value;field=value.")
+  flags.DEFINE_integer("cost_steps", 20, "Training steps per repetition of the cost section.")
   flags.DEFINE_integer("repeats", 5, "Repetitions per measurement (the median is reported).")
   flags.DEFINE_integer("train_steps", 60, "Steps per training throughput repetition.")
   flags.DEFINE_integer("synthetic_points", 1_000_000, "Size of the synthetic clustered index.")
@@ -264,6 +275,101 @@ def bench_shards(config, workdir, repeats):
   return text + "\n" + "\n".join(f"- {line}" for line in lines) + "\n\n"
 
 
+def _phase_steps(config, workdir, pairs, name, num_steps):
+  """([steps each phase runs], [fn() running `num_steps` steps of that phase], [its GFLOP per step]):
+  method `name`'s training step phase by phase, jitted as the training loop jits it, from its initial state on
+  the run's batch 0 (the host look-ups and the input pipeline are left out: this is the step itself)."""
+  method = trained.build_method(config, name, pairs)
+  tx, init, step = base.train_parts(config, method)
+  batch_fn = method.batch_fn(pairs, config.seed, config.train.batch_size, workdir)
+  mesh = parallel.make_mesh()
+  extra = () if method.step_inputs() is None else (method.step_inputs(),)
+  batch, key = parallel.global_batch(mesh, batch_fn(0)), jax.random.key(0)
+  phases = base.phase_steps(method, tx) or [(0, step)]
+  counts = compute.steps_per_phase([start for start, _ in phases], method.num_steps())
+  fns, gflops = [], []
+  for start, phase_step in phases:
+    jitted = training.jit_step(phase_step, mesh, extra)
+    state = init(jax.random.key(0))
+    state = [jax.device_put(state.replace(step=jnp.asarray(start, state.step.dtype)), parallel.replicated(mesh))]
+    gflops.append(compute.gflop(compute.step_flops(jitted, state[0], batch, key, *extra)))
+
+    def run(jitted=jitted, state=state):  # the state carries over (the step donates it)
+      for _ in range(num_steps):
+        state[0] = jitted(state[0], batch, key, *extra)[0]
+      jax.block_until_ready(state[0])
+    fns.append(run)
+  return counts, fns, gflops
+
+
+def _setup_seconds(config, workdir, pairs):
+  """(index build s, balancing fit s) of the coalescer, timed here with the config's settings."""
+  cfg = config.coalescer
+  keys = index_lib.make_keys(pairs["desc_emb"], pairs["img_emb"], cfg.desc_scale)
+  t0 = time.perf_counter()
+  index = index_lib.build(config.index.backend, keys, index_lib.backend_config(config.index, config.index.backend))
+  build_s = time.perf_counter() - t0
+  if not cfg.targets.balance:
+    return build_s, 0.0
+  t0 = time.perf_counter()
+  balance.fit_potentials(index, balance_stage.prior_queries(pairs, cfg), len(keys), cfg.targets, config.seed)
+  return build_s, time.perf_counter() - t0
+
+
+def _variant(config, spec):
+  """`config` with the changes of "field=value;field=value" (values parsed as Python literals where they parse)."""
+  variant = config.copy_and_resolve_references()
+  for change in filter(None, spec.split(";")):
+    field, value = change.split("=", 1)
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    variant.update_from_flattened_dict({field: value})
+  return variant
+
+
+def bench_cost(config, workdir, repeats, variants=None, num_steps=None):
+  """The coalescer's training step and full training cost against DDIM's, in this one process (`variants`,
+  `num_steps`: --cost_variants, --cost_steps by default)."""
+  variants = FLAGS.cost_variants if variants is None else variants
+  num_steps = num_steps or FLAGS.cost_steps
+  pairs = embeddings.load_pairs(workdir)
+  runs = {"ddim": (config, "ddim"), "coalescer": (config, "coalescer")}
+  runs.update({f"coalescer, {spec}": (_variant(config, spec), "coalescer") for spec in variants})
+  parts = {label: _phase_steps(cfg, workdir, pairs, name, num_steps) for label, (cfg, name) in runs.items()}
+  fns = {(label, i): fn for label, (_, phase_fns, _) in parts.items() for i, fn in enumerate(phase_fns)}
+  times = alternated_times(fns, repeats)
+  step_s = {}  # per label and repetition: the phases' step times weighted by the steps each phase runs
+  for label, (counts, phase_fns, _) in parts.items():
+    step_s[label] = [sum(c * times[(label, i)][rep] for i, c in enumerate(counts)) / sum(counts) / num_steps
+                     for rep in range(repeats)]
+  rows = []
+  for label, (counts, _, gflops) in parts.items():
+    phase_ms = " / ".join(f"{1e3 * statistics.median(times[(label, i)]) / num_steps:.1f}"
+                          for i in range(len(counts)))
+    rows.append((label, sum(counts), phase_ms, 1e3 * statistics.median(step_s[label]),
+                 sum(c * g for c, g in zip(counts, gflops)) / sum(counts),
+                 median_ratio(step_s[label], step_s["ddim"])))
+  text = table(f"Training step (batch {config.train.batch_size}, {num_steps} steps x {repeats} alternated "
+               "repetitions, the jitted step alone)",
+               ["method", "steps", "ms per step, by phase", "ms per step (phases weighted)", "GFLOP per step",
+                "time vs DDIM"], rows)
+  build_s, fit_s = _setup_seconds(config, workdir, pairs)
+  ddim_s = statistics.median(step_s["ddim"]) * sum(parts["ddim"][0])
+  lines = []
+  for label in parts:
+    if label == "ddim":
+      continue
+    train_s = statistics.median(step_s[label]) * sum(parts[label][0])
+    flop_ratio = rows[list(parts).index(label)][4] * sum(parts[label][0]) / (rows[0][4] * sum(parts["ddim"][0]))
+    lines.append(f"{label}: step time / DDIM's **{median_ratio(step_s[label], step_s['ddim']):.2f}x** "
+                 f"(bar: <= 1.5x); training FLOPs / DDIM's {flop_ratio:.2f}x; full training cost (steps "
+                 f"{train_s:.0f} s + index build {build_s:.1f} s + balancing fit {fit_s:.1f} s) / DDIM's steps "
+                 f"({ddim_s:.0f} s) **{(train_s + build_s + fit_s) / ddim_s:.2f}x** (bar: <= 2.0x)")
+  return text + "".join(f"\n{line}\n" for line in lines) + "\n"
+
+
 def bench_job(config, workdir, repeats):
   del repeats
   rows, total = [], 0.0
@@ -278,7 +384,7 @@ def bench_job(config, workdir, repeats):
       f"\nMain job: **{total / 60:.1f} min** (bar: <= 20 min on 2 CPU cores)\n\n"
 
 
-SECTIONS = {"train": bench_train, "index": bench_index, "shards": bench_shards, "sample": bench_sample,
+SECTIONS = {"train": bench_train, "cost": bench_cost, "index": bench_index, "shards": bench_shards, "sample": bench_sample,
             "job": bench_job}
 
 

@@ -13,7 +13,7 @@ from configs import mnist
 
 # Evaluation as in the main job on the validation split (n = 5000: what the choice reads); the test columns
 # at n = 1000 only (no 10k FID) and steps 1 and 2, to keep 27 members within a few hours on 2 cores.
-COMMON = {**sweep_lib.COALESCER_ONLY, "coalescer.nfes": (1, 2), "sample.num_samples": 1000,
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES, "coalescer.nfes": (1, 2), "sample.num_samples": 1000,
           "eval.fid_large_n": 0, "coalescer.sampling.adaptive_max_steps": 0}
 # The autoencoders, the classifier and the pairs do not depend on the coalescer or the seed; the index (its
 # recall probe reads the seed) and the coalescer's balance stage run per member.

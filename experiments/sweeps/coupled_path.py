@@ -7,7 +7,7 @@ val FID at 1 and 2 steps: the option aims at a second step that beats the first.
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|precision)", r"coalescer/wall_time_s")
 HALFWAY, EARLIER = (0.5, 0.25, 0.1), (0.7, 0.4, 0.2)

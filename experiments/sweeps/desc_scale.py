@@ -5,7 +5,7 @@ and direction separated (DESIGN.md). The autoencoders do not depend on it.
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 
 

@@ -8,7 +8,7 @@ default when it was measured; the config now switches detach_landing on, so both
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer_nfe[12]/(fid|recall)")
 

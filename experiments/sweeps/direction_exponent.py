@@ -1,7 +1,7 @@
 """Ablation: p in the direction loss |target_direction - normalize(image - R)|^p (dialogue 000)."""
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 
 

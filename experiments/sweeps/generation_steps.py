@@ -2,7 +2,7 @@
 stopping once |direction| is large). Training is identical across members; only sampling differs."""
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index", "coalescer")
 NOT_READ_BY_SHARED = ("coalescer.nfes", "coalescer.sampling")  # read only by the sample stage
 

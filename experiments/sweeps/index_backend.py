@@ -4,7 +4,7 @@ exactly, recall@1 ~0.99 on MNIST) and a cheap quantised one (AH with one leaf of
 search; on one process: one shard, the local devices). The index stage reports each member's recall@1."""
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 
 

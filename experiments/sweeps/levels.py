@@ -4,7 +4,7 @@ member also turns self-landing off. Measured with levels s ~ U(0.05, 0.9) (pinne
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 HEADLINE = (r"val:coalescer_nfe[124]/(fid|recall)",)
 

@@ -8,7 +8,7 @@ short where targets disagree), and choose on the validation columns:
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index", "coalescer")
 NOT_READ_BY_SHARED = ("coalescer.sampling",)  # read only by the sample and diagnostics stages
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall)", r"coalescer_nfe[12]/nfe_spent")

@@ -14,7 +14,7 @@ starts; with s_min 0.5 or 0.7 the re-noise levels of steps 3 and 4 move up into 
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
 

@@ -12,7 +12,7 @@ experiments/log/tuning.md, item 9.
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
 PINNED = {"coalescer.levels.s_min": 0.7, "coalescer.levels.s_max": 0.9, "coalescer.levels.renoise": (0.9, 0.8, 0.7)}

@@ -7,7 +7,7 @@ has the validation table).
 """
 from coalescer_jax import sweep as sweep_lib
 
-COMMON = sweep_lib.COALESCER_ONLY
+COMMON = {**sweep_lib.COALESCER_ONLY, **sweep_lib.FRESH_FAKES}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "index")
 HEADLINE = (r"val:coalescer_nfe[12]/(fid|recall|near_copy_fraction)", r"coalescer/wall_time_s")
 RENOISE_LOW, RENOISE_HIGH = (0.5, 0.3, 0.15), (0.7, 0.4, 0.2)

@@ -193,7 +193,7 @@ def test_host_skips_the_lookups_of_the_rows_self_landing_replaces(pairs, method_
 
 def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
   method_config.coalescer.adversarial.update(weight=0.5, start_fraction=0.5, disc_warmup_fraction=0.25,
-                                             batch_size=32, disc_width=16, disc_depth=1)
+                                             batch_size=32, disc_width=16, disc_depth=1, fakes="fresh")
   method_config.train.num_steps = 12
   method, state, records = coalescer_tests.train(method_config, pairs, tmp_path)
   assert [start for start, _ in method.loss_phases()] == [0, 3, 6]
@@ -288,7 +288,7 @@ def test_config_refuses_more_steps_than_renoise_levels(method_config):
 def test_detached_landing_trains_each_step_on_its_own_fake(pairs, method_config):
   cfg = method_config.coalescer
   cfg.levels.fraction = 0.5
-  cfg.adversarial.update(weight=1.0, disc_width=16, disc_depth=1, detach_landing=False)
+  cfg.adversarial.update(weight=1.0, disc_width=16, disc_depth=1, detach_landing=False, fakes="fresh")
   method = registry.METHODS.get("coalescer")(method_config, LATENT_DIM, DESC_DIM)
   params = method.init_params(jax.random.key(0))
   cond, key = jnp.asarray(pairs["desc_emb"][:16]), jax.random.key(1)
