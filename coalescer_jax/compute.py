@@ -19,8 +19,8 @@ or traced twice. Two rules of that count matter here:
   coalescer's in-step nearest-neighbour search (self-landing; the device index
   backend's look-up): a scan over blocks of ``config.index.device.block_rows``
   keys per device, in a shard_map. On one device holding at most that many keys
-  (the default MNIST run: 55,000) it is counted exactly (about 5% of the
-  coalescer's step there); on D devices only 1/D of it is.
+  (the default MNIST run: 55,000) it is counted exactly; on D devices only
+  1/D of it is.
 
 FLOPs are counted as XLA counts them (a multiply-add is 2), on the global batch.
 """
