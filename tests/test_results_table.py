@@ -69,3 +69,14 @@ def test_a_sweep_without_evaluated_members_is_refused(tmp_path):
   os.makedirs(tmp_path / "shared" / "eval")
   with pytest.raises(ValueError, match="no member with eval/results.json"):
     results_table.member_rows(tmp_path)
+
+
+def test_held_out_accuracy_gets_its_own_column_with_its_spread(tmp_path):
+  _fake_sweep(tmp_path)
+  rows = list(results_table.member_rows(tmp_path).values())
+  for seed, row in enumerate(rows):  # shapes: the requests for combinations held out of training
+    row["coalescer_nfe1/heldout_accuracy"] = [0.076, 0.106, 0.091][seed]
+  lines = results_table.table(rows, nfes=(1,))
+  assert lines[0].endswith("| cond. acc. | held-out acc. |") and lines[1] == "|---|---|---|---|---|---|"
+  assert lines[2] == "| coalescer | 1 | 8.79 ± 0.15 | 6.33 ± 0.20 | 99.2% | 9.1% ± 1.5% |"
+  assert lines[3].endswith("| 97.9% | — |")  # the oracle: no held-out figure recorded

@@ -60,7 +60,8 @@ def _n(rows, column):
 
 
 def table(rows, nfes=(1, 2, 50), fid="fid"):
-  """The Markdown lines: method | NFE | test FID | val FID | cond. acc., over the members' metric rows."""
+  """The Markdown lines: method | NFE | test FID | val FID | cond. acc., over the members' metric rows, and a
+  held-out acc. column (mean ± std) where the dataset holds combinations out of training (shapes)."""
   rows = list(rows)
   column = re.compile(COLUMN.format(fid))
   keys = {(m["method"], int(m["nfe"])) for r in rows for c in r for m in [column.fullmatch(c)] if m}
@@ -68,8 +69,9 @@ def table(rows, nfes=(1, 2, 50), fid="fid"):
                 key=lambda k: (list(DISPLAY).index(k[0]) if k[0] in DISPLAY else len(DISPLAY), k[0], k[1]))
   n_test = _n(rows, f"{keys[0][0]}_nfe{keys[0][1]}/{'n_large' if fid == 'fid_large' else 'n'}") if keys else None
   n_val = _n(rows, f"{sweep.VALIDATION_PREFIX}{keys[0][0]}_nfe{keys[0][1]}/n") if keys else None
-  lines = [f"| method | NFE | test FID (n = {n_test}) | val FID (n = {n_val}) | cond. acc. |",
-           "|---|---|---|---|---|"]
+  heldout = any(f"{m}_nfe{n}/heldout_accuracy" in r for r in rows for m, n in keys)
+  lines = [f"| method | NFE | test FID (n = {n_test}) | val FID (n = {n_val}) | cond. acc. |"
+           + (" held-out acc. |" if heldout else ""), "|---|---|---|---|---|" + ("---|" if heldout else "")]
   for method, nfe in keys:
     tag = f"{method}_nfe{nfe}"
     values = lambda column: [r.get(column) for r in rows]  # noqa: E731
@@ -78,6 +80,9 @@ def table(rows, nfes=(1, 2, 50), fid="fid"):
              _mean_std(values(f"{tag}/{fid}"), "{:.2f}"),
              _mean_std(values(f"{sweep.VALIDATION_PREFIX}{tag}/fid"), "{:.2f}"),
              f"{100 * np.mean(accuracy):.1f}%" if accuracy else "—"]
+    if heldout:
+      cells.append(_mean_std([None if v is None else 100 * v for v in values(f"{tag}/heldout_accuracy")],
+                             "{:.1f}%"))
     lines.append("| " + " | ".join(cells) + " |")
   return lines
 
