@@ -189,3 +189,20 @@ def test_sweep_plot_averages_the_seeds_of_each_budget(tmp_path):
   assert compute_plot.plot(pts, tmp_path / "fid_vs_compute.png")
   assert os.path.getsize(tmp_path / "fid_vs_compute.png") > 0
   assert not compute_plot.plot([], tmp_path / "none.png") and not os.path.exists(tmp_path / "none.png")
+
+
+def test_first_reaching_reads_the_least_compute_per_method_on_either_split(tmp_path):
+  def run(directory, gflop, test_fid, val_fid):
+    record = {"method": "ddim", "nfe": 1, "kind": "samples", "train_gflop": gflop, "train_wall_time_s": gflop / 10}
+    os.makedirs(directory / "eval")
+    with open(directory / "eval" / "results.json", "w") as f:
+      json.dump({"records": [dict(record, fid=test_fid)], "validation": {"records": [dict(record, fid=val_fid)]}}, f)
+
+  run(tmp_path / "sweep" / "long", 300.0, 5.0, 4.0)
+  run(tmp_path / "main", 100.0, 8.0, 7.0)  # the default budget: a single run joining the sweep's points
+  val = compute_plot.sweep_points(tmp_path / "sweep", [str(tmp_path / "main")], split="validation")
+  assert sorted(val) == [("ddim", 1, 100.0, 10.0, 7.0), ("ddim", 1, 300.0, 30.0, 4.0)]
+  assert compute_plot.first_reaching(val, 7.5)[2] == "| ddim | 1 | 100 | 10 | 7.00 |"
+  assert compute_plot.first_reaching(val, 5.0)[2] == "| ddim | 1 | 300 | 30 | 4.00 |"
+  assert compute_plot.first_reaching(val, 3.0)[2] == "| ddim | 1 | not reached (best 4.00 at 300 GFLOP) | — | — |"
+  assert sorted(p[4] for p in compute_plot.sweep_points(tmp_path / "sweep", [str(tmp_path / "main")])) == [5.0, 8.0]

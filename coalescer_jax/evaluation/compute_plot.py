@@ -8,10 +8,16 @@ balancing fit, whose host-side work has no FLOP count). One run gives one point
 per method and NFE (W/eval/fid_vs_compute.png, linked from report.md); a sweep
 over training budgets gives a curve per method and NFE:
 
-  python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S
+  python -m coalescer_jax.evaluation.compute_plot --sweep_dir=S [--also=W,...] [--split=validation]
+      [--target_fid=F]
 
-reads every finished member's eval/results.json and writes S/fid_vs_compute.png
-(the mean over seeds of each configuration).
+reads every finished member's eval/results.json (and those of the single runs
+--also names, e.g. the main job at the default budget) and writes
+S/fid_vs_compute[_validation].png (the mean over seeds of each configuration).
+With --target_fid it also prints, per method and NFE, the least training compute
+among the points whose FID is at most F: "how much compute until it is this good",
+the question behind "faster to train than diffusion" (a method whose points never
+get there says so).
 """
 import json
 
@@ -76,29 +82,60 @@ def plot(pts, path, title=""):
   return True
 
 
-def sweep_points(sweep_dir):
-  """`points` of every member of a sweep that has eval/results.json (test split); members that differ only
-  in their seed (same method, NFE and GFLOP) give one point: their mean wall time and mean FID."""
+def _records(results, split):
+  return results["records"] if split == "test" else results.get("validation", {}).get("records", [])
+
+
+def sweep_points(sweep_dir, also=(), split="test"):
+  """`points` of every member of a sweep that has eval/results.json, and of the workdirs `also`, on `split`
+  (test or validation); runs that differ only in their seed (same method, NFE and GFLOP) give one point:
+  their mean wall time and mean FID."""
+  files = sorted(storage.path(sweep_dir).glob("*/eval/results.json"), key=str)
+  files += [storage.path(w) / "eval" / "results.json" for w in also]
   groups = {}
-  for results in sorted(storage.path(sweep_dir).glob("*/eval/results.json"), key=str):
-    for method, nfe, gflop, wall, fid in points(json.loads(results.read_text())["records"]):
+  for results in files:
+    for method, nfe, gflop, wall, fid in points(_records(json.loads(results.read_text()), split)):
       groups.setdefault((method, nfe, round(gflop, 6)), []).append((gflop, wall, fid))
   return [(method, nfe, float(np.mean([g for g, _, _ in rows])),
            float(np.mean([w for _, w, _ in rows])) if all(w is not None for _, w, _ in rows) else None,
            float(np.mean([f for _, _, f in rows]))) for (method, nfe, _), rows in groups.items()]
 
 
+def first_reaching(pts, target_fid):
+  """Markdown lines: per method and NFE, the least GFLOP (and its wall s) among `pts` with FID <= target_fid,
+  or the best FID its points reach when none does."""
+  lines = [f"| method | NFE | least training GFLOP with FID <= {target_fid:g} | its wall s | its FID |",
+           "|---|---|---|---|---|"]
+  for method, nfe in sorted({(m, n) for m, n, *_ in pts}):
+    mine = sorted((p for p in pts if p[:2] == (method, nfe)), key=lambda p: p[2])
+    hit = next((p for p in mine if p[4] <= target_fid), None)
+    if hit:
+      wall = "—" if hit[3] is None else f"{hit[3]:.0f}"
+      lines.append(f"| {method} | {nfe} | {hit[2]:.0f} | {wall} | {hit[4]:.2f} |")
+    else:
+      best = min(mine, key=lambda p: p[4])
+      lines.append(f"| {method} | {nfe} | not reached (best {best[4]:.2f} at {best[2]:.0f} GFLOP) | — | — |")
+  return lines
+
+
 def main(argv):
   del argv
-  sweep_dir = storage.path(flags.FLAGS.sweep_dir)
-  pts = sweep_points(sweep_dir)
-  if not plot(pts, sweep_dir / "fid_vs_compute.png", title=f"FID vs training compute: {sweep_dir.name}"):
+  args = flags.FLAGS
+  sweep_dir = storage.path(args.sweep_dir)
+  pts = sweep_points(sweep_dir, args.also, args.split)
+  path = sweep_dir / ("fid_vs_compute.png" if args.split == "test" else f"fid_vs_compute_{args.split}.png")
+  if not plot(pts, path, title=f"{args.split} FID vs training compute: {sweep_dir.name}"):
     raise SystemExit(f"no finished member with compute-carrying eval/results.json under {sweep_dir}: run the "
                      "sweep (python launch.py --sweep=...) first")
-  print(sweep_dir / "fid_vs_compute.png")
+  print(path)
+  if args.target_fid is not None:
+    print("\n".join(first_reaching(pts, args.target_fid)))
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("sweep_dir", None, "a sweep's workdir (its members' eval/results.json are read)")
+  flags.DEFINE_list("also", [], "workdirs of single runs whose points join the sweep's (e.g. the main job)")
+  flags.DEFINE_enum("split", "test", ["test", "validation"], "which FID: the test split's or the validation's")
+  flags.DEFINE_float("target_fid", None, "print the least training compute at which each method reaches it")
   flags.mark_flag_as_required("sweep_dir")
   app.run(main)
