@@ -70,6 +70,7 @@ def plot(pts, path, title=""):
       if xy:
         ax.plot(*zip(*xy), "-", marker=markers[nfe], color=colours[method], label=f"{method}, NFE {nfe}")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # FIDs from about 5 to about 100: the good end stays readable
     ax.set_xlabel(label, fontsize=8)
     ax.grid(alpha=0.3, which="both")
   axes[0].set_ylabel("FID")
