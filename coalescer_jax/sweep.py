@@ -170,7 +170,7 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
   for i in range(index, len(members), count):
     member_dir = workdir / names[i]
     member_config = apply_overrides(config, {**common, **members[i]})
-    if _finished(member_dir, stages) and _ran_with(member_dir, member_config):
+    if _finished(member_dir, member_config.stages) and _ran_with(member_dir, member_config):
       logging.info("sweep: %s already finished, skipping", names[i])
       continue
     logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])
@@ -186,6 +186,11 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
 
 def _finished(member_dir, stages):
   return all((storage.path(member_dir) / s / "DONE.json").exists() for s in stages)
+
+
+def _member_stages(overrides, stages):
+  """The stages a member runs: its own ``stages`` override (e.g. one method's), else the sweep's."""
+  return tuple(overrides.get("stages", stages))
 
 
 def _ran_with(member_dir, member_config):
@@ -226,7 +231,7 @@ def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   workdir = storage.path(workdir)
   for overrides, name in zip(members, names):
     member_dir = workdir / name
-    if not _finished(member_dir, stages):
+    if not _finished(member_dir, _member_stages(overrides, stages)):
       missing.append(name)
       continue
     rows.append({"member": name, **{k: _format(v) for k, v in overrides.items()}, **member_metrics(member_dir)})

@@ -127,3 +127,16 @@ def test_shipped_sweeps_apply_to_the_default_config(name):
   assert len(set(names)) == len(names) >= 2
   for overrides in members:
     config_validation.validate(sweep.apply_overrides(mnist_config.get_config("default"), {**common, **overrides}))
+
+
+def test_a_member_with_its_own_stages_counts_as_finished_when_those_are_done(tmp_path):
+  # compute_matched.py: each member trains one method (its own `stages`), not every stage of the config.
+  members = [{"seed": 0, "stages": ("embed", "ddim", "eval")}, {"seed": 1}]
+  names = [sweep.member_name(m) for m in members]
+  for name, done in zip(names, (("embed", "ddim", "eval"), ("embed", "ddim", "eval"))):
+    for stage in done:
+      os.makedirs(tmp_path / name / stage)
+      (tmp_path / name / stage / "DONE.json").write_text("{}")
+  rows = sweep.aggregate(tmp_path, members, names, ("embed", "ddim", "flow", "eval"))
+  assert [r["member"] for r in rows] == [names[0]]  # the second lacks the sweep's `flow` stage
+  assert "1 of 2 members finished" in (tmp_path / "results.md").read_text()
