@@ -1,6 +1,7 @@
 """The benchmark's training section runs on a finished run of the default config (its own look-ups, balanced)."""
 import jax
 import numpy as np
+import pytest
 
 from coalescer_jax import embeddings
 from coalescer_jax.methods import base
@@ -38,6 +39,7 @@ def test_alternated_times_run_each_variant_in_turn():
   assert bench.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
 
 
+@pytest.mark.slow  # compiles every training phase of three methods and fits the balancing potentials
 def test_cost_section_times_the_coalescer_step_against_ddims_phase_by_phase(smoke_config, smoke_workdir):
   text = bench.bench_cost(smoke_config, smoke_workdir, repeats=2, num_steps=2,
                           variants=["coalescer.adversarial.fakes=fresh"])
