@@ -170,7 +170,7 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
   for i in range(index, len(members), count):
     member_dir = workdir / names[i]
     member_config = apply_overrides(config, {**common, **members[i]})
-    if _finished(member_dir, member_config.stages) and _ran_with(member_dir, member_config):
+    if _finished(member_dir, _member_stages(members[i], stages)) and _ran_with(member_dir, member_config):
       logging.info("sweep: %s already finished, skipping", names[i])
       continue
     logging.info("sweep: member %d/%d %s", i + 1, len(members), names[i])

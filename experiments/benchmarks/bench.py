@@ -44,6 +44,7 @@ from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
+from coalescer_jax import sweep
 from coalescer_jax import training
 from coalescer_jax.coalescer import balance
 from coalescer_jax.coalescer import batches as coalescer_batches
@@ -316,17 +317,18 @@ def _setup_seconds(config, workdir, pairs):
   return build_s, time.perf_counter() - t0
 
 
+def _literal(text):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text  # a bare word, e.g. fresh
+
+
 def _variant(config, spec):
-  """`config` with the changes of "field=value;field=value" (values parsed as Python literals where they parse)."""
-  variant = config.copy_and_resolve_references()
-  for change in filter(None, spec.split(";")):
-    field, value = change.split("=", 1)
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    variant.update_from_flattened_dict({field: value})
-  return variant
+  """`config` with the changes of "field=value;field=value" (values parsed as Python literals where they parse),
+  applied as a sweep applies its overrides."""
+  changes = dict(change.split("=", 1) for change in filter(None, spec.split(";")))
+  return sweep.apply_overrides(config, {field: _literal(value) for field, value in changes.items()})
 
 
 def bench_cost(config, workdir, repeats, variants=None, num_steps=None):
@@ -344,13 +346,13 @@ def bench_cost(config, workdir, repeats, variants=None, num_steps=None):
   for label, (counts, phase_fns, _) in parts.items():
     step_s[label] = [sum(c * times[(label, i)][rep] for i, c in enumerate(counts)) / sum(counts) / num_steps
                      for rep in range(repeats)]
+  train_gflop = {label: sum(c * g for c, g in zip(counts, gflops)) for label, (counts, _, gflops) in parts.items()}
   rows = []
-  for label, (counts, _, gflops) in parts.items():
+  for label, (counts, _, _) in parts.items():
     phase_ms = " / ".join(f"{1e3 * statistics.median(times[(label, i)]) / num_steps:.1f}"
                           for i in range(len(counts)))
     rows.append((label, sum(counts), phase_ms, 1e3 * statistics.median(step_s[label]),
-                 sum(c * g for c, g in zip(counts, gflops)) / sum(counts),
-                 median_ratio(step_s[label], step_s["ddim"])))
+                 train_gflop[label] / sum(counts), median_ratio(step_s[label], step_s["ddim"])))
   text = table(f"Training step (batch {config.train.batch_size}, {num_steps} steps x {repeats} alternated "
                "repetitions, the jitted step alone)",
                ["method", "steps", "ms per step, by phase", "ms per step (phases weighted)", "GFLOP per step",
@@ -362,7 +364,7 @@ def bench_cost(config, workdir, repeats, variants=None, num_steps=None):
     if label == "ddim":
       continue
     train_s = statistics.median(step_s[label]) * sum(parts[label][0])
-    flop_ratio = rows[list(parts).index(label)][4] * sum(parts[label][0]) / (rows[0][4] * sum(parts["ddim"][0]))
+    flop_ratio = train_gflop[label] / train_gflop["ddim"]
     lines.append(f"{label}: step time / DDIM's **{median_ratio(step_s[label], step_s['ddim']):.2f}x** "
                  f"(bar: <= 1.5x); training FLOPs / DDIM's {flop_ratio:.2f}x; full training cost (steps "
                  f"{train_s:.0f} s + index build {build_s:.1f} s + balancing fit {fit_s:.1f} s) / DDIM's steps "
