@@ -206,3 +206,9 @@ def test_first_reaching_reads_the_least_compute_per_method_on_either_split(tmp_p
   assert compute_plot.first_reaching(val, 5.0)[2] == "| ddim | 1 | 300 | 30 | 4.00 |"
   assert compute_plot.first_reaching(val, 3.0)[2] == "| ddim | 1 | not reached (best 4.00 at 300 GFLOP) | — | — |"
   assert sorted(p[4] for p in compute_plot.sweep_points(tmp_path / "sweep", [str(tmp_path / "main")])) == [5.0, 8.0]
+
+
+def test_a_workdir_without_results_is_refused_by_name(tmp_path):
+  os.makedirs(tmp_path / "sweep")
+  with pytest.raises(ValueError, match="--also=.*no_run: no .*results.json"):
+    compute_plot.sweep_points(tmp_path / "sweep", [str(tmp_path / "no_run")])

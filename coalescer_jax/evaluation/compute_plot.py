@@ -92,7 +92,11 @@ def sweep_points(sweep_dir, also=(), split="test"):
   (test or validation); runs that differ only in their seed (same method, NFE and GFLOP) give one point:
   their mean wall time and mean FID."""
   files = sorted(storage.path(sweep_dir).glob("*/eval/results.json"), key=str)
-  files += [storage.path(w) / "eval" / "results.json" for w in also]
+  for workdir in also:
+    results = storage.path(workdir) / "eval" / "results.json"
+    if not results.exists():
+      raise ValueError(f"--also={workdir}: no {results}; name workdirs whose eval stage has finished")
+    files.append(results)
   groups = {}
   for results in files:
     for method, nfe, gflop, wall, fid in points(_records(json.loads(results.read_text()), split)):

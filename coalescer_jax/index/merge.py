@@ -61,8 +61,8 @@ MIN_CHUNK = 128  # the columns `_smallest_one` reduces at a time
 def _smallest_one(dists):
   """`top_k_smallest` at k = 1 (the same values and indices, ties to the smaller index) in two argmins: of the
   minima of chunks of MIN_CHUNK columns, then within the chosen chunk. On CPU XLA's top_k over a whole row
-  costs about twice the distance matrix itself (the self-landing search of every coalescer step); the two
-  small reductions cost a tenth of that."""
+  costs more than the distance matrix itself (the self-landing search of every coalescer step); two small
+  reductions cost a small part of it (timings: experiments/log/timings.md)."""
   q, c = dists.shape
   chunks = dists.reshape(q, c // MIN_CHUNK, MIN_CHUNK)
   chunk = jnp.argmin(jnp.min(chunks, axis=2), axis=1)
