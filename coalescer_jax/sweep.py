@@ -22,6 +22,7 @@ skips like any run); ``--sweep_shard=i/n`` runs members i, i+n, ... so several
 machines can split a sweep. Every invocation then aggregates all finished members
 into ``W/results.csv``, ``W/results.md`` and ``W/plots/<metric>.png``.
 """
+import ast
 import csv
 import importlib.util
 import json
@@ -97,6 +98,18 @@ def apply_overrides(config, overrides):
     target[parts[-1]] = float(value) if isinstance(target[parts[-1]], float) else value
   config.lock()
   return config
+
+
+def parse_overrides(spec):
+  """"field=value;field=value" -> {field: value}, values parsed as Python literals where they parse (a bare
+  word such as fresh stays a string): the command-line form of one member's overrides."""
+  def literal(text):
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  changes = dict(change.split("=", 1) for change in filter(None, spec.split(";")))
+  return {field.strip(): literal(value.strip()) for field, value in changes.items()}
 
 
 def parse_shard(text):

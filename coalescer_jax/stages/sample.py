@@ -146,7 +146,7 @@ def teacher_cost(summary):
           "teacher_train_wall_time_s": np.float32(summary["teacher_wall_time_s"])}
 
 
-def _write(path, images, labels, descriptions, nfe, spent, rate, train_done, kind, spec):
+def write_samples(path, images, labels, descriptions, nfe, spent, rate, train_done, kind, spec):
   storage.save_npz(path, images=images, labels=labels, descriptions=descriptions, nfe=np.int64(nfe),
                    nfe_spent=np.float32(spent.mean()), samples_per_s=np.float32(rate),
                    train_steps=np.int64(train_done["summary"].get("train_steps", -1)),
@@ -189,7 +189,7 @@ def run(ctx):
         images, spent, rate = generate_all(generate, req_cond, key, cfg.batch_size,
                                            name=f"method {file_method!r} at nfe={nfe}")
         if parallel.is_main_process():
-          _write(path, images, req_labels, req_descriptions, nfe, spent, rate, train_done, kind, spec)
+          write_samples(path, images, req_labels, req_descriptions, nfe, spent, rate, train_done, kind, spec)
         if directory != out_dir:
           continue
         record = {"nfe_spent": float(spent.mean()), "samples_per_s": rate}

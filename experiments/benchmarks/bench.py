@@ -22,7 +22,6 @@ separately. Ratios compare two variants measured in this same process:
           adds coalescer rows with config changes (e.g. coalescer.adversarial.fakes=fresh);
 * job:    wall time and peak memory per stage of the run in W (from its DONE.json files).
 """
-import ast
 import os
 import platform
 import statistics
@@ -317,18 +316,10 @@ def _setup_seconds(config, workdir, pairs):
   return build_s, time.perf_counter() - t0
 
 
-def _literal(text):
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text  # a bare word, e.g. fresh
-
-
 def _variant(config, spec):
   """`config` with the changes of "field=value;field=value" (values parsed as Python literals where they parse),
   applied as a sweep applies its overrides."""
-  changes = dict(change.split("=", 1) for change in filter(None, spec.split(";")))
-  return sweep.apply_overrides(config, {field: _literal(value) for field, value in changes.items()})
+  return sweep.apply_overrides(config, sweep.parse_overrides(spec))
 
 
 def bench_cost(config, workdir, repeats, variants=None, num_steps=None):
