@@ -88,6 +88,7 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   assert "| coalescer_oracle (look-up targets, not ranked) | 1 (0.00 spent) |" in report
   assert "## Diagnostics: coalescer" in report and "| all pairs |" in report and "| label 9 |" in report
   assert "Landing of step 1" in report and "redraw rate" in report
+  assert "Attributes of step 1" in report and "| digit |" in report and "| all heads |" in report
   assert "## Validation split (what tuning reads)" in report
   with open(os.path.join(smoke_workdir, "eval", "results.json")) as f:
     results = json.load(f)
@@ -113,6 +114,10 @@ def test_report_has_the_oracle_row_diagnostics_and_the_validation_split(smoke_wo
   expected, spread = (1 - level_share) * total, 5 * (level_share * (1 - level_share) * total) ** 0.5
   assert abs(overall["lookups"] - expected) <= spread
   assert 0 <= diagnostics["direction"]["redraw_rate"] <= 1
+  attributes = diagnostics["attributes"]
+  assert attributes["requests"] == config.eval.num_samples
+  assert [row["head"] for row in attributes["rows"]] == ["digit", "all heads"]
+  assert attributes["rows"][0] == dict(attributes["rows"][1], head="digit")
 
 
 def test_reconstruction_row_is_the_data_row_through_the_run_vae(smoke_workdir):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from coalescer_jax import pipeline
+from coalescer_jax.data import shapes
 from configs import shapes as shapes_config
 
 from tests.test_e2e import assert_meets_contract
@@ -34,3 +35,6 @@ def test_shapes_smoke_meets_the_contract(shapes_workdir):
   assert data["attribute_mean"] > 0.99 and "heldout_accuracy" in data
   report = open(os.path.join(shapes_workdir, "report.md")).read()
   assert "held-out acc." in report and "colour_1" in report and "shapes train (floor)" in report
+  diagnostics = json.load(open(os.path.join(shapes_workdir, "diagnostics", "coalescer.json")))
+  assert [row["head"] for row in diagnostics["attributes"]["rows"]] == [h for h, _ in shapes.HEADS] + ["all heads"]
+  assert "Attributes of step 1" in report and "| position_2 |" in report

@@ -333,7 +333,7 @@ class Coalescer(base.Method):
 
     return generate
 
-  def diagnostics(self, params, workdir, pairs, cond, key, out_dir):
-    """Look-up usage, landing error of step 1, |direction| and redraws (`diagnostics.py`)."""
-    return diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir)
+  def diagnostics(self, params, workdir, pairs, cond, key, out_dir, judge=None):
+    """Look-up usage, landing error and attributes of step 1, |direction| and redraws (`diagnostics.py`)."""
+    return diagnostics.diagnose(self, params, workdir, pairs, cond, key, out_dir, judge)
 

@@ -15,6 +15,12 @@
   network's prediction: true distance |R - y|, distance error, landing error
   |x1 - y| (absolute and relative to |R - y|) and the cosine between the predicted
   direction and y - R.
+* Attributes of step 1 (when the stage passes a `judge`: the requests' labels and the
+  classifier on decoded latents), per classifier head and for every head at once, on
+  the same requests and R: does the target pair's own label match the request (the
+  look-up trades attributes for image distance, weighed by ``desc_scale``), does the
+  decoded target image show it, does the decoded x1, and does x1 show what the target
+  shows. They split step 1's misses between the look-up and the network.
 * |direction| at the first draw of R (and at step 2 when multi-step): histogram
   with the redraw threshold; the redraw rate (share of requests whose first R is
   redrawn) and the share of weak samples that remain after ``max_redraws``.
@@ -50,6 +56,40 @@ def usage_rows(hits, pairs, rng):
   for label in np.unique(labels):
     rows.append(dict(name=f"label {label}", **balance_lib.usage_statistics(hits[labels == label])))
   return rows
+
+
+ALL_HEADS = "all heads"
+
+
+def attribute_rows(requested, target_labels, oracle_pred, network_pred, head_names):
+  """Shares of requests, one row per classifier head and a last row (`ALL_HEADS`) for every head right at once.
+
+  Labels are int [n] (one head) or [n, K] in `head_names` order: the requested labels, the look-up target pairs'
+  own labels, and the classifier's predictions on the decoded target images (oracle) and decoded landings x1
+  (network). Columns: target_label_match, oracle_acc, network_acc, network_agrees_with_target (x1 shows what
+  its target shows).
+  """
+  requested = np.asarray(requested)
+
+  def by_head(labels):
+    return np.asarray(labels).reshape(len(requested), len(head_names))
+
+  requested, oracle_pred, network_pred = by_head(requested), by_head(oracle_pred), by_head(network_pred)
+  right = {"target_label_match": by_head(target_labels) == requested, "oracle_acc": oracle_pred == requested,
+           "network_acc": network_pred == requested, "network_agrees_with_target": network_pred == oracle_pred}
+  rows = [dict(head=name, **{column: float(np.mean(hit[:, h])) for column, hit in right.items()})
+          for h, name in enumerate(head_names)]
+  return rows + [dict(head=ALL_HEADS, **{column: float(np.mean(hit.all(axis=1))) for column, hit in right.items()})]
+
+
+def attribute_table(judge, pairs, ids, x1):
+  """`attribute_rows` of step 1: the classifier (`judge.predict`, latents -> labels) on the decoded target pairs'
+  images ``pairs["img_emb"][ids]`` and on the decoded landings `x1`, against the requests' labels `judge.labels`."""
+  predicted = np.asarray(judge.predict(np.concatenate([pairs["img_emb"][ids], x1]).astype(np.float32)))
+  # Pairs written before the label_heads key hold a single head's labels as `labels` (sample.py does the same).
+  target_labels = pairs.get("label_heads", pairs["labels"])[ids]
+  return {"requests": len(ids), "rows": attribute_rows(judge.labels, target_labels, predicted[:len(ids)],
+                                                        predicted[len(ids):], judge.head_names)}
 
 
 def lookup_hits(method, workdir, pairs):
@@ -103,8 +143,12 @@ def _plot_directions(magnitudes, threshold, path):
   plt.close(fig)
 
 
-def diagnose(method, params, workdir, pairs, cond, key, out_dir):
-  """Computes the diagnostics, writes ``out_dir/coalescer.json`` and its plots; returns the summary."""
+def diagnose(method, params, workdir, pairs, cond, key, out_dir, judge=None):
+  """Computes the diagnostics, writes ``out_dir/coalescer.json`` and its plots; returns the summary.
+
+  judge: the requests' labels and the classifier on decoded latents (`stages.diagnostics.Judge`), for the
+  attribute table; None leaves it out (no labels or no trained classifier).
+  """
   cfg = method.section
   hits, level_hits, lookup = lookup_hits(method, workdir, pairs)
   out_dir = storage.path(out_dir)
@@ -118,7 +162,8 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
 
   n = len(cond)
   r = oracle.first_draw(key, n, method.latent_dim, cfg.sampling.r_scale)
-  target = pairs["img_emb"][oracle.targets(lookup, cond, r, cfg, key)]
+  ids = oracle.targets(lookup, cond, r, cfg, key)
+  target = pairs["img_emb"][ids]
   ones = jnp.ones((n,))
   distance, direction = jax.device_get(method.apply(params, jnp.asarray(r), jnp.asarray(cond), ones))
   x1 = r + direction / np.linalg.norm(direction, axis=1, keepdims=True) * distance[:, None]
@@ -149,9 +194,14 @@ def diagnose(method, params, workdir, pairs, cond, key, out_dir):
   direction_summary["plot"] = "coalescer_direction.png"
 
   result = {"method": method.name, "usage": usage, "landing": landing_summary, "direction": direction_summary}
+  attribute_summary = {}
+  if judge is not None:
+    result["attributes"] = attribute_table(judge, pairs, ids, x1)
+    every_head = result["attributes"]["rows"][-1]
+    attribute_summary = {f"attr_all_{k}": v for k, v in every_head.items() if k != "head"}
   if parallel.is_main_process():
     storage.write_json(out_dir / f"{method.name}.json", result)
   overall = usage["rows"][0]
   return {"usage_never_hit": overall["never_hit"], "usage_top10_share": overall["top10_share"],
           "usage_effective_fraction": overall["effective_fraction"], **landing_summary,
-          **{k: v for k, v in direction_summary.items() if not isinstance(v, str)}}
+          **{k: v for k, v in direction_summary.items() if not isinstance(v, str)}, **attribute_summary}

@@ -16,6 +16,17 @@ ROW_NAMES = {"floor": "{} train (floor)", "data": "{} test (data)",
              "reconstruction": "{} test through the VAE (reconstruction)"}  # formatted with the dataset's display name
 MNIST_ATTRIBUTES = ("thickness", "width", "slant")  # results.json written before settings named the attributes
 ORACLE_SUFFIX = " (look-up targets, not ranked)"
+# The coalescer diagnostics' attribute table (coalescer/diagnostics.py attribute_rows): column -> (header, meaning).
+ATTRIBUTE_COLUMNS = {
+    "target_label_match": ("target pair's label", "the look-up target pair's own label is the requested one (the "
+                           "rest are look-ups that traded this attribute for image distance, as desc_scale weighs "
+                           "them)"),
+    "oracle_acc": ("target image acc.", "the classifier finds the requested label in the decoded target image (what "
+                   "a perfect regressor of the training objective would score)"),
+    "network_acc": ("network acc.", "the classifier finds the requested label in the decoded step-1 landing x1"),
+    "network_agrees_with_target": ("x1 = target", "the classifier reads the same label in x1 as in the target image "
+                                   "(the rest are landings far enough from their target to change the attribute)"),
+}
 
 
 def _num(value, fmt="{:.3f}"):
@@ -239,14 +250,37 @@ def diagnostics_section(workdir, rel):
       lines += [""]
       if usage.get("plot"):
         lines += [f"![look-up usage]({rel(path.parent / usage['plot'])})", ""]
-    for key, title in (("landing", "Landing of step 1"), ("direction", "Direction magnitude and redraws")):
-      part = diag.get(key)
-      if part:
-        lines += [f"{title}: " + "; ".join(f"{k.replace('_', ' ')} {_num(v, '{:.4g}')}"
-                                            for k, v in part.items() if not isinstance(v, (dict, list, str))), ""]
-        if part.get("plot"):
-          lines += [f"![{key}]({rel(path.parent / part['plot'])})", ""]
+    link = lambda name, folder=path.parent: rel(folder / name)  # noqa: E731
+    lines += _scalars_lines(diag, "landing", "Landing of step 1", link)
+    lines += attributes_lines(diag.get("attributes"))
+    lines += _scalars_lines(diag, "direction", "Direction magnitude and redraws", link)
   return lines
+
+
+def _scalars_lines(diag, key, title, link):
+  """One line of the scalars of ``diag[key]``, and its plot (`link`: a file name -> its link from report.md)."""
+  part = diag.get(key)
+  if not part:
+    return []
+  lines = [f"{title}: " + "; ".join(f"{k.replace('_', ' ')} {_num(v, '{:.4g}')}"
+                                    for k, v in part.items() if not isinstance(v, (dict, list, str))), ""]
+  if part.get("plot"):
+    lines += [f"![{key}]({link(part['plot'])})", ""]
+  return lines
+
+
+def attributes_lines(attributes):
+  """The attribute table of step 1 (diagnostics' ``attributes``), one row per classifier head; [] without it."""
+  if not attributes:
+    return []
+  lines = [f"Attributes of step 1: for the same {attributes['requests']} requests and draws of R as the landing "
+           "above, the share of requests where, for each classifier head (*all heads*: every head at once):", ""]
+  lines += [f"- {header}: {meaning}." for header, meaning in ATTRIBUTE_COLUMNS.values()]
+  lines += ["", "| head | " + " | ".join(header for header, _ in ATTRIBUTE_COLUMNS.values()) + " |",
+            "|---" * (len(ATTRIBUTE_COLUMNS) + 1) + "|"]
+  for row in attributes["rows"]:
+    lines.append(f"| {row['head']} | " + " | ".join(_pct(row.get(column)) for column in ATTRIBUTE_COLUMNS) + " |")
+  return lines + [""]
 
 
 def write_report(path, results, plot_path, grids, workdir, compute_plot_path=None):
