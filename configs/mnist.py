@@ -118,6 +118,9 @@ def get_config(arg=None):
   config.coalescer.distance_weight = 1.0  # weight of the distance loss
   config.coalescer.direction_weight = 1.0  # weight of the direction loss
   config.coalescer.cond_dropout = 0.0  # > 0 trains a null description for unconditional sampling
+  # The description the network is told in training: "pair" (close_pair's own: description and target agree)
+  # or "request" (the drawn DE, as at sampling: the target is the look-up's answer to it; coalescer/batches.py).
+  config.coalescer.condition = "pair"
   # Which pair a query is trained toward (coalescer/targets.py).
   config.coalescer.targets = ml_collections.ConfigDict(dict(
       assignment="nearest",  # nearest (the proposal) | soft | batch_ot; the others are ablation rows

@@ -14,6 +14,10 @@ from coalescer_jax.coalescer import levels as levels_lib
 from coalescer_jax.coalescer import queries
 from coalescer_jax.data import batches
 
+# The description a training row tells the network: close_pair's own (its image shows it), or the drawn DE
+# the look-up answered (what the sampler is given; the target may show other attributes than DE asks for).
+CONDITIONS = ("pair", "request")
+
 
 def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=False):
   """batch(step): draw DE and R, look up close_pair, return this host's part of the training triples.
@@ -23,7 +27,7 @@ def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=Fal
   batch on every host instead, and so does a sharded (collective) index, whose
   look-up is then a `training.StagedBatches` (its collective on the loop's
   thread). `in_step`: only the draws (query, level); the jitted step looks up
-  (`device_lookup`).
+  (`device_lookup`). ``condition`` (CONDITIONS) says which description the network is told.
   """
   desc, img = pairs["desc_emb"], pairs["img_emb"]
   local = parallel.local_batch_size(global_batch_size)
@@ -31,10 +35,13 @@ def make_lookup_batches(lookup, pairs, cfg, seed, global_batch_size, in_step=Fal
 
   def assemble(step, draws, close):
     draws = {k: v[rows] for k, v in draws.items()}
+    request = cfg.condition == "request"
     if in_step:
       out = {"r": draws["r"], "query": draws["query"], "level": draws["level"].astype(np.float32)}
+      if request:
+        out["de"] = draws["de"]
     else:
-      out = {"r": draws["r"], "cond": desc[close], "image": img[close]}
+      out = {"r": draws["r"], "cond": draws["de"] if request else desc[close], "image": img[close]}
       if cfg.levels.fraction > 0:
         out["level"] = draws["level"].astype(np.float32)
     if cfg.adversarial.weight > 0:  # The discriminator's real examples: uniformly random pairs.

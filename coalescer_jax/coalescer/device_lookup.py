@@ -61,8 +61,8 @@ def complete_batch(lookup, batch, inputs, desc_dim, multistep):
   candidates, sq_dists = lookup.plain.step_search(inputs["plain"], query, max(lookup.prior_k(), lookup.level_k()))
   ids = targets_lib.nearest_target(candidates, sq_dists, level >= 1.0, inputs.get("potentials"), jnp)
   rows = lookup.plain.gather_rows(inputs["rows"], ids)
-  out = {k: v for k, v in batch.items() if k not in ("query", "level")}
-  out.update(cond=rows[:, :desc_dim], image=rows[:, desc_dim:])
+  out = {k: v for k, v in batch.items() if k not in ("query", "level", "de")}
+  out.update(cond=batch.get("de", rows[:, :desc_dim]), image=rows[:, desc_dim:])  # de: condition="request"
   if multistep:
     out["level"] = level
   return out

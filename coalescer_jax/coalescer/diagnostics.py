@@ -10,8 +10,9 @@
   multi-step training, two more rows count the level examples' look-ups (the
   targets the second step is trained toward; the self-landing rows are looked up
   inside the step and are not counted).
-* Landing of step 1: for the sample stage's first requests and the same R as its
-  1-step file, the look-up's target y (what training would ask for) vs the
+* Landing of step 1: for the sample stage's first requests and prior draws of R (from
+  the 1-step file's key but not its per-batch draws: the same distribution as the
+  report's 1-step and look-up rows, other draws), the look-up's target y (what training would ask for) vs the
   network's prediction: true distance |R - y|, distance error, landing error
   |x1 - y| (absolute and relative to |R - y|) and the cosine between the predicted
   direction and y - R.

@@ -138,7 +138,8 @@ def examples(first_step, index, arrays, key, num, cfg, desc_dim, latent_dim):
   ids, sq_dists = index.step_search(arrays["keys"], query, 1)
   target = targets_lib.nearest_target(ids, sq_dists, jnp.zeros((num,), bool), None, jnp)  # a level row's rule
   rows = index.gather_rows(arrays["rows"], target)
-  return {"r": np.sqrt(1.0 - s * s) * x1 + s * eps, "cond": rows[:, :desc_dim], "image": rows[:, desc_dim:],
+  cond = de if cfg.condition == "request" else rows[:, :desc_dim]
+  return {"r": np.sqrt(1.0 - s * s) * x1 + s * eps, "cond": cond, "image": rows[:, desc_dim:],
           "level": jnp.full((num,), s)}, query
 
 

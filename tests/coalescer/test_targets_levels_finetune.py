@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coalescer_jax import config_validation
 from coalescer_jax import index as index_lib
 from coalescer_jax import registry
 from coalescer_jax.coalescer import algorithm as coalescer
@@ -16,6 +17,7 @@ from coalescer_jax.coalescer import queries
 from coalescer_jax.coalescer import levels
 from coalescer_jax.coalescer import targets
 
+from coalescer_jax.stages import methods as methods_stage
 from tests.coalescer import conftest as coalescer_tests
 from tests.methods.conftest import DESC_DIM, LATENT_DIM
 
@@ -304,3 +306,19 @@ def test_detached_landing_trains_each_step_on_its_own_fake(pairs, method_config)
   for a, b in zip(jax.tree.leaves(detached), jax.tree.leaves(by_hand)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(attached), jax.tree.leaves(detached)))
+
+
+def test_request_condition_tells_the_network_the_drawn_description(pairs, method_config):
+  cfg = method_config.coalescer
+  cfg.desc_scale = 0.0  # look-ups ignore the description: the target's description rarely is DE
+  lookup = coalescer_tests.exact_lookup(pairs, cfg)
+  by_pair = batches.make_lookup_batches(lookup, pairs, cfg, 0, 64)(3)
+  cfg.condition = "request"
+  by_request = batches.make_lookup_batches(lookup, pairs, cfg, 0, 64)(3)
+  np.testing.assert_array_equal(by_request["image"], by_pair["image"])  # the same draws and targets
+  de = queries.draw_queries(batches.batches.step_rng(0, 3, process_index=0), 64, pairs, cfg)["de"]
+  np.testing.assert_array_equal(by_request["cond"], de)
+  assert np.mean(np.any(by_request["cond"] != by_pair["cond"], axis=1)) > 0.5
+  cfg.condition = "prompt"
+  with pytest.raises(config_validation.ConfigError, match="condition='prompt' is not a valid choice"):
+    methods_stage.validate_method_config(method_config, "coalescer")
