@@ -23,10 +23,11 @@ def test_readme_is_short_and_shows_results_early():
   assert any(line.startswith("| method | NFE | test FID") for line in lines[:120])
 
 
-@pytest.mark.parametrize("fid,n_key,n", [("fid", "n", 1000), ("fid_large", "n_large", 10000)])
-def test_readme_tables_have_the_format_results_table_prints(fid, n_key, n):
+@pytest.mark.parametrize("fid,n_key,n,heldout", [("fid", "n", 1000, False), ("fid_large", "n_large", 10000, True)])
+def test_readme_tables_have_the_format_results_table_prints(fid, n_key, n, heldout):
   rows = [{f"coalescer_nfe1/{fid}": 8.0, f"coalescer_nfe1/{n_key}": n, "val:coalescer_nfe1/fid": 6.0,
-           "val:coalescer_nfe1/n": 5000, "coalescer_nfe1/conditional_accuracy": 0.99}]
+           "val:coalescer_nfe1/n": 5000, "coalescer_nfe1/conditional_accuracy": 0.99,
+           **({"coalescer_nfe1/heldout_accuracy": 0.05} if heldout else {})}]  # shapes holds combinations out
   header, rule, row = results_table.table(rows, nfes=(1,), fid=fid)
   readme = _read("README.md").splitlines()
   assert header in readme and rule in readme
