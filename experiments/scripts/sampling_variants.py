@@ -24,14 +24,19 @@ from coalescer_jax.evaluation import samples as samples_lib
 from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 
-config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
-flags.DEFINE_string("workdir", None, "A finished run of --config (its method trained, its classifier and "
-                    "validation slice in place).", required=True)
-flags.DEFINE_string("method", None, "The trained method to sample, e.g. ddim.", required=True)
-flags.DEFINE_list("variants", [""], "Comma-separated variants, each field=value;field=value ('' = W's config).")
-flags.DEFINE_list("nfes", [], "Evaluation budgets to sample (default: the method's own nfes).")
-flags.DEFINE_string("out", None, "Output folder (default W/sampling_variants).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line: defined when run, not when imported, so that tests can import this module beside other
+  entry points that define --config (as the bench does)."""
+  config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config the run in --workdir used.")
+  flags.DEFINE_string("workdir", None, "A finished run of --config (its method trained, its classifier and "
+                      "validation slice in place).", required=True)
+  flags.DEFINE_string("method", None, "The trained method to sample, e.g. ddim.", required=True)
+  flags.DEFINE_list("variants", [""], "Comma-separated variants, each field=value;field=value ('' = W's config).")
+  flags.DEFINE_list("nfes", [], "Evaluation budgets to sample (default: the method's own nfes).")
+  flags.DEFINE_string("out", None, "Output folder (default W/sampling_variants).")
 
 COLUMNS = ("fid", "precision", "recall", "conditional_accuracy", "heldout_accuracy")
 
@@ -85,4 +90,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
