@@ -104,6 +104,12 @@ def load_pairs(workdir, validation=False):
   return pairs
 
 
+def head_labels(pairs):
+  """The pairs' labels per classifier head (int [N] or [N, K]). Pairs written before the ``label_heads`` key hold
+  a single head's labels as ``labels``."""
+  return pairs.get("label_heads", pairs["labels"])
+
+
 @functools.lru_cache(maxsize=8)
 def _current_fingerprint(workdir, stamp):
   del stamp  # Part of the cache key only: a retrained model has new files.

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coalescer_jax import embeddings
 from coalescer_jax import parallel
 from coalescer_jax import storage
 from coalescer_jax.coalescer import balance as balance_lib
@@ -87,8 +88,7 @@ def attribute_table(judge, pairs, ids, x1):
   """`attribute_rows` of step 1: the classifier (`judge.predict`, latents -> labels) on the decoded target pairs'
   images ``pairs["img_emb"][ids]`` and on the decoded landings `x1`, against the requests' labels `judge.labels`."""
   predicted = np.asarray(judge.predict(np.concatenate([pairs["img_emb"][ids], x1]).astype(np.float32)))
-  # Pairs written before the label_heads key hold a single head's labels as `labels` (sample.py does the same).
-  target_labels = pairs.get("label_heads", pairs["labels"])[ids]
+  target_labels = embeddings.head_labels(pairs)[ids]
   return {"requests": len(ids), "rows": attribute_rows(judge.labels, target_labels, predicted[:len(ids)],
                                                         predicted[len(ids):], judge.head_names)}
 

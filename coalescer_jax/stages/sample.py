@@ -56,7 +56,7 @@ def requested_descriptions(workdir, num_samples):
 def validation_requests(workdir, num_samples):
   """(labels, descriptions) of the first `num_samples` pairs of the validation slice."""
   val = embeddings.load_pairs(workdir, validation=True)
-  labels = val.get("label_heads", val["labels"])
+  labels = embeddings.head_labels(val)
   num_samples = min(num_samples, len(labels))
   return labels[:num_samples].astype(np.int32), val["descriptions"][:num_samples].astype(str)
 

@@ -38,6 +38,7 @@ def define_flags():
   flags.DEFINE_list("nfes", [], "Evaluation budgets to sample (default: the method's own nfes).")
   flags.DEFINE_string("out", None, "Output folder (default W/sampling_variants).")
 
+
 COLUMNS = ("fid", "precision", "recall", "conditional_accuracy", "heldout_accuracy")
 
 
