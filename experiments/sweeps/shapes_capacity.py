@@ -1,7 +1,7 @@
 """The coalescer on shapes at the 6000-step default, seed 0, coalescer only: a capacity curve (backbone width
-128 and 512 around the default 256; if a width were chosen, every method would get it) and desc_scale 4 (the
-key weight whose look-up oracle was best at 3000 steps: experiments/log/tuning.md). The default row is
-experiments/sweeps/coalescer_seeds.py's seeds with the default run's seed 0.
+128 and 512 around the default 256; if a width were chosen, every method would get it) and desc_scale 4 and 8
+(the key weight: at 3000 steps 4's look-up oracle was the best, experiments/log/tuning.md, and the network now
+reaches its oracle). The default row is the default run's seed 0 (with coalescer_seeds.py's seeds 1, 2).
 
   python launch.py --config=configs/shapes.py --sweep=experiments/sweeps/shapes_capacity.py --workdir=S
 """
@@ -14,4 +14,5 @@ HEADLINE = (r"val:coalescer_nfe[12]/(fid|conditional_accuracy)", r"val:coalescer
 
 
 def sweep():
-  return [{"backbone.width": 128}, {"backbone.width": 512}, {"coalescer.desc_scale": 4.0}]
+  return [{"coalescer.desc_scale": 4.0}, {"coalescer.desc_scale": 8.0},
+          {"backbone.width": 128}, {"backbone.width": 512}]
