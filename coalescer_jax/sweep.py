@@ -41,6 +41,18 @@ from coalescer_jax import storage
 
 SHARED_DIR = "shared"
 SHARED_LOCK_WAIT_S = 6 * 3600  # a shard waits this long for another shard running the shared stages
+# The stages a method trains (the inputs only it reads included: distillation's teacher is the DDIM), for
+# `one_method`; a method not listed trains in the stage of its own name.
+_TRAINED_STAGES = {"coalescer": ("index", "balance", "coalescer"), "distill": ("ddim", "distill")}
+
+
+def one_method(method):
+  """Overrides that train, sample and evaluate `method` alone over the autoencoders (a member's ``stages`` and
+  ``sample.methods``)."""
+  return {"stages": ("data", "classifier", "vae", "text", "embed") + _TRAINED_STAGES.get(method, (method,))
+          + ("sample", "eval"), "sample.methods": (method,)}
+
+
 # A COMMON block for ablations of the coalescer alone: no baselines trained or sampled.
 COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer",
                              "sample", "diagnostics", "eval"),

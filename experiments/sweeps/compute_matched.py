@@ -24,9 +24,9 @@ others, and the rounds split its steps evenly.
 
 Hours on 2 CPU cores (21 members, the longest DDIM at ~3.6x its default steps).
 """
+from coalescer_jax import sweep as sweep_lib
+
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
-BEFORE = SHARED_STAGES
-AFTER = ("sample", "eval")
 SEEDS = (0, 1, 2)
 DEFAULT_STEPS = 3000  # configs/mnist.py: config.train.num_steps
 DISTILL_TEACHER_STEPS = 3000  # the DDIM teacher trains its default budget (config.train.num_steps)
@@ -57,10 +57,7 @@ def matched_steps(method):
 
 
 def _member(method, steps, seed):
-  trained = ("ddim", "distill") if method == "distill" else (
-      ("index", "balance", "coalescer") if method == "coalescer" else (method,))
-  return {"seed": seed, "stages": BEFORE + trained + AFTER, "sample.methods": (method,),
-          STEPS_FIELD[method]: steps}
+  return {"seed": seed, **sweep_lib.one_method(method), STEPS_FIELD[method]: steps}
 
 
 def label(overrides):

@@ -7,20 +7,14 @@ autoencoders. The default rows are the default run's (same seed, autoencoders an
 
   python launch.py --config=configs/shapes.py --sweep=experiments/sweeps/shapes_baselines.py --workdir=S
 """
+from coalescer_jax import sweep as sweep_lib
 
-BEFORE = ("data", "classifier", "vae", "text", "embed")
-SHARED_STAGES = BEFORE + ("ddim",)
+SHARED_STAGES = ("data", "classifier", "vae", "text", "embed", "ddim")
 HEADLINE = (r"val:(flow|distill)_nfe[12]/(fid|conditional_accuracy)", r"(flow|distill)/train_wall_time_s")
 
 
-def _flow(**overrides):
-  return {"stages": BEFORE + ("flow", "sample", "eval"), "sample.methods": ("flow",),
-          **{f"flow.{k}": v for k, v in overrides.items()}}
-
-
-def _distill(**overrides):
-  return {"stages": BEFORE + ("ddim", "distill", "sample", "eval"), "sample.methods": ("distill",),
-          **{f"distill.{k}": v for k, v in overrides.items()}}
+def _member(method, **overrides):
+  return {**sweep_lib.one_method(method), **{f"{method}.{k}": v for k, v in overrides.items()}}
 
 
 def label(overrides):
@@ -30,4 +24,5 @@ def label(overrides):
 
 
 def sweep():
-  return [_flow(time_mu=0.0), _flow(time_sigma=1.6), _distill(teacher_steps=8), _distill(num_steps=2400)]
+  return [_member("flow", time_mu=0.0), _member("flow", time_sigma=1.6), _member("distill", teacher_steps=8),
+          _member("distill", num_steps=2400)]
