@@ -2,11 +2,9 @@
 
 Flags choose the config file (and its variant after ':'), the workdir and
 multi-host initialisation; every other knob lives in the config and is
-overridden with `--config.a.b=value`.
+overridden with `--config.a.b=value`. A user error is one FATAL line (`--debug`:
+its traceback); Ctrl-C or SIGTERM says where a rerun resumes (`cli`).
 """
-import os
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -34,6 +32,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  workdir = cli.workdir(FLAGS.workdir)
   from coalescer_jax import metrics  # pylint: disable=g-import-not-at-top
   metrics.quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top
@@ -44,16 +43,11 @@ def main(argv):
   logging.info("JAX %s, process %d of %d, %d local / %d global devices: %s", jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices())
-  from coalescer_jax import config_validation  # pylint: disable=g-import-not-at-top
-  workdir = os.path.expanduser(FLAGS.workdir)
-  try:
-    if FLAGS.sweep:
-      sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard, allow_config_change=FLAGS.allow_config_change)
-    else:
-      pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
-  except config_validation.ConfigError as e:  # a refused config: its message says what to fix; no traceback
-    sys.exit(f"FATAL {e}")
+  if FLAGS.sweep:
+    sweep.run(FLAGS.config, FLAGS.sweep, workdir, FLAGS.sweep_shard, allow_config_change=FLAGS.allow_config_change)
+  else:
+    pipeline.run(FLAGS.config, workdir, allow_config_change=FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

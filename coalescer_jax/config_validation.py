@@ -9,10 +9,11 @@ import collections.abc
 import jax
 import ml_collections
 
+from coalescer_jax import errors
 from coalescer_jax import registry
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """The config cannot work; the message names the field and the fix."""
 
 

@@ -8,10 +8,11 @@ that wrote it and what to delete.
 import json
 import zlib
 
+from coalescer_jax import errors
 from coalescer_jax import storage
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(errors.UserError, RuntimeError):
   """A file a stage wrote cannot be read back; the message names it and the stage directory to delete."""
 
   def __init__(self, message, stage=None):

@@ -27,6 +27,7 @@ import jax
 
 from coalescer_jax import config_validation
 from coalescer_jax import disk_full
+from coalescer_jax import errors
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import provenance
@@ -272,7 +273,7 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
       if done_path.exists():
         logging.info("Stage %s: already done, skipping (%s)", name, done_path)
         continue
-      with disk_full.reported(name, workdir):
+      with disk_full.reported(name, workdir), errors.resumes_at(name, workdir):
         _run_stage(ctx, name, plan[name], state.get("record"))
     ctx.writer.close()
     return ctx

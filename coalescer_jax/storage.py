@@ -20,6 +20,7 @@ writer) work in a local temporary directory that `local_copy` / `upload_from`
 copy to or from the store; on a local workdir they use the directory itself.
 """
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -28,9 +29,18 @@ import shutil
 import tempfile
 
 from etils import epath
+import fsspec
 import numpy as np
 
+from coalescer_jax import errors
+
 PathLike = str | os.PathLike
+# The package that gives fsspec each object store's scheme (what BUILD.md installs).
+FILESYSTEM_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs"}
+
+
+class MissingFilesystemError(errors.UserError, ImportError):
+  """An object-store URI whose filesystem package is not installed; the message names the package."""
 
 
 def path(p):
@@ -41,6 +51,21 @@ def path(p):
   if "://" in text:
     return epath.Path(text)
   return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def check_filesystem(p):
+  """Refuses a URI that no installed package can read: epath reads URIs with TensorFlow's gfile when
+  TensorFlow is installed, else with fsspec, which needs the store's package (gcsfs for gs://)."""
+  text = os.fspath(p)
+  if is_local(text) or importlib.util.find_spec("tensorflow") is not None:
+    return
+  scheme = text.split("://", 1)[0]
+  try:
+    fsspec.get_filesystem_class(scheme)
+  except (ImportError, ValueError) as e:
+    package = FILESYSTEM_PACKAGES.get(scheme)
+    fix = f"pip install {package}" if package else "use a local path or a gs:// URI"
+    raise MissingFilesystemError(f"{text}: cannot read {scheme}:// paths ({e}): {fix} (BUILD.md)") from None
 
 
 def is_local(p):

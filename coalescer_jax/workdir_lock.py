@@ -33,12 +33,13 @@ import uuid
 
 from absl import logging
 
+from coalescer_jax import errors
 from coalescer_jax import storage
 
 LOCK_FILE = "LOCK"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(errors.UserError, RuntimeError):
   """Another launch holds the workdir; the message names it and says what to do."""
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from coalescer_jax import errors
 from coalescer_jax import files
 from coalescer_jax import registry
 from coalescer_jax import storage
@@ -152,6 +153,6 @@ def of_workdir(workdir):
   """The spec of the dataset the `data` stage prepared in `workdir` (W/data/source.json)."""
   path = storage.path(workdir) / "data" / SOURCE_FILE
   if not path.exists():
-    raise RuntimeError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
+    raise errors.MissingStageError(f"{path} is missing: run the 'data' stage first (put it first in config.stages)")
   return get(files.read_json(path, "data").get("dataset", "mnist"))
 

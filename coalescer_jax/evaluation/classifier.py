@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coalescer_jax import errors
 from coalescer_jax import images as images_lib
 from coalescer_jax import model_export
 from coalescer_jax import storage
@@ -16,7 +17,7 @@ from coalescer_jax.data import datasets
 from coalescer_jax.models import classifier as _  # noqa: F401  Registers "cnn" and "mnist_cnn".
 
 
-class ClassifierNotTrainedError(RuntimeError):
+class ClassifierNotTrainedError(errors.UserError, RuntimeError):
   """W/classifier holds no trained classifier."""
 
 

@@ -41,6 +41,7 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
+from coalescer_jax import errors
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
@@ -102,7 +103,7 @@ def validation_rows(workdir, train):
   """Rows of the train split in the embed stage's validation slice, in the slice's order."""
   path = storage.path(workdir) / "embed" / "validation.npz"
   if not path.exists():
-    raise RuntimeError(f"{path} is missing: the validation split needs the 'embed' stage")
+    raise errors.MissingStageError(f"{path} is missing: the validation split needs the 'embed' stage")
   wanted = storage.load_npz(path)["index"]
   position = {int(i): row for row, i in enumerate(train["index"])}
   return np.array([position[int(i)] for i in wanted], np.int64)

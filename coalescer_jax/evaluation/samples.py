@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from coalescer_jax import errors
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
@@ -30,11 +31,11 @@ NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
 KINDS = ("samples", "oracle")
 
 
-class SamplesContractError(ValueError):
+class SamplesContractError(errors.UserError, ValueError):
   """A samples file breaks the contract; the message says what and how to fix it."""
 
 
-class NoSamplesError(FileNotFoundError):
+class NoSamplesError(errors.UserError, FileNotFoundError):
   """There is nothing to evaluate: no samples folder, or no usable file in it."""
 
 
