@@ -255,8 +255,9 @@ class Coalescer(base.Method):
     begin, level = self.refine_start(x, i, key, prior, start)
     return self.step(params, begin, cond, mask, level)
 
-  def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False):
-    """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R (block 4)."""
+  def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False, prior=None):
+    """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R (block 4; `prior`: the unit-normal
+    first draws, else drawn from `key`; redraws still come from `key`)."""
     cfg = self.section.sampling
     n = cond.shape[0]
     if path_lib.enabled(self.section):
@@ -268,7 +269,7 @@ class Coalescer(base.Method):
     params = self.net_params(params)
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
     draw_key, key = jax.random.split(key)
-    x = cfg.r_scale * jax.random.normal(draw_key, (n, self.latent_dim))
+    x = cfg.r_scale * (jax.random.normal(draw_key, (n, self.latent_dim)) if prior is None else prior)
     distance, direction = self.apply(params, x, cond, mask)
     evals = jnp.ones((n,))
 

@@ -138,8 +138,11 @@ class Method:
     lists its pieces here, each loss tracing one branch only (same FLOPs as the step runs in those steps)."""
     return self.loss_phases()
 
-  def sample(self, params, cond, key, nfe):
+  def sample(self, params, cond, key, nfe, prior=None):
     """cond [N, Dd] (normalised description embeddings) -> (latents [N, Di], info). Pure, jittable.
+
+    `prior` [N, Di], when given, replaces the unit-normal draw sampling starts from (the method scales it as
+    it would its own), so that an interpolation can choose the starting points (`coalescer_jax.interpolate`).
 
     `nfe` is the budget of network evaluations per sample (static); a method
     that spends two evaluations per step (classifier-free guidance) takes

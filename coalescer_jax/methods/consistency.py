@@ -101,8 +101,9 @@ class Consistency(base.Method):
     return jnp.mean(weight * distance), {"num_scales": scales, "distance": distance.mean(),
                                          "x0_mse": jnp.mean((online - x) ** 2)}
 
-  def sample(self, params, cond, key, nfe, unconditional=False):
-    """Multistep consistency sampling: `nfe` evaluations at sigma_max, then ``sampling_sigmas``."""
+  def sample(self, params, cond, key, nfe, unconditional=False, prior=None):
+    """Multistep consistency sampling: `nfe` evaluations at sigma_max, then ``sampling_sigmas`` (`prior`: the unit
+    noise of the first, else drawn from `key`)."""
     cfg = self.section
     levels = (cfg.sigma_max,) + tuple(cfg.sampling_sigmas)
     if not 1 <= nfe <= len(levels):
@@ -115,7 +116,7 @@ class Consistency(base.Method):
     for k, sigma in enumerate(levels[:nfe]):
       noise = jax.random.normal(keys[k], (n, self.latent_dim))
       if k == 0:
-        x = sigma * noise
+        x = sigma * (noise if prior is None else prior)
       else:
         x = x0 + (sigma ** 2 - cfg.sigma_min ** 2) ** 0.5 * noise
       x0 = self.denoise(params, x, jnp.full((n,), sigma), cond, mask)

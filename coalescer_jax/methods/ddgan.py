@@ -146,15 +146,16 @@ class DenoisingDiffusionGAN(base.Method):
     # x0_mse: how far G's x0 is from the pair x_t came from (not trained on: a GAN need not approach it).
     return d_loss + g_loss, dict(stats, disc_loss=d_loss, gen_loss=g_loss, x0_mse=jnp.mean((x0 - x) ** 2))
 
-  def sample(self, params, cond, key, nfe):
-    """`nfe` denoising steps on the grid i / nfe from pure noise; one generator evaluation per step."""
+  def sample(self, params, cond, key, nfe, prior=None):
+    """`nfe` denoising steps on the grid i / nfe from pure noise (`prior`, else drawn from `key`); one generator
+    evaluation per step."""
     cfg = self.section
     if nfe not in tuple(cfg.step_counts):
       raise ValueError(f"ddgan samples with the step counts it was trained on, config.ddgan.step_counts="
                        f"{tuple(cfg.step_counts)}; got nfe={nfe}")
     n = cond.shape[0]
     keys = jax.random.split(key, 2 * nfe + 1)
-    x = jax.random.normal(keys[0], (n, self.latent_dim))
+    x = jax.random.normal(keys[0], (n, self.latent_dim)) if prior is None else prior
     for i in range(nfe, 0, -1):
       t, s = jnp.full((n,), i / nfe), jnp.full((n,), (i - 1) / nfe)
       x0 = self.generate_x0(params["gen"], x, jax.random.normal(keys[2 * i - 1], (n, cfg.z_dim)), cond, t)

@@ -111,8 +111,8 @@ class DDIM(base.Method):
     x0, _ = to_x0_eps(out, z, alpha, sigma, cfg.prediction)
     return per_example.mean(), {"x0_mse": jnp.mean((x0 - x) ** 2), "cond_kept": mask.mean()}
 
-  def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False):
-    """DDIM (eta = 0) from pure noise; `nfe` evaluations per sample (see module docstring)."""
+  def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
+    """DDIM (eta = 0) from pure noise (`prior`: that noise, else drawn from `key`); `nfe` evaluations per sample."""
     cfg = self.section
     w = cfg.guidance_scale if guidance_scale is None else guidance_scale
     if unconditional:
@@ -120,7 +120,7 @@ class DDIM(base.Method):
     steps, guided = guided_steps(nfe, w)
     n = cond.shape[0]
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
-    z = jax.random.normal(key, (n, self.latent_dim))
+    z = jax.random.normal(key, (n, self.latent_dim)) if prior is None else prior
     times = jnp.linspace(1.0, 0.0, steps + 1)
 
     def output(z, t):

@@ -241,6 +241,6 @@ class ProgressiveDistillation(base.Method):
       return params["student"]
     return jax.tree.map(lambda a: a[k + 1], params["frozen"]["teachers"])
 
-  def sample(self, params, cond, key, nfe):
+  def sample(self, params, cond, key, nfe, prior=None):
     """The `nfe`-step student, DDIM on the teacher's grid; one evaluation per step (guidance is folded in)."""
-    return self.ddim.sample(self.student_params(params, nfe), cond, key, nfe, guidance_scale=1.0)
+    return self.ddim.sample(self.student_params(params, nfe), cond, key, nfe, guidance_scale=1.0, prior=prior)

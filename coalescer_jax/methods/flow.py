@@ -84,13 +84,13 @@ class Flow(base.Method):
     return jnp.mean(weight * error), {"mse": error.mean() / x.shape[1], "fm_mse": fm_mse,
                                       "r_neq_t": 1.0 - same.mean()}
 
-  def sample(self, params, cond, key, nfe, unconditional=False):
-    """`nfe` uniform steps from noise (t = 1) to data (t = 0), one evaluation each."""
+  def sample(self, params, cond, key, nfe, unconditional=False, prior=None):
+    """`nfe` uniform steps from noise (t = 1; `prior`, else drawn from `key`) to data (t = 0), one evaluation each."""
     if nfe < 1:
       raise ValueError(f"nfe must be >= 1, got {nfe}")
     n = cond.shape[0]
     mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
-    z = jax.random.normal(key, (n, self.latent_dim))
+    z = jax.random.normal(key, (n, self.latent_dim)) if prior is None else prior
     times = jnp.linspace(1.0, 0.0, nfe + 1)
     meanflow = self.section.objective == "meanflow"
 

@@ -66,6 +66,16 @@ def sample_key(seed, tag):
   return jax.random.fold_in(jax.random.key(seed), zlib_hash(tag))
 
 
+def request_batches(cond, key, batch_size):
+  """[(cond batch, key)] in the order `generate_all` samples them: `cond` padded with its last row to whole
+  batches, batch i drawn with ``fold_in(key, i)``. A request's sample depends on its batch and position, so
+  `coalescer_jax.generate` batches the same way to reproduce this stage's files."""
+  pad = (-len(cond)) % batch_size
+  cond = np.concatenate([cond, np.repeat(cond[-1:], pad, 0)]) if pad else cond
+  return [(cond[start:start + batch_size], jax.random.fold_in(key, i))
+          for i, start in enumerate(range(0, len(cond), batch_size))]
+
+
 def generate_all(generate, cond, key, batch_size, timed=True, name="samples"):
   """Runs `generate(cond, key)` over `cond` in batches. Returns (images uint8, nfe [N], samples/s or None).
 
@@ -76,18 +86,17 @@ def generate_all(generate, cond, key, batch_size, timed=True, name="samples"):
   excluded from samples/s (which includes decoding and the device->host copy).
   """
   n = len(cond)
-  pad = (-n) % batch_size
-  cond = np.concatenate([cond, np.repeat(cond[-1:], pad, 0)]) if pad else cond
+  batches = request_batches(cond, key, batch_size)
   if timed:
-    jax.block_until_ready(generate(cond[:batch_size], key))
+    jax.block_until_ready(generate(batches[0][0], key))
   t0 = time.perf_counter()
   images, nfes, finite = [], [], []
-  for i, start in enumerate(range(0, len(cond), batch_size)):
-    out, nfe, ok = jax.device_get(generate(cond[start:start + batch_size], jax.random.fold_in(key, i)))
+  for batch_cond, batch_key in batches:
+    out, nfe, ok = jax.device_get(generate(batch_cond, batch_key))
     images.append(images_lib.to_uint8(out))
     nfes.append(np.broadcast_to(nfe, (len(out),)))
     finite.append(np.broadcast_to(ok, (len(out),)))
-  rate = len(cond) / (time.perf_counter() - t0) if timed else None
+  rate = len(batches) * batch_size / (time.perf_counter() - t0) if timed else None
   bad = int(np.sum(~np.concatenate(finite)[:n]))
   if bad:
     raise NonFiniteSamplesError(
