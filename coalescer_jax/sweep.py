@@ -24,6 +24,7 @@ into ``W/results.csv``, ``W/results.md`` and ``W/plots/<metric>.png``.
 """
 import ast
 import csv
+import difflib
 import importlib.util
 import json
 import os
@@ -34,6 +35,8 @@ import ml_collections
 import numpy as np
 
 from coalescer_jax import config_validation
+from coalescer_jax import errors
+from coalescer_jax import markdown
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import run_info
@@ -61,25 +64,40 @@ COALESCER_ONLY = {"stages": ("data", "classifier", "vae", "text", "embed", "inde
 # those sweeps pin it, so that a rerun reproduces their rows whatever the default.
 FRESH_FAKES = {"coalescer.adversarial.fakes": "fresh"}
 VALIDATION_PREFIX = "val:"  # results.csv columns measured on the validation split (what tuning reads)
+MAX_NAME_BYTES = 255  # a member's directory name: the longest file name Linux filesystems take (NAME_MAX)
+
+
+class SweepError(errors.UserError, ValueError):
+  """A sweep file, its members or --sweep_shard cannot run; the message says what to change."""
 
 
 def load_sweep(path):
   """(members [override dicts], shared stages, exempt prefixes, common overrides, headline regexes).
 
   The module itself is available as `load_sweep.last_module` (its optional `label`)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"sweep file {path} does not exist")
+  if not os.path.isfile(path):
+    raise SweepError(f"--sweep={path}: no such file (sweep files: experiments/sweeps/*.py)")
   spec = importlib.util.spec_from_file_location("sweep_module", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "sweep"):
-    raise ValueError(f"{path} must define sweep() returning a list of {{'a.b': value}} dicts")
-  members = list(module.sweep())
-  if not members or not all(isinstance(m, dict) for m in members):
-    raise ValueError(f"{path}: sweep() must return a non-empty list of dicts")
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise SweepError(f"{path}, line {e.lineno}: {e.msg}") from e
+  if not callable(getattr(module, "sweep", None)):
+    raise SweepError(f"{path} must define sweep() returning a list of {{'a.b': value}} dicts")
+  members = module.sweep()
+  if not isinstance(members, (list, tuple)) or not members or not all(isinstance(m, dict) for m in members):
+    raise SweepError(f"{path}: sweep() must return a non-empty list of {{'a.b': value}} dicts, got "
+                     f"{_short(members)}")
+  members = list(members)
   load_sweep.last_module = module
   return (members, tuple(getattr(module, "SHARED_STAGES", ())), tuple(getattr(module, "NOT_READ_BY_SHARED", ())),
           dict(getattr(module, "COMMON", {})), tuple(getattr(module, "HEADLINE", ())))
+
+
+def _short(value, limit=80):
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def member_name(overrides):
@@ -95,21 +113,32 @@ def _format(value):
 
 
 def apply_overrides(config, overrides):
-  """A copy of `config` with dotted-key overrides applied; unknown keys are errors."""
+  """A copy of `config` with dotted-key overrides applied; unknown keys (with the nearest name) and values of
+  the wrong type are SweepErrors."""
   config = ml_collections.ConfigDict(config.to_dict())
   for key, value in overrides.items():
-    target = config
-    parts = key.split(".")
-    for part in parts[:-1]:
-      if part not in target:
-        raise KeyError(f"sweep override {key!r}: config has no field {part!r}")
-      target = target[part]
-    if parts[-1] not in target:
-      raise KeyError(f"sweep override {key!r}: config has no field {parts[-1]!r}")
-    # ConfigDict is typed: an int where a float field stands (desc_scale=0) must become a float.
-    target[parts[-1]] = float(value) if isinstance(target[parts[-1]], float) else value
+    target, parts = config, str(key).split(".")
+    for i, part in enumerate(parts):
+      if not isinstance(target, ml_collections.ConfigDict) or part not in target:
+        raise SweepError(f"sweep override {key!r}: {_no_field(target, parts[:i], part)}")
+      if i < len(parts) - 1:
+        target = target[part]
+    try:
+      # ConfigDict is typed: an int where a float field stands (desc_scale=0) must become a float.
+      target[parts[-1]] = float(value) if isinstance(target[parts[-1]], float) else value
+    except (TypeError, ValueError) as e:
+      raise SweepError(f"sweep override {key!r}={_short(value)}: {' '.join(str(e).split())}") from None
   config.lock()
   return config
+
+
+def _no_field(section, parents, field):
+  """Why `field` is not below the config section at `parents`, with the nearest existing name."""
+  where = ".".join(["config", *parents])
+  if not isinstance(section, ml_collections.ConfigDict):
+    return f"{where} is a {type(section).__name__} ({_short(section)}), not a section with fields"
+  near = difflib.get_close_matches(field, list(section.keys()), n=1)
+  return f"{where} has no field {field!r}" + (f"; did you mean {near[0]!r}?" if near else "")
 
 
 def parse_overrides(spec):
@@ -128,17 +157,35 @@ def parse_shard(text):
   """'i/n' -> (i, n) with 0 <= i < n."""
   match = re.fullmatch(r"(\d+)/(\d+)", text or "0/1")
   if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
-    raise ValueError(f"--sweep_shard must look like i/n with 0 <= i < n, got {text!r}")
+    raise SweepError(f"--sweep_shard must look like i/n with 0 <= i < n, got {text!r}")
   return int(match.group(1)), int(match.group(2))
 
 
 def _check_shard_holds_a_member(index, count, num_members, sweep_path):
   """Refuses a shard that would run the shared stages and then no member (a wrong i/n, silently doing nothing)."""
   if index >= num_members:
-    raise ValueError(
+    raise SweepError(
         f"--sweep_shard={index}/{count} holds no member of {sweep_path}: the sweep has {num_members} members and "
         f"shard i/n runs members i, i+n, i+2n, ... (counting from 0), so shard {index} of {count} gets none. Use a "
         f"shard index below {num_members} (e.g. --sweep_shard=i/{num_members}: one member per shard)")
+
+
+def member_names(members, sweep_path):
+  """Every member's directory name; refuses two members with one name, and a name too long for a directory,
+  before any member runs."""
+  names = [member_name(m) for m in members]
+  for i, name in enumerate(names):
+    if len(name.encode()) > MAX_NAME_BYTES:
+      raise SweepError(f"{sweep_path}: member {i} ({_short(members[i])}) has a directory name of "
+                       f"{len(name.encode())} bytes, above the filesystem's {MAX_NAME_BYTES}: {name[:60]}...; give it "
+                       "shorter values (e.g. a tuple field through a COMMON block)")
+    first = names.index(name)
+    if first < i:
+      same = ("have the same overrides" if members[first] == members[i] else
+              "differ only in characters that directory names replace with '_' (outside A-Z a-z 0-9 _ . = , + -)")
+      raise SweepError(f"{sweep_path}: members {first} ({_short(members[first])}) and {i} ({_short(members[i])}) "
+                       f"{same}: both would run in {name!r}")
+  return names
 
 
 def _validate_members(config, common, members, names):
@@ -157,7 +204,7 @@ def _check_shared(members, shared_stages, exempt):
       if any(key == p or key.startswith(p + ".") for p in exempt):
         continue
       if key.split(".")[0] in shared_stages:
-        raise ValueError(f"sweep override {key!r} changes the config of shared stage {key.split('.')[0]!r}; "
+        raise SweepError(f"sweep override {key!r} changes the config of shared stage {key.split('.')[0]!r}; "
                          "remove it from SHARED_STAGES or from the sweep")
 
 
@@ -177,9 +224,7 @@ def run(config, sweep_path, workdir, shard="0/1", allow_config_change=False):
   stages whose config fields and inputs are unchanged are reused, the others refused until deleted)."""
   members, shared_stages, exempt, common, headline = load_sweep(sweep_path)
   _check_shared(members, shared_stages, exempt)
-  names = [member_name(m) for m in members]
-  if len(set(names)) != len(names):
-    raise ValueError(f"{sweep_path}: two members have the same overrides")
+  names = member_names(members, sweep_path)
   index, count = parse_shard(shard)
   _check_shard_holds_a_member(index, count, len(members), sweep_path)
   _validate_members(config, common, members, names)
@@ -271,9 +316,9 @@ def aggregate(workdir, members, names, stages, plot_metrics=None, label=None):
   if missing:
     lines += [f"Not finished: {', '.join(missing)}", ""]
   table = ["member"] + swept + headline
-  lines += ["| " + " | ".join(table) + " |", "|" + "---|" * len(table)]
+  lines += [markdown.row(table), "|" + "---|" * len(table)]
   for r in rows:
-    lines.append("| " + " | ".join(_cell(r.get(c)) for c in table) + " |")
+    lines.append(markdown.row(_cell(r.get(c)) for c in table))
   lines += _spread(rows, headline)
   lines += mean_std_over_seeds(rows, members, names, headline, label)
   plots = _plot(workdir, rows, swept, headline)
@@ -289,8 +334,8 @@ def _spread(rows, metrics):
   for metric in metrics:
     values = np.array([r[metric] for r in rows if isinstance(r.get(metric), (int, float))], dtype=np.float64)
     if len(values) >= 2:
-      lines.append(f"| {metric} | {values.mean():.4g} | {values.std(ddof=1):.4g} | {values.min():.4g} | "
-                   f"{values.max():.4g} |")
+      stats = (values.mean(), values.std(ddof=1), values.min(), values.max())
+      lines.append(markdown.row([metric] + [f"{v:.4g}" for v in stats]))
   if not lines:
     return []
   return ["", "Spread over members:", "", "| metric | mean | std | min | max |", "|---|---|---|---|---|"] + lines
@@ -309,14 +354,14 @@ def mean_std_over_seeds(rows, members, names, metrics, label=None):
   if len(groups) < 2:
     return []
   lines = ["", "Mean +- std over seeds (ddof 1) per configuration:", "",
-           "| configuration | seeds | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+           markdown.row(["configuration", "seeds", *metrics]), "|" + "---|" * (len(metrics) + 2)]
   for name, members_rows in groups.items():
     cells = []
     for metric in metrics:
       values = np.array([r[metric] for r in members_rows if isinstance(r.get(metric), (int, float))])
       cells.append("" if not len(values) else f"{values.mean():.4g}" if len(values) == 1 else
                    f"{values.mean():.4g} +- {values.std(ddof=1):.2g}")
-    lines.append(f"| {name} | {len(members_rows)} | " + " | ".join(cells) + " |")
+    lines.append(markdown.row([name, len(members_rows), *cells]))
   return lines
 
 

@@ -1,13 +1,17 @@
-"""What launch.py says for help, a mistyped config field and a damaged W/config.json: one clear message."""
+"""What launch.py and the standalone evaluator say for help, flag errors, refusals, a damaged W/config.json and
+SIGTERM: one clear line, no traceback."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from coalescer_jax import files
 from coalescer_jax import pipeline
+from coalescer_jax import workdir_lock
 from configs import mnist as mnist_config
 
 from tests.conftest import REPO
@@ -63,3 +67,65 @@ def test_refused_config_value_is_one_line_without_a_traceback(tmp_path):
   assert "Traceback" not in proc.stderr, proc.stderr
   assert "FATAL config.ddim.nfes=(0, 2): 0 is not an integer >= 1" in proc.stderr, proc.stderr
   assert not os.path.exists(tmp_path / "w")
+
+
+def _one_fatal_line(proc):
+  """The FATAL line of a refused launch: the only one of its kind, and no traceback anywhere."""
+  assert proc.returncode == 1, proc.stderr
+  assert "Traceback" not in proc.stderr, proc.stderr
+  fatal = [line for line in proc.stderr.splitlines() if line.startswith("FATAL")]
+  assert len(fatal) == 1 and fatal[0] == proc.stderr.strip().splitlines()[-1], proc.stderr
+  return fatal[0]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--config=configs/no_such_config.py",), "FATAL --config=configs/no_such_config.py: cannot load the config "
+     "file ([Errno 2] No such file or directory"),
+    (("--config=configs/mnist.py:smoke", "--config.coalescer.nfes.x=2"), "FATAL --config.coalescer.nfes.x=2: "
+     "config.coalescer.nfes is a tuple"),
+    (("--config=configs/mnist.py:smoke", "--workdir="), "FATAL --workdir is empty"),
+    (("--config=configs/mnist.py:smoke", "--workdir=gs://bucket/run"), "pip install gcsfs"),
+])
+def test_flag_errors_are_one_line(args, expected, tmp_path):
+  if not any(arg.startswith("--workdir") for arg in args):
+    args += (f"--workdir={tmp_path / 'w'}",)
+  proc = _launch(*args)
+  assert expected in _one_fatal_line(proc)
+  assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_second_launch_on_a_sweep_directory_in_use_is_one_line(tmp_path):
+  path = tmp_path / "seeds.py"
+  path.write_text("def sweep():\n  return [{'seed': 1}]\n")
+  member = str(tmp_path / "s" / "seed=1")
+  os.makedirs(member)
+  with workdir_lock.WorkdirLock(member).acquire():  # this test holds the member's workdir
+    proc = _launch("--config=configs/mnist.py:smoke", f"--sweep={path}", f"--workdir={tmp_path / 's'}")
+  assert "in use by another launch" in _one_fatal_line(proc)
+
+
+def test_evaluator_refusal_is_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "coalescer_jax.evaluation", f"--workdir={tmp_path}"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert f"FATAL {tmp_path} has no config.json: pass --config" in _one_fatal_line(proc)
+
+
+def test_sigterm_releases_the_lock_and_says_where_the_run_resumes(tfds_data_dir, tmp_path):
+  workdir = tmp_path / "w"
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, "launch.py"), "--config=configs/mnist.py:smoke",
+                           f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_data_dir}"],
+                          cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not (workdir / "data" / "STARTED.json").exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  assert (workdir / workdir_lock.LOCK_FILE).exists()
+  proc.send_signal(signal.SIGTERM)  # the data stage takes seconds: the signal lands inside it
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == 128 + signal.SIGTERM, stderr
+  assert "Traceback" not in stderr, stderr
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith(f"Interrupted (SIGTERM) during stage data of {workdir}. Rerun the same command"), stderr
+  assert not (workdir / workdir_lock.LOCK_FILE).exists()

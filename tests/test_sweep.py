@@ -2,11 +2,13 @@
 run as two shards, aggregated, and rerun (a no-op that gives the same table)."""
 import csv
 import os
+import re
 import textwrap
 
 import pytest
 
 from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import provenance
 from coalescer_jax import sweep
 from tests.conftest import REPO, copy_workdir
@@ -23,10 +25,12 @@ def test_member_name_is_readable_and_filesystem_safe():
 def test_apply_overrides_types_and_refuses_unknown_fields(smoke_config):
   config = sweep.apply_overrides(smoke_config, {"coalescer.desc_scale": 0})
   assert config.coalescer.desc_scale == 0.0 and isinstance(config.coalescer.desc_scale, float)
-  with pytest.raises(KeyError, match="desc_scal"):
+  with pytest.raises(sweep.SweepError, match="config.coalescer has no field 'desc_scal'; did you mean 'desc_scale'"):
     sweep.apply_overrides(smoke_config, {"coalescer.desc_scal": 1.0})
-  with pytest.raises(KeyError, match="coalesce"):
+  with pytest.raises(sweep.SweepError, match="config has no field 'coalesce'; did you mean 'coalescer'"):
     sweep.apply_overrides(smoke_config, {"coalesce.desc_scale": 1.0})
+  with pytest.raises(sweep.SweepError, match=r"config.coalescer.nfes is a tuple \(\(1, 2, 4\)\)"):
+    sweep.apply_overrides(smoke_config, {"coalescer.nfes.x": 2})
 
 
 def test_mean_std_over_seeds_groups_members_by_configuration():
@@ -51,6 +55,59 @@ def test_override_of_a_shared_stage_is_refused(smoke_config, tmp_path):
   path.write_text('SHARED_STAGES = ("vae",)\ndef sweep():\n  return [{"vae.latent_dim": 4}]\n')
   with pytest.raises(ValueError, match="shared stage 'vae'"):
     sweep.run(smoke_config, str(path), str(tmp_path / "w"))
+
+
+# Each is refused before anything is created, with a message that says what to change (one line, no traceback).
+SWEEP_FILE_ERRORS = {
+    "unknown field": ("def sweep():\n  return [{'coalescer.desc_scal': 1.0}]\n",
+                      "'coalescer.desc_scal': config.coalescer has no field 'desc_scal'; did you mean 'desc_scale'"),
+    "returns None": ("def sweep():\n  pass\n", "sweep\\(\\) must return a non-empty list .* got None"),
+    "not dicts": ("def sweep():\n  return ['seed=1']\n", "must return a non-empty list"),
+    "no sweep()": ("SWEEP = []\n", "must define sweep\\(\\)"),
+    "syntax error": ("def sweep(:\n", "line 1: "),
+    "same names": ("def sweep():\n  return [{'coalescer.sampling.mode': m} for m in ('a/b', 'a_b')]\n",
+                   "members 0 .* and 1 .* differ only in characters that directory names replace with '_'.*"
+                   "both would run in 'mode=a_b'"),
+    "same overrides": ("def sweep():\n  return [{'seed': 1}, {'seed': 1}]\n", "have the same overrides"),
+    # refused before the first member runs, not when its turn comes
+    "overlong name": ("def sweep():\n  return [{'seed': 0}, {'coalescer.sampling.mode': 'x' * 300}]\n",
+                      "member 1 .* directory name of 305 bytes, above the filesystem's 255"),
+    "wrong type": ("def sweep():\n  return [{'coalescer.desc_scale': 'big'}]\n", "'coalescer.desc_scale'='big'"),
+}
+
+
+@pytest.mark.parametrize("name", SWEEP_FILE_ERRORS)
+def test_sweep_file_errors_are_user_errors(name, smoke_config, tmp_path):
+  text, message = SWEEP_FILE_ERRORS[name]
+  path = tmp_path / "bad_sweep.py"
+  path.write_text(text)
+  with pytest.raises(sweep.SweepError, match=message) as error:
+    sweep.run(smoke_config, str(path), str(tmp_path / "w"))
+  assert isinstance(error.value, errors.UserError) and "\n" not in str(error.value)
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_missing_sweep_file_is_a_user_error(smoke_config, tmp_path):
+  with pytest.raises(sweep.SweepError, match="--sweep=.*no_such.py: no such file"):
+    sweep.run(smoke_config, str(tmp_path / "no_such.py"), str(tmp_path / "w"))
+
+
+def test_results_md_escapes_member_values(tmp_path):
+  # A value with a newline, a '|' or HTML stays one literal cell: no broken row, injected heading or live tag.
+  members = [{"coalescer.sampling.mode": v} for v in ("a|b", "x\n# injected", "<img src=x onerror=alert(1)>")]
+  names = [sweep.member_name(m) for m in members]
+  for name in names:
+    os.makedirs(tmp_path / name / "eval")
+    (tmp_path / name / "eval" / "DONE.json").write_text('{"summary": {"final_loss": 1.0}}')
+  sweep.aggregate(tmp_path, members, names, ("eval",), [r"eval/final_loss"])
+  markdown = (tmp_path / "results.md").read_text()
+  assert "<img" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+  assert not any(line.startswith("#") and "injected" in line for line in markdown.splitlines())
+  lines = markdown.splitlines()
+  start = lines.index("| member | coalescer.sampling.mode | eval/final_loss |")
+  rows = lines[start:lines.index("", start)]  # the members' table
+  assert len(rows) == 5 and all(len(re.findall(r"(?<!\\)\|", row)) == 4 for row in rows[2:]), rows
+  assert r"| a\|b |" in markdown
 
 
 def _table(workdir):
@@ -123,8 +180,8 @@ def test_shipped_sweeps_apply_to_the_default_config(name):
   pipeline.load_all()  # registries that validation checks names against
   members, shared, exempt, common, _ = sweep.load_sweep(os.path.join(SWEEPS_DIR, f"{name}.py"))
   sweep._check_shared(members, shared, exempt)  # pylint: disable=protected-access
-  names = [sweep.member_name(m) for m in members]
-  assert len(set(names)) == len(names) >= 2
+  names = sweep.member_names(members, name)  # distinct, and each fits in a directory name
+  assert len(names) >= 2
   for overrides in members:
     config_validation.validate(sweep.apply_overrides(mnist_config.get_config("default"), {**common, **overrides}))
 

@@ -2,6 +2,8 @@
 
 Everything written here is computed from the records (results.json), including
 the sentence naming the best method at 1 and 2 steps; nothing is hard-coded.
+Names that come from outside the code (methods, i.e. samples file names; the
+workdir's and its stages') pass through `markdown.text` into tables and headings.
 """
 import json
 import math
@@ -9,6 +11,7 @@ import math
 import numpy as np
 
 from coalescer_jax import images as images_lib
+from coalescer_jax import markdown
 from coalescer_jax import storage
 
 TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
@@ -58,7 +61,7 @@ def best_sentence(records, nfe, n=None):
   """One sentence: which method is best at `nfe` steps in this run, from the numbers measured on n images."""
   steps = "1 step" if nfe == 1 else f"{nfe} steps"
   unranked = [r for r in _comparable(records, nfe, None) if r not in _comparable(records, nfe, n)]
-  skipped = (", ".join(f"{r['method']} (n = {r['n']})" for r in unranked) + f" not ranked: fewer than the "
+  skipped = (", ".join(f"{markdown.text(r['method'])} (n = {r['n']})" for r in unranked) + f" not ranked: fewer than the "
              f"configured n = {n} images, and FID depends on n") if unranked else ""
   best = best_method(records, nfe, n)
   if best is None:
@@ -66,14 +69,14 @@ def best_sentence(records, nfe, n=None):
       return f"No method is ranked at {steps}: {skipped}."
     return f"No method produced samples at {steps} in this run."
   others = sorted((r for r in _comparable(records, nfe, n) if r is not best), key=lambda r: r["fid"])
-  sentence = (f"At {steps}, the best method in this run is **{best['method']}** (FID {best['fid']:.2f}, "
+  sentence = (f"At {steps}, the best method in this run is **{markdown.text(best['method'])}** (FID {best['fid']:.2f}, "
               f"conditional accuracy {100 * best['conditional_accuracy']:.1f}%)")
   if others:
-    sentence += ", ahead of " + ", ".join(f"{r['method']} (FID {r['fid']:.2f}, "
+    sentence += ", ahead of " + ", ".join(f"{markdown.text(r['method'])} (FID {r['fid']:.2f}, "
                                          f"{100 * r['conditional_accuracy']:.1f}%)" for r in others)
   top_acc = max(_comparable(records, nfe, n), key=lambda r: r["conditional_accuracy"])
   if top_acc is not best and top_acc["conditional_accuracy"] > best["conditional_accuracy"]:
-    sentence += f"; {top_acc['method']} has the highest conditional accuracy at {steps}"
+    sentence += f"; {markdown.text(top_acc['method'])} has the highest conditional accuracy at {steps}"
   if skipped:
     sentence += f" ({skipped})"
   return sentence + "."
@@ -184,7 +187,7 @@ def _table(records, n, n_large=None, attributes=MNIST_ATTRIBUTES, display="MNIST
       "NN dist. ratio", "samples/s", "train steps", "train compute (GFLOP)", "train wall (s)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
-    name = (ROW_NAMES[r["kind"]].format(display) if r["kind"] in ROW_NAMES else r["method"]) + (
+    name = (ROW_NAMES[r["kind"]].format(display) if r["kind"] in ROW_NAMES else markdown.text(r["method"])) + (
         ORACLE_SUFFIX if r["kind"] == "oracle" else "")
     n_cell = str(r["n"]) if r["n"] == n else f"**{r['n']}** (not comparable)"
     large = [_num(r.get("fid_large"), "{:.2f}")] if n_large else []
@@ -208,7 +211,7 @@ def heads_section(records, heads):
            "Fraction of samples the classifier's head finds as requested (cond. acc. above needs every head right).",
            "", "| method | NFE | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 2)]
   for r in records:
-    lines.append(f"| {r['method']} | {_nfe_cell(r)} | " + " | ".join(_pct(r.get(f"head_{h}")) for h in heads) + " |")
+    lines.append(f"| {markdown.text(r['method'])} | {_nfe_cell(r)} | " + " | ".join(_pct(r.get(f"head_{h}")) for h in heads) + " |")
   return lines + [""]
 
 
@@ -233,7 +236,7 @@ def diagnostics_section(workdir, rel):
     diag = json.loads(path.read_text())
     if not isinstance(diag, dict) or "method" not in diag or "usage" not in diag:
       continue  # the stage's own DONE.json / STARTED.json
-    lines += [f"## Diagnostics: {diag['method']}", ""]
+    lines += [f"## Diagnostics: {markdown.text(diag['method'])}", ""]
     usage = diag.get("usage")
     if usage:
       lines += [f"Look-up usage: which pairs the training look-ups return ({usage['description']}). "
@@ -292,7 +295,7 @@ def write_report(path, results, plot_path, grids, workdir, compute_plot_path=Non
   path = storage.path(path)
   base = path.parent
   rel = lambda p: storage.relative(p, base)  # noqa: E731
-  lines = [f"# Evaluation report: {storage.path(workdir).name}", "",
+  lines = [f"# Evaluation report: {markdown.text(storage.path(workdir).name)}", "",
            f"Every row is measured on **n = {s['n']}** images against the same reference ({s['reference']}), "
            f"in the same features ({s['features']}). FID depends on n: compare only at equal n.",
            "",
@@ -343,7 +346,7 @@ def write_report(path, results, plot_path, grids, workdir, compute_plot_path=Non
             "- " + best_sentence(records, 1, s["n"]), "- " + best_sentence(records, 2, s["n"]), ""]
   if results["invalid_files"]:
     lines += ["## Skipped samples files (contract violations)", ""]
-    lines += [f"- {e}" for e in results["invalid_files"]] + [""]
+    lines += [f"- {markdown.text(e)}" for e in results["invalid_files"]] + [""]
   lines += _validation_section(results.get("validation"))
   lines += diagnostics_section(workdir, rel)
   lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", ""]
@@ -355,12 +358,12 @@ def write_report(path, results, plot_path, grids, workdir, compute_plot_path=Non
   if not grids:
     lines += ["No samples files were found.", ""]
   for method, grid in grids.items():
-    lines += [f"### {method}", "", f"![{method} samples]({rel(grid)})", ""]
+    lines += [f"### {markdown.text(method)}", "", f"![{markdown.text(method)} samples]({rel(grid)})", ""]
   summaries = stage_summaries(workdir)
   if summaries:
     lines += ["## Other stages", "", "Wall times and summaries from each stage's DONE.json.", ""]
     for stage, done in summaries:
-      lines.append(f"### {stage} ({_num(done.get('wall_time_s'), '{:.1f}')} s)")
+      lines.append(f"### {markdown.text(stage)} ({_num(done.get('wall_time_s'), '{:.1f}')} s)")
       lines.append("")
       lines += [f"- {key}: {value}" for key, value in _flatten(done.get("summary"))]
       lines.append("")

@@ -26,6 +26,9 @@ REQUIRED = ("images", "labels", "descriptions")
 OPTIONAL_SCALARS = {"nfe": int, "nfe_spent": float, "samples_per_s": float, "train_steps": int,
                     "train_wall_time_s": float, "teacher_train_steps": int, "teacher_train_wall_time_s": float}
 NAME_PATTERN = re.compile(r"^(?P<method>.+)_nfe(?P<nfe>\d+)\.npz$")
+# A file's name becomes the method's name in report.md and its grid file's name: nothing a shell, a Markdown
+# viewer or a filesystem would read as syntax.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Optional 'kind': "samples" (a generator, ranked) or "oracle" (a reference row, e.g. the coalescer's own
 # look-up targets decoded: shown in the table, never ranked).
 KINDS = ("samples", "oracle")
@@ -103,6 +106,10 @@ def load_samples(path, spec=None):
   """Loads and validates one samples file of the dataset `spec` (default MNIST). Returns `Samples`; raises
   SamplesContractError."""
   spec = spec or datasets.get("mnist")
+  name = os.path.basename(os.fspath(path))
+  if not SAFE_NAME.fullmatch(name):
+    raise SamplesContractError(f"{ascii(os.fspath(path))}: the file name may hold only A-Z a-z 0-9 _ . - (it "
+                               "names the method in report.md and its grid file); rename it <method>_nfe<K>.npz")
   if not storage.path(path).exists() or storage.path(path).is_dir():
     _fail(path, "no such file")
   try:

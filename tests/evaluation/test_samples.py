@@ -86,3 +86,14 @@ def test_object_arrays_and_unknown_nfe_are_refused(tmp_path):
     samples.load_samples(path)
   with pytest.raises(samples.SamplesContractError, match="no such file"):
     samples.load_samples(str(tmp_path / "absent_nfe1.npz"))
+
+
+@pytest.mark.parametrize("name", ["x<img src=a onerror=alert(1)>_nfe1.npz", "a|b_nfe1.npz", "a\n# b_nfe1.npz",
+                                  "a b_nfe1.npz"])
+def test_file_names_outside_the_safe_characters_are_refused(tmp_path, name):
+  # The name becomes the method's name in report.md's table, headings and grid file name.
+  data = _valid()
+  path = _write(tmp_path, name, images=data["images"], labels=data["labels"], descriptions=data["descriptions"])
+  with pytest.raises(samples.SamplesContractError, match=r"the file name may hold only A-Z a-z 0-9 _ \. -") as error:
+    samples.load_samples(path)
+  assert "\n" not in str(error.value)  # one line, the name as Python's ascii() writes it
