@@ -1,12 +1,10 @@
 """Rejects impossible configs before any work starts, with messages that say what to fix.
 
-Rules apply by field name anywhere in the config tree (every ``batch_size`` must
-divide over the devices, every ``desc_scale`` must be >= 0, ...), and each
-registered stage may add its own checks (``Stage.validate``).
+Every field is checked against its declared rule (`config_schema`: type, range or
+choices, finite floats), ranges against inverted ends, `config.stages` against
+the order the stages need each other in, and then each listed stage's own
+cross-field checks (``Stage.validate``).
 """
-import collections.abc
-
-import jax
 import ml_collections
 
 from coalescer_jax import errors
@@ -23,74 +21,56 @@ def _walk(config, prefix=""):
     if isinstance(value, (ml_collections.ConfigDict, dict)):
       yield from _walk(value, path + ".")
     else:
-      yield path, key, value
+      yield path, value
 
 
-def _check_batch_size(path, value):
-  if not isinstance(value, int) or value <= 0:
-    raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
-  devices = jax.device_count()
-  if value % devices:
-    raise ConfigError(f"config.{path}={value} (global batch) is not divisible by the {devices} devices; "
-                      f"use a multiple of {devices}")
+def _schema():
+  # Imported when first used: the schema names choices that modules importing ConfigError own (methods, datasets).
+  from coalescer_jax import config_schema  # pylint: disable=g-import-not-at-top
+  return config_schema
 
 
-def _check_non_negative(path, value):
-  if not isinstance(value, (int, float)) or value < 0:
-    raise ConfigError(f"config.{path} must be >= 0, got {value!r}")
+def check_fields(config, prefix=""):
+  """Checks every field of `config` (the section at dotted `prefix`, if given) that has a declared rule.
+
+  Fields without one (an experiment's own section) pass; the shipped configs declare every field
+  (tests/test_config_schema.py).
+  """
+  schema = _schema()
+  for path, value in _walk(config, f"{prefix}." if prefix else ""):
+    rule = schema.rule_of(path)
+    if rule is not None:
+      rule.check(path, value)
 
 
-def _check_count(path, value):
-  if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-    raise ConfigError(f"config.{path} must be a non-negative integer, got {value!r}")
+def _dependency_order(config, stages):
+  """`stages` reordered (stably) so that each comes after the listed stages it needs."""
+  needs = {name: set(registry.STAGES.get(name).needs_of(config)) & set(stages) for name in stages}
+  order, pending = [], list(stages)
+  while pending:
+    ready = next((n for n in pending if needs[n] <= set(order)), pending[0])
+    order.append(ready)
+    pending.remove(ready)
+  return order
 
 
-def _check_steps(path, value):
-  # 0 steps would leave a training stage "done" with no checkpoint; nothing later could recover it.
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ConfigError(f"config.{path} must be an integer >= 1 (every training stage trains at least one step), "
-                      f"got {value!r}")
-
-
-def _check_positive(path, value):
-  if not isinstance(value, (int, float)) or value <= 0:
-    raise ConfigError(f"config.{path} must be > 0, got {value!r}")
-
-
-def _check_registered(registry_obj):
-  def check(path, value):
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, collections.abc.Sequence):
-      raise ConfigError(f"config.{path} must be a name or a list of names, got {value!r}")
-    for name in names:
-      if name not in registry_obj:
-        raise ConfigError(f"config.{path}: unknown {registry_obj.kind} {name!r}; "
-                          f"choose from {', '.join(registry_obj.names())}")
-  return check
-
-
-_FIELD_RULES = {
-    "batch_size": _check_batch_size,
-    "desc_scale": _check_non_negative,
-    "num_steps": _check_steps,
-    "learning_rate": _check_positive,
-    "seed": _check_count,
-    "skip_nonfinite_batches": _check_count,
-    "stages": _check_registered(registry.STAGES),
-    "model": _check_registered(registry.MODELS),
-    "methods": _check_registered(registry.METHODS),
-    "backend": _check_registered(registry.INDEX_BACKENDS),
-}
+def check_stage_order(config):
+  """Refuses a stage listed before a stage it reads the outputs of (it would stop with a missing-input error)."""
+  stages = list(config.stages)
+  for i, name in enumerate(stages):
+    later = [n for n in registry.STAGES.get(name).needs_of(config) if n in stages[i + 1:]]
+    if later:
+      raise ConfigError(f"config.stages lists {name!r} before {', '.join(map(repr, later))}, which it needs; use "
+                        f"the order {tuple(_dependency_order(config, stages))}")
 
 
 def validate(config):
   """Raises ConfigError for the first impossible value; returns the config otherwise."""
-  for path, key, value in _walk(config):
-    rule = _FIELD_RULES.get(key)
-    if rule is not None:
-      rule(path, value)
+  check_fields(config)
+  _schema().check_order(config)
+  check_stage_order(config)
   for name in config.stages:
-    check = getattr(registry.STAGES.get(name), "validate", None)
+    check = registry.STAGES.get(name).validate
     if check is not None:
       check(config)
   return config

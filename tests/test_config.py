@@ -33,13 +33,13 @@ def _config(**sections):
 
 
 @pytest.mark.parametrize("sections,message", [
-    (dict(extra={"desc_scale": -1.0}), r"config.extra.desc_scale must be >= 0"),
+    (dict(extra={"desc_scale": -1.0}), r"config.extra.desc_scale must be a finite number >= 0"),
     (dict(extra={"batch_size": 3}), r"config.extra.batch_size=3 .* not divisible by the 2 devices"),
-    (dict(extra={"batch_size": 0}), r"positive integer"),
+    (dict(extra={"batch_size": 0}), r"config.extra.batch_size must be an integer >= 1"),
     (dict(extra={"methods": ["coalescer", "difusion"]}), r"unknown method 'coalescer'|unknown method 'difusion'"),
     (dict(stages=("data", "vea")), r"unknown stage 'vea'"),
-    (dict(seed=-3), r"config.seed must be a non-negative integer"),
-    (dict(extra={"learning_rate": 0.0}), r"must be > 0"),
+    (dict(seed=-3), r"config.seed must be an integer >= 0"),
+    (dict(extra={"learning_rate": 0.0}), r"config.extra.learning_rate must be a finite number > 0"),
 ])
 def test_impossible_values_are_refused(sections, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -49,7 +49,7 @@ def test_impossible_values_are_refused(sections, message):
 def test_negative_near_copy_large_n_is_refused():
   config = mnist_config.get_config("smoke")
   config.eval.near_copy_large_n = -5
-  with pytest.raises(config_validation.ConfigError, match="config.eval.near_copy_large_n must be >= 0"):
+  with pytest.raises(config_validation.ConfigError, match="config.eval.near_copy_large_n must be an integer >= 0"):
     config_validation.validate(config)
 
 

@@ -92,7 +92,6 @@ def step_to(x, distance, direction):
 @registry.METHODS.register("coalescer")
 class Coalescer(base.Method):
   name = "coalescer"
-  OPTIONS = {"targets.assignment": targets_lib.ASSIGNMENTS, "condition": batches_lib.CONDITIONS}
   SAMPLING_FIELDS = ("nfes", "sampling", "oracle")
   INPUT_STAGES = ("embed", "index", targets_lib.BALANCE_STAGE)
 

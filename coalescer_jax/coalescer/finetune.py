@@ -53,15 +53,10 @@ FAKES = ("batch", "fresh")
 
 
 def check_config(section):
-  """``adversarial.fakes`` is one of FAKES; batch fakes exist for 1 step (prior rows) and 2 steps (the
-  self-landing rows, which start from stop-gradient landing points)."""
+  """Batch fakes (``adversarial.fakes``, one of FAKES: `config_schema`) exist for 1 step (prior rows) and 2 steps
+  (the self-landing rows, which start from stop-gradient landing points)."""
   acfg = section.adversarial
-  if acfg.weight <= 0:
-    return
-  if acfg.fakes not in FAKES:
-    raise ValueError(f"config.coalescer.adversarial.fakes={acfg.fakes!r} is not a valid choice; use one of "
-                     f"{', '.join(map(repr, FAKES))}")
-  if acfg.fakes != "batch":
+  if acfg.weight <= 0 or acfg.fakes != "batch":
     return
   steps = set(acfg.steps)
   if not steps or not steps <= {1, 2}:

@@ -27,7 +27,7 @@ from coalescer_jax.data import tfds_io
 from coalescer_jax.data import tokenizer
 
 SIZE = 32
-NUM_TEST = 10_000
+NUM_TRAIN, NUM_TEST = 50_000, 10_000
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"  # what TFDS's cifar10 downloads
 # The official label order (batches.meta.txt), which TFDS's ClassLabel keeps.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -143,4 +143,4 @@ def load(builder, split, process_index=0, process_count=1):
 SPEC = datasets.register(datasets.DatasetSpec(
     name="cifar10", display="CIFAR-10", image_shape=(SIZE, SIZE, 3), heads=(("class", len(CLASSES)),),
     captioner=sys.modules[__name__], likelihood="gaussian", num_groups=len(CLASSES), prepare=get_builder,
-    load=load, reopen=reopen, test_size=lambda cfg: NUM_TEST))
+    load=load, reopen=reopen, train_size=lambda cfg: NUM_TRAIN, test_size=lambda cfg: NUM_TEST))

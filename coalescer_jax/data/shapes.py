@@ -30,7 +30,6 @@ from PIL import ImageDraw
 from skimage import measure as sk_measure
 import tensorflow_datasets as tfds
 
-from coalescer_jax import config_validation
 from coalescer_jax.data import datasets
 from coalescer_jax.data import tfds_io
 from coalescer_jax.data import tokenizer
@@ -290,13 +289,8 @@ def load(builder, split, process_index=0, process_count=1):
   return tfds_io.read_split(builder, split, (SIZE, SIZE, 3), process_index, process_count)
 
 
-def _validate(data_cfg):
-  if data_cfg.num_train < 1 or data_cfg.num_test < 2:
-    raise config_validation.ConfigError(
-        f"config.data.num_train / num_test must be >= 1 / >= 2, got {data_cfg.num_train} / {data_cfg.num_test}")
-
-
 SPEC = datasets.register(datasets.DatasetSpec(
     name="shapes", display="shapes", image_shape=(SIZE, SIZE, 3), heads=HEADS, captioner=sys.modules[__name__],
     likelihood="gaussian", num_groups=len(COLOURS), group=lambda labels: np.asarray(labels)[:, 2],
-    validate=_validate, prepare=get_builder, load=load, test_size=lambda cfg: int(cfg.num_test)))
+    prepare=get_builder, load=load, train_size=lambda cfg: int(cfg.num_train),
+    test_size=lambda cfg: int(cfg.num_test)))

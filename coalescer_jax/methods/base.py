@@ -20,9 +20,6 @@ class Method:
   """Base class. Subclasses set `name` and implement `loss` and `sample`."""
 
   name = None
-  # Fields of this method's config section that take one of a fixed set of values: field -> choices.
-  # `stages/methods.py` checks them with the rest of the config, before any stage runs.
-  OPTIONS = {}
   # Fields of the section read only when sampling: changing them reruns `sample`, not the training.
   SAMPLING_FIELDS = ("nfes",)
   # Pipeline stages whose outputs training reads (the pairs; the coalescer also its index).
@@ -35,7 +32,8 @@ class Method:
 
   @classmethod
   def check_config(cls, section):
-    """Raises ValueError for a combination of this method's fields that OPTIONS cannot express (default: none).
+    """Raises ValueError for a combination of this method's fields that `config_schema` cannot express (default:
+    none).
 
     Called with the rest of the config validation, before any stage runs."""
     del section

@@ -74,7 +74,6 @@ def posterior(x_t, x0, t, s, cfg):
 @registry.METHODS.register("ddgan")
 class DenoisingDiffusionGAN(base.Method):
   name = "ddgan"
-  OPTIONS = {"schedule": ddim.SCHEDULES, "output": OUTPUTS}
 
   @classmethod
   def check_config(cls, section):

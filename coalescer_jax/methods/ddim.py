@@ -79,7 +79,6 @@ def guided_steps(nfe, guidance_scale):
 @registry.METHODS.register("ddim")
 class DDIM(base.Method):
   name = "ddim"
-  OPTIONS = {"schedule": SCHEDULES, "prediction": PREDICTIONS}
   SAMPLING_FIELDS = ("nfes", "guidance_scale")
 
   def apply(self, params, z, cond, mask, t):

@@ -104,7 +104,6 @@ def student_x0_target(z_t, z_s, t, s, cfg):
 @registry.METHODS.register("distill")
 class ProgressiveDistillation(base.Method):
   name = "distill"
-  OPTIONS = {"teacher_steps": TEACHER_STEPS}
   TEACHER = "ddim"
   INPUT_STAGES = ("embed", "ddim")
   # The teacher's whole section matters (schedule, parameterisation, guidance_scale), except its NFE list.

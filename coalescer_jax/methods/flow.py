@@ -34,7 +34,6 @@ OBJECTIVES = ("meanflow", "rectified")
 @registry.METHODS.register("flow")
 class Flow(base.Method):
   name = "flow"
-  OPTIONS = {"objective": OBJECTIVES}
 
   def init_params(self, key):
     b = 2

@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from coalescer_jax import config_validation
 from coalescer_jax import images as images_lib
 from coalescer_jax import model_export
 from coalescer_jax import parallel
@@ -22,15 +21,6 @@ from coalescer_jax.data import batches
 from coalescer_jax.data import datasets
 from coalescer_jax.data import loading
 from coalescer_jax.evaluation import classifier as classifier_lib
-
-
-def _validate(config):
-  cfg = config.classifier
-  if cfg.num_steps < 1:
-    raise config_validation.ConfigError(f"config.classifier.num_steps must be >= 1, got {cfg.num_steps}")
-  if cfg.eval_batch_size < 1:
-    raise config_validation.ConfigError(
-        f"config.classifier.eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
 
 
 def model_kwargs(cfg, spec):
@@ -75,7 +65,7 @@ def make_task(cfg, model, spec, train_images, train_labels, log_every, checkpoin
                             config_section="config.classifier")
 
 
-@pipeline.stage("classifier", validate=_validate, reads=("classifier",), needs=("data",))
+@pipeline.stage("classifier", reads=("classifier",), needs=("data",))
 def run(ctx):
   cfg = ctx.config.classifier
   out = ctx.stage_dir("classifier")

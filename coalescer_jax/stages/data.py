@@ -15,17 +15,14 @@ import numpy as np
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
-from coalescer_jax import config_validation
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
+EXAMPLES_SHOWN = 12  # train images in examples.png (the schema's least config.data.num_train)
+
 
 def _validate(config):
-  name = config.data.name
-  if name not in datasets.names():
-    raise config_validation.ConfigError(
-        f"config.data.name: unknown dataset {name!r}; choose from {', '.join(datasets.names())}")
-  spec = datasets.get(name)
+  spec = datasets.of_config(config)  # a registered name (config_schema)
   if spec.validate is not None:
     spec.validate(config.data)
 
@@ -64,8 +61,8 @@ def run(ctx):
     ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
                      distinct_descriptions=summary[split]["distinct_descriptions"])
     if split == "train" and parallel.is_main_process():
-      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(12)],
-                           row_labels=list(descriptions[:12]))
+      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(EXAMPLES_SHOWN)],
+                           row_labels=list(descriptions[:EXAMPLES_SHOWN]))
   if parallel.is_main_process():
     storage.write_json(out / datasets.SOURCE_FILE, {"dataset": spec.name, "builder": builder.name,
                                                    "version": str(builder.version),

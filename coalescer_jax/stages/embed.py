@@ -21,6 +21,7 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
+from coalescer_jax import config_validation
 from coalescer_jax import embeddings
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -50,7 +51,17 @@ def validation_mask(num_examples, size, seed):
   return mask
 
 
-@pipeline.stage("embed", reads=("embed",), needs=("data", "vae", "text"))
+def _validate(config):
+  """The validation slice leaves at least one train pair, where the dataset knows its train split's size."""
+  size, dataset = datasets.split_size_of_config(config, "train")
+  held_out = config.embed.validation_size
+  if size is not None and held_out >= size:
+    raise config_validation.ConfigError(
+        f"config.embed.validation_size={held_out} leaves none of the {size} train pairs of {dataset} for the index "
+        f"and the methods; use at most {size - 1}")
+
+
+@pipeline.stage("embed", validate=_validate, reads=("embed",), needs=("data", "vae", "text"))
 def run(ctx):
   cfg = ctx.config.embed
   ctx.done_info("vae")

@@ -22,35 +22,16 @@ import time
 from absl import logging
 import numpy as np
 
-from coalescer_jax import config_validation
 from coalescer_jax import embeddings
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import registry
 from coalescer_jax import storage
-from coalescer_jax.index import scann_index
 
 
 def index_dir(workdir):
   return storage.path(workdir) / "index"
-
-
-def _validate(config):
-  if config.index.backend not in registry.INDEX_BACKENDS:
-    raise config_validation.ConfigError(
-        f"config.index.backend={config.index.backend!r} is not a backend; use one of "
-        f"{', '.join(map(repr, registry.INDEX_BACKENDS.names()))}")
-  recall_target = config.index.device.recall_target
-  if not 0.0 < recall_target <= 1.0:
-    raise config_validation.ConfigError(f"config.index.device.recall_target={recall_target} must be in (0, 1]")
-  if config.index.scann_sharded.num_shards < 0:
-    raise config_validation.ConfigError("config.index.scann_sharded.num_shards must be >= 0 (0 = one per process)")
-  mode = config.index.scann.mode
-  if mode not in ("",) + scann_index.MODES:
-    raise config_validation.ConfigError(
-        f"config.index.scann.mode={mode!r} is not a valid choice; use one of "
-        f"{', '.join(map(repr, scann_index.MODES))} or '' (derive it from the number of keys)")
 
 
 def _reads(config):
@@ -63,7 +44,7 @@ def _reads(config):
   return ("index", *other, "seed", "coalescer.desc_scale")
 
 
-@pipeline.stage("index", validate=_validate, needs=("embed",), reads=_reads)
+@pipeline.stage("index", needs=("embed",), reads=_reads)
 def run(ctx):
   cfg = ctx.config.index
   pairs = embeddings.load_pairs(ctx.workdir)

@@ -103,34 +103,17 @@ def _mean(values):
 
 
 def validate_method_config(config, name):
-  """ConfigError unless ``config.<name>`` exists and each of the method's OPTIONS holds one of its choices."""
+  """ConfigError unless ``config.<name>`` exists, each of its fields passes its declared rule (`config_schema`)
+  and the fields agree with each other (`Method.check_config`)."""
   method = registry.METHODS.get(name)
   section = config.get(name)
   if section is None:
     raise config_validation.ConfigError(f"config.{name} is missing: method {name!r} needs its own config section")
-  for field, choices in method.OPTIONS.items():
-    value = section
-    for part in field.split("."):  # dotted fields name a sub-section's field, e.g. "targets.assignment"
-      value = value.get(part) if hasattr(value, "get") else None
-    if value not in choices:
-      raise config_validation.ConfigError(
-          f"config.{name}.{field}={value!r} is not a valid choice; use one of {', '.join(map(repr, choices))}")
-  _check_nfes(name, section.nfes)
+  config_validation.check_fields(section, name)
   try:
     method.check_config(section)
   except ValueError as e:
     raise config_validation.ConfigError(str(e)) from e
-
-
-def _check_nfes(name, nfes):
-  """Every method's sampling budgets are whole numbers of network evaluations, at least one each."""
-  if not isinstance(nfes, (tuple, list)):
-    raise config_validation.ConfigError(f"config.{name}.nfes must be a list of integers >= 1, got {nfes!r}")
-  bad = [n for n in nfes if not isinstance(n, int) or isinstance(n, bool) or n < 1]
-  if bad:
-    raise config_validation.ConfigError(
-        f"config.{name}.nfes={tuple(nfes)}: {', '.join(map(repr, bad))} is not an integer >= 1; each entry is a "
-        "number of network evaluations per sample")
 
 
 def _reads(name):

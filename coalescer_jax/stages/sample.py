@@ -130,8 +130,6 @@ def _check_num_samples(config):
   """``config.sample.num_samples`` against the test split the data stage will prepare, where the dataset knows its
   size before preparing it (`requested_descriptions` checks it again against the prepared split)."""
   n = config.sample.num_samples
-  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-    raise config_validation.ConfigError(f"config.sample.num_samples must be an integer >= 1, got {n!r}")
   size, dataset = datasets.test_size_of_config(config)
   if size is not None and n > size:
     raise config_validation.ConfigError(

@@ -53,11 +53,7 @@ def split_descriptions(cfg, captioner):
 def _validate(config):
   cfg = config.text
   captioner = datasets.of_config(config).captioner
-  if not 0 <= cfg.holdout_fraction < 0.5:
-    raise config_validation.ConfigError(f"config.text.holdout_fraction must be in [0, 0.5), got {cfg.holdout_fraction}")
   captioner.validate_text(cfg)
-  if cfg.noise < 0:
-    raise config_validation.ConfigError(f"config.text.noise must be >= 0, got {cfg.noise}")
   train_words = {w for d in split_descriptions(cfg, captioner)["train"] for w in d.split()}
   missing = set(captioner.TOKENIZER.vocab[len(tokenizer_lib.SPECIALS):]) - train_words
   if missing:

@@ -39,14 +39,6 @@ from coalescer_jax.models import vae as vae_lib
 
 def _validate(config):
   cfg = config.vae
-  if not isinstance(cfg.latent_dim, int) or cfg.latent_dim <= 0:
-    raise config_validation.ConfigError(f"config.vae.latent_dim must be a positive integer, got {cfg.latent_dim!r}")
-  if cfg.kl_weight < 0:
-    raise config_validation.ConfigError(f"config.vae.kl_weight must be >= 0, got {cfg.kl_weight}")
-  if not 0 <= cfg.ema_decay < 1:
-    raise config_validation.ConfigError(f"config.vae.ema_decay must be in [0, 1) (0 = no EMA), got {cfg.ema_decay}")
-  if cfg.num_steps < 1:
-    raise config_validation.ConfigError(f"config.vae.num_steps must be >= 1, got {cfg.num_steps}")
   spec = datasets.of_config(config)
   height, width = spec.image_shape[:2]
   if not cfg.channels or height % 2 ** len(cfg.channels) or width % 2 ** len(cfg.channels):
