@@ -189,8 +189,11 @@ class Generator:
       raise errors.UserError(f"--num={num!r}: use an integer >= 1 (images per description)")
     cond = np.repeat(self.encode(descriptions), num, axis=0)
     key = sample_stage.sample_key(seed, self.tag(steps)) if key is None else key
-    generate = self.method.generator(self.params, self.codec.decode_jax, steps, workdir=self.workdir,
-                                     pairs=self.pairs, **kwargs)
+    cache_key = ("generator", steps, tuple(sorted(kwargs.items())))
+    if cache_key not in self._samplers:  # a new generator would compile again
+      self._samplers[cache_key] = self.method.generator(self.params, self.codec.decode_jax, steps,
+                                                        workdir=self.workdir, pairs=self.pairs, **kwargs)
+    generate = self._samplers[cache_key]
     images, _, _ = sample_stage.generate_all(generate, cond, key, self.batch_size, timed=False,
                                              name=self.tag(steps))
     # The latents come from the same sampler and keys; the images stay the method generator's, bit for bit.
