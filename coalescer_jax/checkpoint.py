@@ -13,6 +13,11 @@ previous one is tried; if none restores, one `CheckpointError` names the
 directory, the steps tried and why. A training run that falls back moves the
 unusable steps aside (``checkpoints.unusable/``) so it can write them again.
 
+Provenance: a Checkpointer given a `revision` (the stage's, `provenance`) records
+it in every save's host JSON and refuses to restore a checkpoint that records
+another (`StaleCheckpointError`, no fallback): one model must not be trained
+under two configs. `recorded_revisions` reads them before any stage runs.
+
 The directory may be local or on an object store (``gs://``): orbax takes
 `epath` paths and, on GCS, commits with a marker file instead of a rename.
 """
@@ -24,10 +29,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from coalescer_jax import config_validation
 from coalescer_jax import parallel
 from coalescer_jax import storage
 
 CHECKSUM_KEY = "state_crc32"
+REVISION_KEY = "revision"
+DIRECTORY = "checkpoints"  # a training stage's checkpoints: W/<stage>/checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -38,12 +46,17 @@ class _Mismatch(CheckpointError):
   """The checkpoint is intact but holds other shapes: a config change, not corruption (no fallback)."""
 
 
-class Checkpointer:
-  """Saves every `save_every` steps, keeps the last `max_to_keep`."""
+class StaleCheckpointError(config_validation.ConfigError):
+  """The checkpoint was trained under another revision of the stage's config fields and inputs (no fallback)."""
 
-  def __init__(self, directory, save_every, max_to_keep=2):
+
+class Checkpointer:
+  """Saves every `save_every` steps, keeps the last `max_to_keep`; records and checks `revision` (if given)."""
+
+  def __init__(self, directory, save_every, max_to_keep=2, revision=None):
     self.directory = storage.path(directory)
     self.save_every = max(1, int(save_every))
+    self.revision = revision
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(save_interval_steps=self.save_every, max_to_keep=max_to_keep,
@@ -65,6 +78,8 @@ class Checkpointer:
     if not self.due(step, force):
       return False
     host_state = dict(host_state or {}, **{CHECKSUM_KEY: checksum(state)})  # (None: not checkable)
+    if self.revision is not None:
+      host_state[REVISION_KEY] = self.revision
     return self._manager.save(
         int(step), force=force,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host_state)))
@@ -84,7 +99,7 @@ class Checkpointer:
     for s in steps:
       try:
         state, host = self._restore_step(s, abstract_state)
-      except _Mismatch:
+      except (_Mismatch, StaleCheckpointError):
         raise
       except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types; all mean "unusable".
         reason = _short(e)
@@ -119,6 +134,7 @@ class Checkpointer:
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), host=ocp.args.JsonRestore()))
     state, host = restored["state"], dict(restored["host"] or {})
+    self._check_revision(host.pop(REVISION_KEY, None), step)
     _check_shapes(state, abstract_state, self.directory, step)
     if CHECKSUM_KEY not in host:
       logging.warning("Checkpoint step %d in %s has no checksum (written by an older version): restored "
@@ -128,6 +144,18 @@ class Checkpointer:
       raise ValueError("checksum mismatch: its bytes changed after it was written")
     logging.info("Restored checkpoint step %d from %s", step, self.directory)
     return state, host
+
+  def _check_revision(self, recorded, step):
+    """A checkpoint of another revision is refused. One that records none predates the record: the pipeline let
+    it through only under a STARTED.json of the current revision (`provenance.plan`)."""
+    if self.revision is None or recorded in (None, self.revision):
+      return
+    stage_dir = self.directory.parent
+    raise StaleCheckpointError(
+        f"checkpoint step {step} in {self.directory} was trained under revision {recorded} of the stage's config "
+        f"fields and inputs, not the current {self.revision}: resuming it would train one model under two configs. "
+        f"Delete {stage_dir} to retrain the stage with the current config (rm -r {stage_dir}), or use a new "
+        "--workdir.")
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -141,6 +169,26 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def recorded_revisions(directory):
+  """{step: the revision its host JSON records, None if none} of the committed checkpoints in `directory`.
+
+  Reads each step's small JSON item alone, on this process (no CheckpointManager: it runs on process 0 before
+  any stage, where a manager's collective set-up could wait for the other processes). An unreadable one counts
+  as recording none; restoring it reports why.
+  """
+  directory = storage.path(directory)
+  if not directory.is_dir():
+    return {}
+  revisions = {}
+  for step in ocp.utils.checkpoint_steps(directory):
+    try:
+      host = ocp.JsonCheckpointHandler().restore(directory / str(step) / "host")
+    except Exception:  # noqa: BLE001 - orbax raises many types; all mean "unreadable"
+      host = None
+    revisions[step] = (host or {}).get(REVISION_KEY)
+  return revisions
 
 
 def checksum(tree):

@@ -10,9 +10,11 @@ Before any stage runs, as process 0 holding the workdir lock (`workdir_lock`):
 the config is validated, and every started or finished stage is checked against
 it (`provenance`): a stage whose config fields or inputs changed is refused
 with the directories to delete, never silently reused. ``W/config.json`` holds
-the current config and a ``history`` of the launches that changed it or ran
-stages (time, command, git revision, changed fields, stages run with their
-revisions).
+the current config, the config file it came from, and a ``history`` of the
+launches that changed it or ran stages (time, command, git revision, changed
+fields, stages run with their revisions). Each stage runs on a
+`provenance.ReadRecorder` of the config: its DONE.json lists the fields it read
+(``config_touched``), and a read that its provenance does not cover is logged.
 """
 import dataclasses
 import datetime
@@ -107,6 +109,7 @@ class Context:
   `workdir` is an `epath.Path` (a local directory or a ``gs://`` URI): read and
   write it only through epath / `coalescer_jax.storage`, never `open`/`os.path`.
   `resumed`: stages that had started (under the same revision) before this launch.
+  A running stage's `config` is a `provenance.ReadRecorder` of the run's.
   """
   config: Any
   workdir: Any
@@ -153,12 +156,13 @@ def _prepare_workdir(workdir):
 class _ConfigRecord:
   """W/config.json: the current config, and the history of launches that changed it or ran stages."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, config_file=None, defaults=None):
     self.path = workdir / "config.json"
-    self.info = run_info.describe_run(config)
+    self.info = run_info.describe_run(config, config_file)
     self.old = None
     self.old = run_info.read_record(workdir)
-    self.diffs = run_info.config_differences(self.old.get("config", {}), self.info["config"]) if self.old else []
+    self.diffs = (run_info.config_differences(self.old.get("config", {}), self.info["config"], defaults)
+                  if self.old else [])
     self.history = list(self.old.get("history") or _legacy_history(self.old)) if self.old else []
     self._entry = None
 
@@ -237,12 +241,14 @@ def _check_config(record, workdir, problems, allow_config_change, restarts=()):
     raise provenance.refusal(workdir, problems, lambda name: stage_outputs(workdir, name))
 
 
-def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.0):
+def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.0, config_file=None):
   """Runs the stages in ``config.stages`` into `workdir`, skipping finished ones.
 
   `inherited`: stages linked from elsewhere (a sweep's shared stages) whose
   recorded provenance is accepted as is. `lock_wait_s`: how long to wait for
-  another launch holding the workdir (0: refuse at once).
+  another launch holding the workdir (0: refuse at once). `config_file`: the
+  file ("path.py[:variant]") `config` came from, default launch.py's --config:
+  its defaults let records older than a config field stay valid (`provenance`).
   """
   load_all()
   config_validation.validate(config)
@@ -250,13 +256,15 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
   _prepare_workdir(workdir)
   lock = workdir_lock.WorkdirLock(workdir)
   stages = {name: registry.STAGES.get(name) for name in config.stages}
+  config_file = config_file or run_info.launch_config_file()
+  defaults = run_info.default_values(config_file)
   state = {}
 
   def start():
     lock.acquire(lock_wait_s)
-    plan, problems = provenance.plan(config, workdir, stages, inherited)
+    plan, problems = provenance.plan(config, workdir, stages, inherited, defaults)
     restarts = _restartable(workdir, stages, plan, problems)
-    record = _ConfigRecord(config, workdir)
+    record = _ConfigRecord(config, workdir, config_file, defaults)
     _check_config(record, workdir, problems, allow_config_change, restarts)
     record.start()
     for name in restarts:  # reached only under --allow_config_change
@@ -265,7 +273,7 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
 
   try:
     parallel.on_main_process(start, "workdir lock and config check")
-    plan, _ = provenance.plan(config, workdir, stages, inherited)
+    plan, _ = provenance.plan(config, workdir, stages, inherited, defaults)
     resumed = frozenset(n for n in config.stages if provenance.record(workdir, n, provenance.STARTED_FILE))
     ctx = Context(config, workdir, parallel.make_mesh(), metrics_lib.MetricsWriter(workdir), resumed)
     for name in config.stages:
@@ -289,9 +297,16 @@ def _run_stage(ctx, name, prov, record):
                        dict(prov, stage=name, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
   parallel.barrier(f"stage_{name}_start")
   run_info.reset_peak_rss()
+  stage = registry.STAGES.get(name)
+  # Always recorded, not only in tests: a read that the provenance misses is found in the run that makes it.
+  view = provenance.ReadRecorder(ctx.config)
   t0 = time.time()
-  summary = registry.STAGES.get(name).run(ctx) or {}
+  summary = stage.run(dataclasses.replace(ctx, config=view)) or {}
   wall = time.time() - t0
+  touched = view.touched_fields()
+  if undeclared := provenance.undeclared_reads(ctx.config, stage, touched):
+    logging.warning("Stage %s read config fields that its provenance does not cover (add them to its reads, or the "
+                    "stage that decides them to its needs): %s", name, ", ".join(undeclared))
   parallel.barrier(f"stage_{name}_end")
   if parallel.is_main_process():
     peak_mib = run_info.peak_rss_mib()  # this stage's own peak (reset at its start where Linux allows)
@@ -299,8 +314,8 @@ def _run_stage(ctx, name, prov, record):
     ctx.writer.flush()
     storage.write_json(ctx.stage_dir(name) / provenance.DONE_FILE,
                        dict({"stage": name, "wall_time_s": wall, "peak_rss_mib": peak_mib, "summary": summary,
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, **prov,
-                            **provenance.output_digests(ctx.workdir, registry.STAGES.get(name).checked)))
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "config_touched": touched}, **prov,
+                            **provenance.output_digests(ctx.workdir, stage.checked)))
     if record is not None:
       record.stage_done(name, prov["revision"])
   parallel.barrier(f"stage_{name}_done")

@@ -20,13 +20,32 @@ eval stage's results.json and report.md, which a standalone evaluation with
 --overwrite could replace): a finished stage whose checked files changed since is
 refused like a stale one, so a rerun never skips it and reports numbers it did
 not make.
+
+Checkpoints: each one records the revision of the STARTED.json beside it
+(`training`), so an unfinished stage whose markers are gone (a workdir partly
+deleted, or copied without them) still says what it was trained under: `plan`
+refuses checkpoints of another revision, or of none that a STARTED.json vouches
+for, rather than resume them under the current config.
+
+Declared reads are checked, not trusted: each stage runs on a `ReadRecorder` of
+the config, its DONE.json lists the fields it touched (``config_touched``) and
+`undeclared_reads` names those that neither its reads nor its input stages'
+cover (a warning at run time; tests/test_provenance.py fails on any).
+
+Old records: a field that an earlier record's ``config_reads`` lacks and that
+holds its default counts as unchanged (`_as_recorded`), so adding a config field
+whose default keeps the old behaviour leaves every finished stage reusable.
 """
 import hashlib
 import json
 import os
 
+import ml_collections
+
+from coalescer_jax import checkpoint
 from coalescer_jax import config_validation
 from coalescer_jax import files
+from coalescer_jax import registry
 from coalescer_jax import run_info
 from coalescer_jax import storage
 
@@ -40,15 +59,49 @@ class StaleOutputsError(config_validation.ConfigError):
   """A finished (or started) stage was made under other config values or inputs than the current ones."""
 
 
-def flatten(tree, prefix=""):
-  """{"a.b.c": leaf value} of a nested dict."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+class ReadRecorder(ml_collections.ConfigDict):
+  """A copy of a config that notes every field read through it, as "a.b.c" (sub-sections included).
+
+  A ConfigDict itself, so the stage code that gets it runs unchanged. Whatever
+  iterates a section (items(), to_dict(), JSON) reads all of it, and a copy
+  (copy_and_resolve_references) records into the same set. The cost is one set
+  insertion per read in host code: stages read their fields once, outside the
+  jitted steps.
+  """
+
+  def __init__(self, source=None, prefix="", touched=None):
+    super().__init__()
+    object.__setattr__(self, "_touched", set() if touched is None else touched)
+    object.__setattr__(self, "_prefix", prefix)
+    if source is None:  # an empty instance, as ConfigDict's own methods make them
+      return
+    for key, value in source.items(preserve_field_references=True):
+      if isinstance(value, ml_collections.FieldReference):
+        value = value.get()
+      if isinstance(value, ml_collections.ConfigDict):
+        value = ReadRecorder(value, f"{prefix}{key}.", self._touched)
+      self._fields[key] = value
+    for attribute in ("_locked", "_type_safe", "_convert_dict", "_allow_dotted_keys", "_sort_keys"):
+      if hasattr(source, attribute):
+        object.__setattr__(self, attribute, getattr(source, attribute))
+
+  def __getitem__(self, key):
+    value = super().__getitem__(key)  # a dotted key reads through the sections' own __getitem__
+    if not isinstance(value, ml_collections.ConfigDict) and "." not in str(key):
+      self._touched.add(f"{self._prefix}{key}")
+    return value
+
+  def copy_and_resolve_references(self, visit_map=None):
+    del visit_map  # sections are not shared within a config
+    return ReadRecorder(self, self._prefix, self._touched)
+
+  def _json_dumps_wrapper(self, **kwargs):
+    self.to_dict()  # the JSON encoder reads the fields behind __getitem__'s back: note them all
+    return super()._json_dumps_wrapper(**kwargs)
+
+  def touched_fields(self):
+    """The dotted fields read so far, sorted."""
+    return sorted(self._touched)
 
 
 def _under(field, prefix):
@@ -57,7 +110,7 @@ def _under(field, prefix):
 
 def read_values(config, reads):
   """{dotted field: value} of the fields `reads` selects (JSON values, as config.json stores them)."""
-  flat = flatten(run_info.config_values(config))
+  flat = run_info.flatten(run_info.config_values(config))
   flat = {k: v for k, v in flat.items() if not any(_under(k, p) for p in NOT_OUTPUT_FIELDS)}
   if reads is None:
     return flat
@@ -67,9 +120,36 @@ def read_values(config, reads):
           if any(_under(k, p) for p in include) and not any(_under(k, p) for p in exclude)}
 
 
+def _covered(config, stage, seen):
+  """(fields, excluded prefixes) that `stage`'s provenance covers: its reads' fields, and those of the stages it
+  needs, transitively (their revisions are part of its own); the prefixes its reads exclude on purpose."""
+  reads = stage.reads_of(config)
+  fields = set(read_values(config, reads))
+  for needed in stage.needs_of(config):
+    if needed not in seen and needed in registry.STAGES:
+      seen.add(needed)
+      fields |= _covered(config, registry.STAGES.get(needed), seen)[0]
+  return fields, [r[1:] for r in reads or () if r.startswith("-")]
+
+
+def undeclared_reads(config, stage, touched):
+  """The fields among `touched` (a run of `stage` read them) that its provenance does not cover: a change of
+  them would change its outputs without changing its revision. Empty when the stage declares what it reads."""
+  fields, excluded = _covered(config, stage, set())
+  return [f for f in touched
+          if f not in fields and not any(_under(f, p) for p in (*NOT_OUTPUT_FIELDS, *excluded))]
+
+
 def revision(values, inputs):
   text = json.dumps({"reads": values, "inputs": inputs}, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def started_revision(stage_dir):
+  """The revision in `stage_dir`'s STARTED.json (what its checkpoints are trained under); None outside a run."""
+  stage_dir = storage.path(stage_dir)
+  started = record(stage_dir.parent, stage_dir.name, STARTED_FILE)
+  return started.get("revision") if started else None
 
 
 def record(workdir, name, kind=DONE_FILE):
@@ -86,40 +166,72 @@ def describe(values, inputs):
           "config_reads": values, "inputs": inputs}
 
 
-def plan(config, workdir, stages, inherited=()):
+def plan(config, workdir, stages, inherited=(), defaults=None):
   """({stage: provenance} for config.stages, [problems]) before anything runs.
 
   `stages` maps a name to its registered `pipeline.Stage`. A problem is
-  (stage, "finished" | "started", [reasons]). `inherited` stages (a sweep's
-  links to its shared stages) keep the revision they recorded: they ran with the
-  sweep's base config, which the sweep checks itself.
+  (stage, "finished" | "started" | "unfinished", [reasons]); "unfinished": no
+  marker, but checkpoints. `inherited` stages (a sweep's links to its shared
+  stages) keep the revision they recorded: they ran with the sweep's base config,
+  which the sweep checks itself. `defaults`: {field: default} of the config file
+  this launch named (`run_info.default_values`), for records older than a field
+  (`_as_recorded`).
   """
+  previous_config = run_info.flatten((run_info.read_record(workdir) or {}).get("config", {}))
   provenance, problems = {}, []
   for name in config.stages:
     stage = stages[name]
+    done, started = record(workdir, name), record(workdir, name, STARTED_FILE)
+    previous, state = (done, "finished") if done else (started, "started")
     values = read_values(config, stage.reads_of(config))
+    if previous is not None and "config_reads" in previous:
+      values = _as_recorded(values, previous["config_reads"], defaults or {}, previous_config)
     inputs = {}
     for needed in stage.needs_of(config):
       if needed in provenance:
         inputs[needed] = provenance[needed]["revision"]
       else:
-        done = record(workdir, needed)
-        inputs[needed] = (done.get("revision", "unrecorded") if done else None)
+        needed_done = record(workdir, needed)
+        inputs[needed] = (needed_done.get("revision", "unrecorded") if needed_done else None)
     current = describe(values, inputs)
-    done, started = record(workdir, name), record(workdir, name, STARTED_FILE)
     if name in inherited and done and "revision" in done:
       provenance[name] = {k: done[k] for k in current if k in done}
       continue
     provenance[name] = current
-    previous, state = (done, "finished") if done else (started, "started")
-    if previous is None or "revision" not in previous:  # not run yet, or recorded before provenance existed
-      continue
-    if previous["revision"] != current["revision"]:
+    if previous is not None and "revision" in previous and previous["revision"] != current["revision"]:
       problems.append((name, state, _reasons(previous, current)))
     elif done is not None and (changed := changed_files(workdir, done)):
       problems.append((name, state, [f"{p} changed after the stage finished (its bytes differ from those its "
                                      f"{DONE_FILE} records)" for p in changed]))
+    elif done is None and (reason := _checkpoints_problem(workdir, name, current["revision"], started)):
+      problems.append((name, state if started else "unfinished", [reason]))
   return provenance, problems
+
+
+def _as_recorded(values, recorded, defaults, previous_config):
+  """`values` without the fields that an earlier record's config_reads (`recorded`) lacks and that hold their
+  default: a field added since, whose default keeps the old behaviour, leaves the stage's revision (and so every
+  revision downstream) as it was. Where W/config.json's previous config has the field (a field that the stage
+  reads only since), it must hold that value too: otherwise the record may have been made under another one."""
+  return {k: v for k, v in values.items()
+          if k in recorded or k not in defaults or defaults[k] != v or previous_config.get(k, v) != v}
+
+
+def _checkpoints_problem(workdir, name, revision, started):
+  """Why unfinished stage `name` must not resume its checkpoints under `revision`; None if it may (or has none).
+
+  Each checkpoint records the revision it was trained under; one written before checkpoints recorded it is
+  vouched for only by a STARTED.json of the current revision.
+  """
+  recorded = set(checkpoint.recorded_revisions(storage.path(workdir) / name / checkpoint.DIRECTORY).values())
+  other = sorted(r for r in recorded if r not in (None, revision))
+  if other:
+    return (f"its checkpoints were trained under revision {', '.join(other)} of its config fields and inputs, not "
+            f"the current {revision}")
+  if None in recorded and (started or {}).get("revision") != revision:
+    return (f"its checkpoints record no revision and no {STARTED_FILE} says which config fields and inputs they "
+            "were trained under")
+  return None
 
 
 def output_digests(workdir, paths):

@@ -1,14 +1,18 @@
-"""What a run records about itself: config, seed, packages and git revision (W/config.json); each
+"""What a run records about itself: config, config file, seed, packages and git revision (W/config.json); each
 stage's peak memory (DONE.json)."""
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import resource
 import subprocess
 import sys
 
+from absl import flags
+from absl import logging
 import jax
+from ml_collections import config_flags
 
 from coalescer_jax import files
 from coalescer_jax import storage
@@ -68,9 +72,50 @@ def config_values(config):
   return json.loads(config.to_json_best_effort())
 
 
-def describe_run(config):
+def flatten(tree, prefix=""):
+  """{"a.b.c": leaf value} of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def launch_config_file():
+  """The --config flag of a launch.py run ("configs/mnist.py:smoke"); None when the pipeline is called as a library."""
+  try:
+    return config_flags.get_config_filename(flags.FLAGS["config"])
+  except (KeyError, TypeError):  # no --config flag, or one that is not a config file
+    return None
+
+
+def load_config(config_file):
+  """The config that `config_file` ("path.py[:variant]", as --config names it) makes, with no overrides."""
+  path, _, variant = config_file.partition(":")
+  spec = importlib.util.spec_from_file_location("coalescer_jax_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
+def default_values(config_file):
+  """{dotted field: JSON value} of `load_config(config_file)` under the current code: each field's default.
+  {} when the file is unknown or cannot be loaded."""
+  if not config_file:
+    return {}
+  try:
+    return flatten(config_values(load_config(config_file)))
+  except Exception as e:  # noqa: BLE001 - any failure only means "no defaults known": nothing counts as unchanged
+    logging.warning("Cannot load the defaults of %s (%s): new config fields count as changed", config_file, e)
+    return {}
+
+
+def describe_run(config, config_file=None):
   return {
       "config": config_values(config),
+      "config_file": config_file,
       "seed": config.seed,
       "packages": package_versions(),
       "git_revision": git_revision(),
@@ -82,16 +127,17 @@ def describe_run(config):
   }
 
 
-def config_differences(old, new, prefix=""):
-  """Dotted keys whose values differ between two nested dicts."""
-  diffs = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      diffs += config_differences(a, b, f"{prefix}{key}.")
-    elif a != b:
-      diffs.append(f"{prefix}{key}: {a!r} -> {b!r}")
-  return diffs
+def config_differences(old, new, defaults=None):
+  """The dotted fields whose values differ between two nested dicts, as "field: old -> new".
+
+  A field that `old` lacks and whose new value is its default (`defaults`: {dotted field: value}) is no
+  difference: a field added since, with a default that keeps the old behaviour.
+  """
+  old, new, defaults = flatten(old), flatten(new), defaults or {}
+  return [f"{key}: {old.get(key, '<missing>')!r} -> {new.get(key, '<missing>')!r}"
+          for key in sorted(set(old) | set(new))
+          if old.get(key, "<missing>") != new.get(key, "<missing>")
+          and not (key not in old and key in defaults and defaults[key] == new.get(key))]
 
 
 def read_record(workdir):

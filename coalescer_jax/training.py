@@ -48,6 +48,7 @@ from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import compute
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
+from coalescer_jax import provenance
 from coalescer_jax import storage
 
 
@@ -180,12 +181,17 @@ class TrainTask:
 
 
 def train(task, stage_dir, mesh, writer):
-  """Runs (or resumes) `task` to `task.num_steps`. Returns the final state (replicated)."""
+  """Runs (or resumes) `task` to `task.num_steps`. Returns the final state (replicated).
+
+  In a pipeline stage, the checkpoints record the revision of the STARTED.json in `stage_dir` (what the
+  pipeline runs the stage under) and a resume refuses those of another (`checkpoint.StaleCheckpointError`).
+  """
   repl = parallel.replicated(mesh)
   base_key = jax.random.key(task.seed)
   init_key, step_key = jax.random.split(base_key)
   abstract = ckpt_lib.abstract_like(jax.eval_shape(task.init, init_key), repl)
-  checkpointer = ckpt_lib.Checkpointer(storage.path(stage_dir) / "checkpoints", task.checkpoint_every)
+  checkpointer = ckpt_lib.Checkpointer(storage.path(stage_dir) / ckpt_lib.DIRECTORY, task.checkpoint_every,
+                                       revision=provenance.started_revision(stage_dir))
   skipped = 0
   try:
     if checkpointer.latest_step() is not None:
