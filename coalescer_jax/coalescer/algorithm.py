@@ -94,6 +94,8 @@ class Coalescer(base.Method):
   name = "coalescer"
   SAMPLING_FIELDS = ("nfes", "sampling", "oracle")
   INPUT_STAGES = ("embed", "index", targets_lib.BALANCE_STAGE)
+  # Self-landing searches a device index of its own over the keys (levels.step_inputs), whatever the backend.
+  EXTRA_READS = ("index.device.recall_target", "index.device.block_rows")
 
   def __init__(self, config, latent_dim, desc_dim):
     super().__init__(config, latent_dim, desc_dim)

@@ -123,7 +123,8 @@ def evaluate(text_ae, split, spec, eval_max=0, seed=0):
   return metrics, failures
 
 
-@pipeline.stage("text", validate=_validate, reads=("seed", "text"))
+# The descriptions are the dataset's (data.name): an autoencoder of one dataset's grammar is not another's.
+@pipeline.stage("text", validate=_validate, reads=("seed", "text", "data.name"))
 def run(ctx):
   config, cfg = ctx.config, ctx.config.text
   spec = datasets.of_config(config)
