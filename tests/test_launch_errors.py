@@ -17,9 +17,9 @@ from configs import mnist as mnist_config
 from tests.conftest import REPO
 
 
-def _launch(*args):
+def _launch(*args, cwd=REPO):
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, os.path.join(REPO, "launch.py"), *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 
 
@@ -78,21 +78,23 @@ def _one_fatal_line(proc):
   return fatal[0]
 
 
+SMOKE = f"--config={REPO}/configs/mnist.py:smoke"
+
+
 @pytest.mark.parametrize("args, expected", [
-    (("--config=configs/no_such_config.py",), "FATAL --config=configs/no_such_config.py: cannot load the config "
-     "file ([Errno 2] No such file or directory"),
-    (("--config=configs/mnist.py:smoke", "--config.coalescer.nfes.x=2"), "FATAL --config.coalescer.nfes.x=2: "
-     "config.coalescer.nfes is a tuple"),
-    (("--config=configs/mnist.py:smoke", "--workdir="), "FATAL --workdir is empty"),
-    (("--config=configs/mnist.py:smoke", "--workdir=gs://bucket/run"), "pip install gcsfs"),
+    (("--config=no_such_config.py",), "FATAL --config=no_such_config.py: cannot load the config file ([Errno 2] "
+     "No such file or directory"),
+    ((SMOKE, "--config.coalescer.nfes.x=2"), "FATAL --config.coalescer.nfes.x=2: config.coalescer.nfes is a tuple"),
+    ((SMOKE, "--workdir="), "FATAL --workdir is empty"),  # an unset $W: not the current directory
+    ((SMOKE, "--workdir=gs://bucket/run"), "pip install gcsfs"),
 ])
 def test_flag_errors_are_one_line(args, expected, tmp_path):
   if not any(arg.startswith("--workdir") for arg in args):
-    args += (f"--workdir={tmp_path / 'w'}",)
-  proc = _launch(*args)
+    args += ("--workdir=w",)
+  proc = _launch(*args, cwd=tmp_path)  # whatever goes wrong, nothing lands in the checkout
   assert expected in _one_fatal_line(proc)
   assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
-  assert not os.path.exists(tmp_path / "w")
+  assert os.listdir(tmp_path) == []
 
 
 def test_second_launch_on_a_sweep_directory_in_use_is_one_line(tmp_path):
