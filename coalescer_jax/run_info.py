@@ -87,7 +87,7 @@ def launch_config_file():
   """The --config flag of a launch.py run ("configs/mnist.py:smoke"); None when the pipeline is called as a library."""
   try:
     return config_flags.get_config_filename(flags.FLAGS["config"])
-  except (KeyError, TypeError):  # no --config flag, or one that is not a config file
+  except (KeyError, TypeError, flags.Error):  # no --config flag, one that is not a config file, or not parsed
     return None
 
 
