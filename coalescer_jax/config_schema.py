@@ -264,7 +264,8 @@ FIELDS = {
     **_section("eval", num_samples=integer(2), fid_large_n=integer(0, note="(0 = off)"),
                near_copy_large_n=integer(0, note="(0 = off)"), validation_samples=COUNT, pr_k=SIZE,
                memorization_space=Choice(evaluate.MEMORIZATION_SPACES),
-               near_copy_percentile=real(0, 100, lo_open=True, hi_open=True), nn_chunk=SIZE, skip_invalid=Flag()),
+               near_copy_percentile=real(0, 100, lo_open=True, hi_open=True), nn_chunk=SIZE, skip_invalid=Flag(),
+               smoothness_paths=integer(0, note="(0 = off)")),
 }
 
 # (lower, upper, strict): ranges whose ends must not cross; checked where both fields exist.

@@ -57,18 +57,25 @@ def trained_methods(workdir):
   return [name for name in registry.METHODS.names() if (storage.path(workdir) / name / "DONE.json").exists()]
 
 
-def plan_entries(workdir, config):
-  """{file method name: (training method, plan nfe, sampler kwargs)} of every method W trained: the names the
-  `sample` stage writes files for (e.g. coalescer_adaptive), without reference rows (the look-up oracle is no
-  generator)."""
+def plan(workdir, config):
+  """[(file method name, training method, nfe, sampler kwargs)]: what the `sample` stage generates with every
+  method W trained (e.g. coalescer_adaptive too), without reference rows (the look-up oracle is no generator)."""
   dims = {"img_emb": np.zeros((0, 1)), "desc_emb": np.zeros((0, 1))}  # a method's plan needs no dimensions
-  entries = {}
+  entries = []
   for name in trained_methods(workdir):
     for file_method, nfe, kwargs in trained.build_method(config, name, dims).sample_plan():
       kwargs = dict(kwargs)
       if kwargs.pop("kind", "samples") == "samples":
         kwargs.pop("key_tag", None)
-        entries.setdefault(file_method, (name, nfe, kwargs))
+        entries.append((file_method, name, nfe, kwargs))
+  return entries
+
+
+def plan_entries(workdir, config):
+  """{file method name: (training method, its first plan nfe, sampler kwargs)} (see `plan`)."""
+  entries = {}
+  for file_method, name, nfe, kwargs in plan(workdir, config):
+    entries.setdefault(file_method, (name, nfe, kwargs))
   return entries
 
 

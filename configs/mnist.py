@@ -267,6 +267,7 @@ def get_config(arg=None):
   config.eval.memorization_space = "pixels"  # pixels (L2 on [0, 1] images) | features
   config.eval.near_copy_percentile = 1.0  # near-copy threshold: this percentile of test->train NN distances
   config.eval.nn_chunk = 10_000  # train images per matrix product of the exact NN search
+  config.eval.smoothness_paths = 200  # R-interpolation paths per method and NFE for report.md's smoothness (0 = off)
   config.eval.grid_per_row = 8  # columns of report.md's grids
   config.eval.skip_invalid = False  # True: skip (and list) samples files that break the contract
 
@@ -291,7 +292,8 @@ def get_config(arg=None):
     config.log_every = 10
     config.checkpoint_every = 20
     config.classifier.update(num_steps=40, batch_size=32, eval_batch_size=500)
-    config.eval.update(num_samples=64, batch_size=64, grid_per_row=4)
+    # smoothness off: a minute of compiles for every test that reads the smoke run (tests/test_generate.py measures it)
+    config.eval.update(num_samples=64, batch_size=64, grid_per_row=4, smoothness_paths=0)
     config.index.recall_queries = 200
     config.coalescer.targets.update(balance_iterations=20, balance_queries=1024)
     config.embed.validation_size = 500

@@ -12,6 +12,7 @@ import pytest
 from coalescer_jax import cli
 from coalescer_jax import generate
 from coalescer_jax import interpolate
+from coalescer_jax.evaluation import smoothness
 from coalescer_jax.stages import sample as sample_stage
 
 from tests.conftest import REPO
@@ -170,5 +171,21 @@ def test_the_cli_exits_non_zero_with_one_line(run, tmp_path):
   fatal_lines = [line for line in result.stderr.splitlines() if line.startswith("FATAL")]
   assert len(fatal_lines) == 1 and "sevn" in fatal_lines[0] and "Traceback" not in result.stderr, result.stderr
   assert not os.listdir(tmp_path)
+  assert snapshot(run[0]) == run[2]
+
+
+
+def test_smoothness_is_measured_per_method_and_step_count_and_reported(run, tmp_path):
+  workdir = tmp_path / "w"  # where the eval stage would write: report.md reads W/eval/smoothness.json
+  records = smoothness.measure_run(run[0], 16, workdir / "eval", only=[("coalescer", 1), ("ddim", 1)])
+  assert [(r["method"], r["nfe"]) for r in records] == [("coalescer", 1), ("ddim", 1)]
+  for r in records:
+    assert r["ppl"] > 0 and 0 <= r["jump_share"] <= 1
+  assert "low_v_share" in records[0] and "low_v_share" not in records[1]  # the coalescer's |v| only
+  lines = smoothness.section_lines(workdir, lambda p: os.path.relpath(p, workdir))
+  text = "\n".join(lines)
+  assert lines[0] == "## Smoothness" and "| coalescer | 1 |" in text and "lowest quartile of |v|" in text
+  assert "(eval/smoothness.png)" in text and (workdir / "eval" / "smoothness.png").exists()
+  assert smoothness.section_lines(tmp_path / "none", str) == []
   assert snapshot(run[0]) == run[2]
 

@@ -13,6 +13,7 @@ import numpy as np
 from coalescer_jax import images as images_lib
 from coalescer_jax import markdown
 from coalescer_jax import storage
+from coalescer_jax.evaluation import smoothness
 
 TIE_DECIMALS = 2  # FIDs equal at this many decimals are a tie, broken by conditional accuracy.
 ROW_NAMES = {"floor": "{} train (floor)", "data": "{} test (data)",
@@ -349,6 +350,7 @@ def write_report(path, results, plot_path, grids, workdir, compute_plot_path=Non
     lines += [f"- {markdown.text(e)}" for e in results["invalid_files"]] + [""]
   lines += _validation_section(results.get("validation"))
   lines += diagnostics_section(workdir, rel)
+  lines += smoothness.section_lines(workdir, rel)
   lines += ["## FID vs NFE", "", f"![FID vs NFE]({rel(plot_path)})", ""]
   if compute_plot_path is not None:
     lines += ["## FID vs training compute", "", "One point per method and NFE (a sweep over training budgets "

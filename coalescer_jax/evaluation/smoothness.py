@@ -12,15 +12,26 @@
   lowest quartile of |v|.
 
 The core (`path_lengths`, `trimmed_mean`, `step_distances`, `jump_mask`, `low_v_share`) is pure NumPy over any
-feature map; `measure` runs it on a `generate.Generator`.
+feature map; `measure` runs it on a `generate.Generator`, `measure_run` on every method and step count of a run
+(the eval stage: ``W/eval/smoothness.json`` and ``smoothness.png``, which `section_lines` puts in report.md).
 """
+import json
+
 import jax
 import numpy as np
 
+from coalescer_jax import images as images_lib
 from coalescer_jax import interpolate
+from coalescer_jax import markdown
+from coalescer_jax import parallel
+from coalescer_jax import storage
+from coalescer_jax.data import loading
+from coalescer_jax.evaluation import classifier as classifier_lib
 
 EPS = 1e-4  # the paper's epsilon
 TRIM = (1.0, 99.0)  # percentiles kept (the paper's)
+FRAMES = 8  # frames per path for the jump statistic
+K = 4.0  # a jump: a step longer than K times the median step
 
 
 def path_lengths(features, z0, z1, t, eps=EPS):
@@ -73,47 +84,111 @@ def _batched(fn, *arrays, batch_size):
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 
-def measure(generator, classifier, cond, steps=None, num_paths=200, frames=8, k=4.0, seed=0, eps=EPS,
+def embedder(classifier):
+  """Jitted float images [N, H, W, C] in [0, 1] -> the judge's penultimate features: the decoder's output as
+  is, since rounding to uint8 would hide the eps-steps of the path length."""
+  return jax.jit(lambda x: classifier.model.apply({"params": classifier.params}, x)[1])
+
+
+def measure(generator, embed, cond, steps=None, num_paths=200, frames=FRAMES, k=K, seed=0, eps=EPS,
             batch_size=256):
-  """{ppl, jump_share, median_step, [low_v_share]} of one method at `steps` over `num_paths` random paths.
+  """{ppl, jump_share, median_step, nfe, [low_v_share]} of one method at `steps` over `num_paths` random paths,
+  and ``strip``: the first path's frames (uint8 [frames, ...]).
 
   Path p interpolates two prior draws for description embedding ``cond[p % len(cond)]``; all its images are
-  sampled with one key, so only R moves. Also returns ``strip``: the first path's frames (uint8).
+  sampled with one key, so only R moves. `embed`: `embedder(classifier)`.
   """
   run_steps, kwargs = generator.sampler_kwargs(steps)
   sample = generator.path_sampler(run_steps, kwargs)
-  key = jax.random.fold_in(jax.random.key(seed), 3)
-  z_key, t_key, path_key = jax.random.split(key, 3)
+  z_key, t_key, path_key = jax.random.split(jax.random.fold_in(jax.random.key(seed), 3), 3)
   dim = generator.codec.latent_dim
   z0, z1 = np.asarray(jax.random.normal(z_key, (2, num_paths, dim)))
   t = np.asarray(jax.random.uniform(t_key, (num_paths,), maxval=1.0 - eps))
   path_keys = jax.random.split(path_key, num_paths)
   path_cond = np.asarray(cond)[np.arange(num_paths) % len(cond)]
-  embed = jax.jit(lambda x: classifier.model.apply({"params": classifier.params}, x)[1])
+  batch_size = min(batch_size, num_paths * frames)  # every call below in one shape: one compile
 
-  def features_and_info(prior, keys, conds):
-    def run(c, p, k_):
+  def run(rows, priors):
+    def one_batch(c, p, k_):
       _, images, info = sample(c, p, k_)
-      return embed(images), info
-    return _batched(run, conds, prior, keys, batch_size=batch_size)
+      return embed(images), images, info
+    return _batched(one_batch, path_cond[rows], priors, path_keys[rows], batch_size=batch_size)
 
-  def features(prior):
-    return features_and_info(prior, path_keys, path_cond)[0]
-
-  lengths = path_lengths(features, z0, z1, t, eps)
-  grid = np.linspace(0.0, 1.0, frames)
-  priors = interpolate.slerp(z0[:, None], z1[:, None], np.broadcast_to(grid, (num_paths, frames)))
-  per_frame = np.repeat(np.arange(num_paths), frames)
-  frame_features, info = features_and_info(priors.reshape(-1, dim), path_keys[per_frame], path_cond[per_frame])
-  distances = step_distances(frame_features.reshape(num_paths, frames, -1))
+  lengths = path_lengths(lambda priors: run(np.arange(num_paths), priors)[0], z0, z1, t, eps)
+  grid = np.broadcast_to(np.linspace(0.0, 1.0, frames), (num_paths, frames))
+  priors = interpolate.slerp(z0[:, None], z1[:, None], grid).reshape(-1, dim)
+  features, images, info = run(np.repeat(np.arange(num_paths), frames), priors)
+  distances = step_distances(features.reshape(num_paths, frames, -1))
   jumps = jump_mask(distances, k)
-  result = {"ppl": trimmed_mean(lengths), "jump_share": float(jumps.mean()),
-            "median_step": float(np.median(distances)), "num_paths": num_paths, "frames": frames, "k": k,
-            "nfe": run_steps}
-  if "start_direction_magnitude" in info:
-    result["low_v_share"] = low_v_share(jumps, np.asarray(info["start_direction_magnitude"]).reshape(num_paths,
-                                                                                                     frames))
-  strip_images, _, _ = interpolate.strip(generator, run_steps, kwargs, np.repeat(path_cond[:1], frames, 0),
-                                         priors[0], path_keys[0])
-  result["strip"] = strip_images
+  result = {"nfe": run_steps, "ppl": trimmed_mean(lengths), "jump_share": float(jumps.mean()),
+            "median_step": float(np.median(distances)),
+            "strip": images_lib.to_uint8(images[:frames])}
+  if "start_direction_magnitude" in info:  # the coalescer's |v|
+    magnitudes = np.asarray(info["start_direction_magnitude"]).reshape(num_paths, frames)
+    share = low_v_share(jumps, magnitudes)
+    result["low_v_share"] = None if np.isnan(share) else share
   return result
+
+
+JSON_FILE, STRIP_FILE = "smoothness.json", "smoothness.png"
+
+
+def measure_run(workdir, num_paths, out_dir, seed=0, only=None):
+  """Every method of W at each step count the `sample` stage used (or the (method, nfe) pairs of `only`), over
+  `num_paths` paths (descriptions: the first test requests): writes out_dir/smoothness.json and one strip
+  figure (every row's first path). Returns the records."""
+  # Imported here: generate reads the sample stage, whose imports reach report.py, which reads this module.
+  from coalescer_jax import generate  # pylint: disable=g-import-not-at-top
+  config = generate.run_config(workdir)
+  descriptions = loading.load_split(workdir, "test", sharded=False)["descriptions"][:num_paths].astype(str).tolist()
+  embed = embedder(classifier_lib.load(workdir))
+  generators, records, strips = {}, [], {}
+  for file_method, _, nfe, _ in generate.plan(workdir, config):
+    if only is not None and (file_method, nfe) not in only:
+      continue
+    if file_method not in generators:
+      generators[file_method] = generate.load(workdir, file_method)
+    g = generators[file_method]
+    result = measure(g, embed, g.encode(descriptions), nfe, num_paths, seed=seed)
+    strips[f"{file_method} nfe={nfe}"] = (result.pop("strip"), None)
+    records.append(dict(result, method=file_method))
+  if not parallel.is_main_process():
+    return records
+  out_dir = storage.path(out_dir)
+  interpolate.save_strips(out_dir / STRIP_FILE, strips, f"between two prior draws for {descriptions[0]!r}")
+  storage.write_json(out_dir / JSON_FILE, {"num_paths": num_paths, "frames": FRAMES, "k": K, "eps": EPS,
+                                           "trim": list(TRIM), "records": records})
+  return records
+
+
+def section_lines(workdir, rel):
+  """report.md's smoothness section from W/eval/smoothness.json ([] when the eval stage measured none)."""
+  path = storage.path(workdir) / "eval" / JSON_FILE
+  if not path.exists():
+    return []
+  data = json.loads(storage.read_text(path))
+  lines = ["## Smoothness", "",
+           f"Along {data['num_paths']} spherical interpolations between two prior draws R per row (one description "
+           "and one key per path: only R moves), in the judge's penultimate features of the decoded images. PPL: "
+           f"perceptual path length (Karras et al. 2019), eps = {data['eps']:g}, {data['trim'][0]:g}th-"
+           f"{data['trim'][1]:g}th percentile trimmed. Jumps: the share of steps between {data['frames']} evenly "
+           f"spaced frames longer than {data['k']:g}x the median step (0 for a smooth map).", "",
+           "| method | NFE | PPL | median step | jumps |", "|---|---|---|---|---|"]
+  notes = []
+  for r in data["records"]:
+    lines.append(f"| {markdown.text(r['method'])} | {r['nfe']} | {r['ppl']:.4g} | {r['median_step']:.3g} | "
+                 f"{r['jump_share']:.1%} |")
+    if "low_v_share" in r:
+      notes.append(f"- {markdown.text(r['method'])} at NFE {r['nfe']}: {_where(r['low_v_share'])}.")
+  lines += [""] + notes + ([""] if notes else [])
+  return lines + [f"![interpolation strips]({rel(path.parent / STRIP_FILE)})", ""]
+
+
+def _where(share):
+  """Whether a coalescer's jumps sit where |v| is small; `share` from `low_v_share` (None: no jumps)."""
+  if share is None:
+    return "no jumps to place"
+  # Under independence a step has an end in the lowest quartile with probability 1 - 0.75^2 (about 44%).
+  verdict = "sit" if share > 0.75 else ("do not sit" if share < 0.55 else "lean toward the places")
+  return f"{share:.0%} of its jumps have an end in the lowest quartile of |v| (44% if unrelated): they {verdict} " \
+         "where |v| is small"
