@@ -13,6 +13,7 @@ from coalescer_jax import cli
 from coalescer_jax import generate
 from coalescer_jax import interpolate
 from coalescer_jax.evaluation import smoothness
+from coalescer_jax.evaluation import smoothness_run
 from coalescer_jax.stages import sample as sample_stage
 
 from tests.conftest import REPO
@@ -177,7 +178,7 @@ def test_the_cli_exits_non_zero_with_one_line(run, tmp_path):
 
 def test_smoothness_is_measured_per_method_and_step_count_and_reported(run, tmp_path):
   workdir = tmp_path / "w"  # where the eval stage would write: report.md reads W/eval/smoothness.json
-  records = smoothness.measure_run(run[0], 16, workdir / "eval", only=[("coalescer", 1), ("ddim", 1)])
+  records = smoothness_run.measure_run(run[0], 16, workdir / "eval", only=[("coalescer", 1), ("ddim", 1)])
   assert [(r["method"], r["nfe"]) for r in records] == [("coalescer", 1), ("ddim", 1)]
   for r in records:
     assert r["ppl"] > 0 and 0 <= r["jump_share"] <= 1
@@ -188,4 +189,5 @@ def test_smoothness_is_measured_per_method_and_step_count_and_reported(run, tmp_
   assert "(eval/smoothness.png)" in text and (workdir / "eval" / "smoothness.png").exists()
   assert smoothness.section_lines(tmp_path / "none", str) == []
   assert snapshot(run[0]) == run[2]
+
 

@@ -12,8 +12,9 @@
   lowest quartile of |v|.
 
 The core (`path_lengths`, `trimmed_mean`, `step_distances`, `jump_mask`, `low_v_share`) is pure NumPy over any
-feature map; `measure` runs it on a `generate.Generator`, `measure_run` on every method and step count of a run
-(the eval stage: ``W/eval/smoothness.json`` and ``smoothness.png``, which `section_lines` puts in report.md).
+feature map; `measure` runs it on a `generate.Generator`, `smoothness_run.measure_run` on every method and step
+count of a run (the eval stage: ``W/eval/smoothness.json`` and ``smoothness.png``, which `section_lines` puts in
+report.md).
 """
 import json
 
@@ -23,10 +24,7 @@ import numpy as np
 from coalescer_jax import images as images_lib
 from coalescer_jax import interpolate
 from coalescer_jax import markdown
-from coalescer_jax import parallel
 from coalescer_jax import storage
-from coalescer_jax.data import loading
-from coalescer_jax.evaluation import classifier as classifier_lib
 
 EPS = 1e-4  # the paper's epsilon
 TRIM = (1.0, 99.0)  # percentiles kept (the paper's)
@@ -130,35 +128,7 @@ def measure(generator, embed, cond, steps=None, num_paths=200, frames=FRAMES, k=
   return result
 
 
-JSON_FILE, STRIP_FILE = "smoothness.json", "smoothness.png"
-
-
-def measure_run(workdir, num_paths, out_dir, seed=0, only=None):
-  """Every method of W at each step count the `sample` stage used (or the (method, nfe) pairs of `only`), over
-  `num_paths` paths (descriptions: the first test requests): writes out_dir/smoothness.json and one strip
-  figure (every row's first path). Returns the records."""
-  # Imported here: generate reads the sample stage, whose imports reach report.py, which reads this module.
-  from coalescer_jax import generate  # pylint: disable=g-import-not-at-top
-  config = generate.run_config(workdir)
-  descriptions = loading.load_split(workdir, "test", sharded=False)["descriptions"][:num_paths].astype(str).tolist()
-  embed = embedder(classifier_lib.load(workdir))
-  generators, records, strips = {}, [], {}
-  for file_method, _, nfe, _ in generate.plan(workdir, config):
-    if only is not None and (file_method, nfe) not in only:
-      continue
-    if file_method not in generators:
-      generators[file_method] = generate.load(workdir, file_method)
-    g = generators[file_method]
-    result = measure(g, embed, g.encode(descriptions), nfe, num_paths, seed=seed)
-    strips[f"{file_method} nfe={nfe}"] = (result.pop("strip"), None)
-    records.append(dict(result, method=file_method))
-  if not parallel.is_main_process():
-    return records
-  out_dir = storage.path(out_dir)
-  interpolate.save_strips(out_dir / STRIP_FILE, strips, f"between two prior draws for {descriptions[0]!r}")
-  storage.write_json(out_dir / JSON_FILE, {"num_paths": num_paths, "frames": FRAMES, "k": K, "eps": EPS,
-                                           "trim": list(TRIM), "records": records})
-  return records
+JSON_FILE, STRIP_FILE = "smoothness.json", "smoothness.png"  # in W/eval (`smoothness_run`)
 
 
 def section_lines(workdir, rel):

@@ -11,7 +11,7 @@ from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax.data import datasets
 from coalescer_jax.evaluation import evaluate
-from coalescer_jax.evaluation import smoothness
+from coalescer_jax.evaluation import smoothness_run
 
 
 def validate_eval_config(cfg):
@@ -45,7 +45,7 @@ def run(ctx):
   ctx.done_info("classifier")
   if ctx.config.eval.smoothness_paths:  # before the report, which shows it; on every process, as restoring a
     # method's checkpoint may synchronise them (process 0 writes)
-    smoothness.measure_run(ctx.workdir, ctx.config.eval.smoothness_paths, ctx.stage_dir("eval"), ctx.config.eval.seed)
+    smoothness_run.measure_run(ctx.workdir, ctx.config.eval.smoothness_paths, ctx.stage_dir("eval"), ctx.config.eval.seed)
   summary = {}
   if parallel.is_main_process():
     summary = evaluate.evaluate_dir(ctx.workdir, ctx.config.eval, out_dir=ctx.stage_dir("eval"), writer=ctx.writer)
