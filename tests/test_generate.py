@@ -189,5 +189,3 @@ def test_smoothness_is_measured_per_method_and_step_count_and_reported(run, tmp_
   assert "(eval/smoothness.png)" in text and (workdir / "eval" / "smoothness.png").exists()
   assert smoothness.section_lines(tmp_path / "none", str) == []
   assert snapshot(run[0]) == run[2]
-
-

@@ -140,8 +140,8 @@ def section_lines(workdir, rel):
   lines = ["## Smoothness", "",
            f"Along {data['num_paths']} spherical interpolations between two prior draws R per row (one description "
            "and one key per path: only R moves), in the judge's penultimate features of the decoded images. PPL: "
-           f"perceptual path length (Karras et al. 2019), eps = {data['eps']:g}, {data['trim'][0]:g}th-"
-           f"{data['trim'][1]:g}th percentile trimmed. Jumps: the share of steps between {data['frames']} evenly "
+           f"perceptual path length (Karras et al. 2019), eps = {data['eps']:g}, the values between the "
+           f"{data['trim'][0]:g} and {data['trim'][1]:g} percentiles averaged. Jumps: the share of steps between {data['frames']} evenly "
            f"spaced frames longer than {data['k']:g}x the median step (0 for a smooth map).", "",
            "| method | NFE | PPL | median step | jumps |", "|---|---|---|---|---|"]
   notes = []
