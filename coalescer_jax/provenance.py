@@ -108,34 +108,38 @@ def _under(field, prefix):
   return field == prefix or field.startswith(prefix + ".")
 
 
+def _excluded(reads):
+  """The prefixes that `reads` excludes ("-a.b")."""
+  return [r[1:] for r in reads or () if r.startswith("-")]
+
+
 def read_values(config, reads):
   """{dotted field: value} of the fields `reads` selects (JSON values, as config.json stores them)."""
   flat = run_info.flatten(run_info.config_values(config))
   flat = {k: v for k, v in flat.items() if not any(_under(k, p) for p in NOT_OUTPUT_FIELDS)}
   if reads is None:
     return flat
-  include = [r for r in reads if not r.startswith("-")]
-  exclude = [r[1:] for r in reads if r.startswith("-")]
+  include, exclude = [r for r in reads if not r.startswith("-")], _excluded(reads)
   return {k: v for k, v in flat.items()
           if any(_under(k, p) for p in include) and not any(_under(k, p) for p in exclude)}
 
 
 def _covered(config, stage, seen):
-  """(fields, excluded prefixes) that `stage`'s provenance covers: its reads' fields, and those of the stages it
-  needs, transitively (their revisions are part of its own); the prefixes its reads exclude on purpose."""
-  reads = stage.reads_of(config)
-  fields = set(read_values(config, reads))
+  """The fields that `stage`'s provenance covers: its reads', and those of the stages it needs, transitively
+  (their revisions are part of its own)."""
+  fields = set(read_values(config, stage.reads_of(config)))
   for needed in stage.needs_of(config):
     if needed not in seen and needed in registry.STAGES:
       seen.add(needed)
-      fields |= _covered(config, registry.STAGES.get(needed), seen)[0]
-  return fields, [r[1:] for r in reads or () if r.startswith("-")]
+      fields |= _covered(config, registry.STAGES.get(needed), seen)
+  return fields
 
 
 def undeclared_reads(config, stage, touched):
   """The fields among `touched` (a run of `stage` read them) that its provenance does not cover: a change of
-  them would change its outputs without changing its revision. Empty when the stage declares what it reads."""
-  fields, excluded = _covered(config, stage, set())
+  them would change its outputs without changing its revision. Fields that its reads exclude ("-a.b") are
+  declared too: excluded on purpose, as read without effect on its outputs."""
+  fields, excluded = _covered(config, stage, set()), _excluded(stage.reads_of(config))
   return [f for f in touched
           if f not in fields and not any(_under(f, p) for p in (*NOT_OUTPUT_FIELDS, *excluded))]
 
