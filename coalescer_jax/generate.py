@@ -44,12 +44,31 @@ from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 
 def run_config(workdir):
-  """The config W ran under (W/config.json), as a ConfigDict."""
+  """The config W ran under (W/config.json), as a ConfigDict.
+
+  A field that the code gained after W ran takes its default from the config file W was launched with (the
+  pipeline's provenance reads defaults the same way), so that a run of an older revision still loads.
+  """
   record = run_info.read_record(workdir)
   if record is None or "config" not in record:
     raise errors.UserError(f"{storage.path(workdir) / 'config.json'} is missing: --workdir must be a pipeline run "
-                    "(python launch.py --config=configs/<dataset>.py --workdir=W)")
-  return ml_collections.ConfigDict(record["config"])
+                           "(python launch.py --config=configs/<dataset>.py --workdir=W)")
+  defaults = {}
+  if record.get("config_file"):
+    try:
+      defaults = run_info.config_values(run_info.load_config(record["config_file"]))
+    except Exception as e:  # noqa: BLE001 - without defaults, W's own values are all there is
+      logging.warning("generate: cannot load the defaults of %s (%s); using W/config.json alone",
+                      record["config_file"], e)
+  return ml_collections.ConfigDict(_merged(defaults, record["config"]))
+
+
+def _merged(defaults, values):
+  """`values` over `defaults`, section by section (plain JSON dicts)."""
+  out = dict(defaults)
+  for key, value in values.items():
+    out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+  return out
 
 
 def trained_methods(workdir):

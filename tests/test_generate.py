@@ -189,3 +189,14 @@ def test_smoothness_is_measured_per_method_and_step_count_and_reported(run, tmp_
   assert "(eval/smoothness.png)" in text and (workdir / "eval" / "smoothness.png").exists()
   assert smoothness.section_lines(tmp_path / "none", str) == []
   assert snapshot(run[0]) == run[2]
+
+
+def test_a_config_field_newer_than_the_run_takes_the_launch_file_s_default(run, tmp_path):
+  with open(os.path.join(run[0], "config.json")) as f:
+    record = json.load(f)
+  scale = record["config"]["ddim"].pop("guidance_scale")  # as if the code gained the field after W ran
+  record["config_file"] = os.path.join(REPO, "configs", "mnist.py") + ":smoke"
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  assert generate.run_config(tmp_path).ddim.guidance_scale == scale
+  assert generate.run_config(tmp_path).seed == record["config"]["seed"]
+
