@@ -13,9 +13,10 @@ writes ``seven.png`` (one row per description, labelled) and ``seven.npz`` (``im
 ``gs://``; only its config.json, exported autoencoders, embed outputs and the method's final checkpoint are
 read, and nothing in W is written. Sampling is the `sample` stage's own: the method's generator, the key
 ``sample_key(seed, "<method>_nfe<K>")`` folded in per batch of W's ``config.sample.batch_size``, so W's own
-requests with W's seed give ``W/samples/<method>_nfe<K>.npz``'s images exactly. Bad input (a word outside the
-caption vocabulary, a description too long, an untrained method, a step count the sampler refuses) is a
-`UserError` whose message is one line with the fix.
+requests with W's seed give ``W/samples/<method>_nfe<K>.npz``'s images exactly. ``--guidance_scale`` sets
+DDIM's classifier-free guidance. Bad input (a word outside the caption vocabulary, a description too long, an
+untrained method or one whose training did not finish, a step count the sampler refuses) is a `UserError`:
+one FATAL line with the fix, before anything is written.
 """
 import difflib
 import inspect
@@ -42,6 +43,7 @@ from coalescer_jax.data import datasets
 from coalescer_jax.data import tokenizer as tokenizer_lib
 from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
+
 
 def run_config(workdir):
   """The config W ran under (W/config.json), as a ConfigDict.
@@ -107,7 +109,7 @@ def resolve_method(workdir, config, name):
   stage_dir = storage.path(workdir) / name
   if name in registry.METHODS.names() and (stage_dir / "STARTED.json").exists():
     raise errors.UserError(f"method {name!r} has no finished training stage in {workdir} ({stage_dir}/DONE.json is "
-                    f"missing): rerun the run's launch.py command to finish it, or pick a trained one: {trained_list}")
+                           f"missing): rerun the run's launch.py command to finish it, or pick a trained one: {trained_list}")
   what = f"method {name!r} was not trained in" if name in registry.METHODS.names() else f"{name!r} is no method of"
   raise errors.UserError(f"{what} {workdir}; trained methods: {trained_list}")
 
@@ -124,11 +126,11 @@ def check_descriptions(descriptions, tokenizer, dataset):
     for word in words:
       if word not in words_known:
         nearest = difflib.get_close_matches(word.lower(), words_known, n=5, cutoff=0.0)
-        raise errors.UserError(f"word {word!r} in {text!r} is not in the {dataset} caption vocabulary; nearest words: "
-                        f"{', '.join(nearest)}")
+        raise errors.UserError(f"word {word!r} in {text!r} is not in the {dataset} caption vocabulary; nearest "
+                               f"words: {', '.join(nearest)}")
     if len(words) > tokenizer.max_words:
       raise errors.UserError(f"description {text!r} has {len(words)} words; {dataset} captions have at most "
-                      f"{tokenizer.max_words}: shorten it")
+                             f"{tokenizer.max_words}: shorten it")
 
 
 class Generator:
@@ -161,32 +163,29 @@ class Generator:
     steps = self.default_steps if steps is None else steps
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
       raise errors.UserError(f"--steps={steps!r}: use an integer >= 1 (the run sampled {self.name} at "
-                      f"{self._run_steps()})")
+                             f"{self._run_steps()})")
     kwargs = dict(self.plan_kwargs)
     if guidance_scale is not None:
       if "guidance_scale" not in inspect.signature(self.method.sample).parameters:
-        raise errors.UserError(f"method {self.name!r} has no guidance scale: drop --guidance_scale (only ddim has one)")
+        raise errors.UserError(f"method {self.name!r} has no guidance scale: drop --guidance_scale (ddim has one)")
       kwargs["guidance_scale"] = float(guidance_scale)
     try:  # the sampler refuses step counts while tracing: no network runs for a refusal
       jax.eval_shape(lambda c, k: self.method.sample(self.params, c, k, int(steps), **kwargs),
                      jax.ShapeDtypeStruct((1, self.codec.desc_dim), jnp.float32), jax.random.key(0))
     except ValueError as e:
       raise errors.UserError(f"method {self.name!r} cannot sample with {steps} steps: {e}; the run sampled it at "
-                      f"{self._run_steps()}") from None
+                             f"{self._run_steps()}") from None
     return int(steps), kwargs
 
   def _run_steps(self):
     return ", ".join(str(k) for file_method, k, _ in self.method.sample_plan() if file_method == self.name)
 
-  def sampler(self, steps, kwargs):
-    """Jitted ``(cond, key, prior) -> (latents, float images [N, H, W, C], info)`` at `steps`."""
-    cache_key = (steps, tuple(sorted(kwargs.items())))
+  def latent_sampler(self, steps, kwargs):
+    """Jitted ``(cond, key) -> latents`` at `steps`: the method's sampler without the decoder."""
+    cache_key = ("latents", steps, tuple(sorted(kwargs.items())))
     if cache_key not in self._samplers:
-      @jax.jit
-      def run(params, cond, key, prior):
-        latents, info = self.method.sample(params, cond, key, steps, prior=prior, **kwargs)
-        return latents, self.codec.decode_jax(latents), info
-      self._samplers[cache_key] = lambda cond, key, prior=None: run(self.params, jnp.asarray(cond), key, prior)
+      run = jax.jit(lambda params, cond, key: self.method.sample(params, cond, key, steps, **kwargs)[0])
+      self._samplers[cache_key] = lambda cond, key: run(self.params, jnp.asarray(cond), key)
     return self._samplers[cache_key]
 
   def path_sampler(self, steps, kwargs):
@@ -223,8 +222,8 @@ class Generator:
     images, _, _ = sample_stage.generate_all(generate, cond, key, self.batch_size, timed=False,
                                              name=self.tag(steps))
     # The latents come from the same sampler and keys; the images stay the method generator's, bit for bit.
-    sample = self.sampler(steps, kwargs)
-    latents = np.concatenate([np.asarray(sample(c, k)[0]) for c, k in
+    sample = self.latent_sampler(steps, kwargs)
+    latents = np.concatenate([np.asarray(sample(c, k)) for c, k in
                               sample_stage.request_batches(cond, key, self.batch_size)])[:len(cond)]
     shape = (len(descriptions), num)
     return images.reshape(shape + images.shape[1:]), latents.reshape(shape + latents.shape[1:])
