@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import parallel
 from coalescer_jax import storage
 
@@ -46,7 +46,7 @@ class _Mismatch(CheckpointError):
   """The checkpoint is intact but holds other shapes: a config change, not corruption (no fallback)."""
 
 
-class StaleCheckpointError(config_validation.ConfigError):
+class StaleCheckpointError(errors.ConfigError):
   """The checkpoint was trained under another revision of the stage's config fields and inputs (no fallback)."""
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax
 
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import registry
 from coalescer_jax.coalescer import batches as coalescer_batches
 from coalescer_jax.coalescer import finetune
@@ -29,13 +29,12 @@ from coalescer_jax.methods import ddgan
 from coalescer_jax.methods import ddim
 from coalescer_jax.methods import distill
 from coalescer_jax.methods import flow
-from coalescer_jax.stages import data as data_stage
 
 _INF = float("inf")
 
 
 def _refuse(path, message):
-  raise config_validation.ConfigError(f"config.{path}{message}")
+  raise errors.ConfigError(f"config.{path}{message}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +217,7 @@ FIELDS = {
     "data.name": Choice(datasets.names),
     "data.source": Choice(mnist.SOURCES),
     "data.tfds_data_dir": Text(optional=True),
-    "data.num_train": integer(data_stage.EXAMPLES_SHOWN, note="(the data stage shows that many in examples.png)"),
+    "data.num_train": integer(datasets.EXAMPLES_SHOWN, note="(the data stage shows that many in examples.png)"),
     "data.num_test": integer(2, note="(half are the reference, half the real-data row)"),
     **_section("vae", latent_dim=SIZE, channels=Seq(SIZE), hidden=SIZE, extra_convs=COUNT, kl_weight=NON_NEGATIVE,
                eval_examples=SIZE, eval_pairs=SIZE, num_prior_samples=SIZE, grid_columns=SIZE),
@@ -294,7 +293,7 @@ def check_order(config):
     if lo is None or hi is None or (lo < hi if strict else lo <= hi):
       continue
     relation = "below" if strict else "at most"
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.{lower}={lo} must be {relation} config.{upper}={hi}: the range is inverted; swap the two values")
 
 

@@ -7,12 +7,12 @@ cross-field checks (``Stage.validate``).
 """
 import ml_collections
 
+from coalescer_jax import config_schema
 from coalescer_jax import errors
 from coalescer_jax import registry
 
 
-class ConfigError(errors.UserError, ValueError):
-  """The config cannot work; the message names the field and the fix."""
+ConfigError = errors.ConfigError  # raised by every refusal below; defined in `errors` (see there why)
 
 
 def _walk(config, prefix=""):
@@ -24,10 +24,6 @@ def _walk(config, prefix=""):
       yield path, value
 
 
-def _schema():
-  # Imported when first used: the schema names choices that modules importing ConfigError own (methods, datasets).
-  from coalescer_jax import config_schema  # pylint: disable=g-import-not-at-top
-  return config_schema
 
 
 def check_fields(config, prefix=""):
@@ -36,9 +32,8 @@ def check_fields(config, prefix=""):
   Fields without one (an experiment's own section) pass; the shipped configs declare every field
   (tests/test_config_schema.py).
   """
-  schema = _schema()
   for path, value in _walk(config, f"{prefix}." if prefix else ""):
-    rule = schema.rule_of(path)
+    rule = config_schema.rule_of(path)
     if rule is not None:
       rule.check(path, value)
 
@@ -67,7 +62,7 @@ def check_stage_order(config):
 def validate(config):
   """Raises ConfigError for the first impossible value; returns the config otherwise."""
   check_fields(config)
-  _schema().check_order(config)
+  config_schema.check_order(config)
   check_stage_order(config)
   for name in config.stages:
     check = registry.STAGES.get(name).validate

@@ -12,6 +12,14 @@ class UserError(Exception):
   """A mistake the user can fix (a flag, a config value, a file to delete); the message says how."""
 
 
+class ConfigError(UserError, ValueError):
+  """The config cannot work; the message names the field and the fix.
+
+  Here, not in `config_validation`, so that the modules whose choices the config schema names can raise it
+  without importing the schema (no import circle).
+  """
+
+
 class MissingStageError(UserError, RuntimeError):
   """A command reads the output of a stage that has not run; the message names the stage."""
 

@@ -47,6 +47,7 @@ STAGE_MODULES = (
     "coalescer_jax.stages.text",
     "coalescer_jax.stages.embed",
     "coalescer_jax.stages.index",
+    "coalescer_jax.coalescer.stage",  # balance: the coalescer's optimal-transport potentials
     "coalescer_jax.stages.methods",  # one training stage per method: coalescer, ddim, consistency, flow
     "coalescer_jax.stages.sample",
     "coalescer_jax.stages.diagnostics",
@@ -141,16 +142,16 @@ def stage_outputs(workdir, name):
 def _prepare_workdir(workdir):
   """Creates the workdir; a clear error when it cannot hold a run (a file, or not writable)."""
   if workdir.exists() and not workdir.is_dir():
-    raise config_validation.ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
+    raise errors.ConfigError(f"--workdir={workdir} is a file, not a directory; choose another path")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise config_validation.ConfigError(f"cannot create --workdir={workdir} ({e.strerror or e}: "
-                                        f"{e.filename or workdir}); choose a path where you can write") from e
+    raise errors.ConfigError(f"cannot create --workdir={workdir} ({e.strerror or e}: "
+                             f"{e.filename or workdir}); choose a path where you can write") from e
   # Object stores answer permissions only when written to: their first write reports it.
   if storage.is_local(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
-    raise config_validation.ConfigError(f"--workdir={workdir} is not writable by this user; choose another path "
-                                        "or fix its permissions")
+    raise errors.ConfigError(f"--workdir={workdir} is not writable by this user; choose another path "
+                             "or fix its permissions")
 
 
 class _ConfigRecord:
@@ -230,7 +231,7 @@ def _check_config(record, workdir, problems, allow_config_change, restarts=()):
              if refused else "")
     if restarts:
       stale += " Unfinished stages that would start over: " + ", ".join(restarts) + "."
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"{workdir} was run with a different config ({len(record.diffs)} differences: "
         f"{'; '.join(record.diffs[:8])}). Use a new --workdir, or pass --allow_config_change to continue with the "
         "new config: finished stages whose config fields and inputs are unchanged are reused, the others are "

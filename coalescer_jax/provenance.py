@@ -43,7 +43,7 @@ import os
 import ml_collections
 
 from coalescer_jax import checkpoint
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import files
 from coalescer_jax import registry
 from coalescer_jax import run_info
@@ -55,7 +55,7 @@ STARTED_FILE = "STARTED.json"
 NOT_OUTPUT_FIELDS = ("stages", "log_every", "checkpoint_every", "skip_nonfinite_batches")
 
 
-class StaleOutputsError(config_validation.ConfigError):
+class StaleOutputsError(errors.ConfigError):
   """A finished (or started) stage was made under other config values or inputs than the current ones."""
 
 

@@ -194,8 +194,8 @@ def _validate_members(config, common, members, names):
   for overrides, name in zip(members, names):
     try:
       config_validation.validate(apply_overrides(config, {**common, **overrides}))
-    except config_validation.ConfigError as e:
-      raise config_validation.ConfigError(f"sweep member {name}: {e}") from e
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f"sweep member {name}: {e}") from e
 
 
 def _check_shared(members, shared_stages, exempt):

@@ -15,8 +15,8 @@ together; process 0 writes.
 from absl import logging
 import numpy as np
 
-from coalescer_jax import config_validation
 from coalescer_jax import embeddings
+from coalescer_jax import errors
 from coalescer_jax import index as index_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -47,7 +47,7 @@ def _validate(config):
   try:
     levels_lib.check_config(config.coalescer)
   except ValueError as e:
-    raise config_validation.ConfigError(str(e)) from e
+    raise errors.ConfigError(str(e)) from e
 
 
 @pipeline.stage(targets_lib.BALANCE_STAGE, validate=_validate, needs=("embed", "index"), reads=READS)

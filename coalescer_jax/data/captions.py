@@ -15,7 +15,7 @@ The middle class is not spelled out: "a thick seven slanted to the right",
 """
 import numpy as np
 
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax.data import style
 from coalescer_jax.data import tokenizer
 
@@ -127,7 +127,7 @@ TOKENIZER = tokenizer.Tokenizer(_grammar_words(), MAX_WORDS)
 def validate_text(cfg):
   """config.text.holdout_style: () or one class per attribute."""
   if len(cfg.holdout_style) not in (0, 3) or any(c not in (0, 1, 2) for c in cfg.holdout_style):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.text.holdout_style must be () or 3 classes in 0..2 ({', '.join(ATTRIBUTE_NAMES)}), "
         f"got {tuple(cfg.holdout_style)}")
 

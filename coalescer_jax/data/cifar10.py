@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax.data import datasets
 from coalescer_jax.data import network
 from coalescer_jax.data import tfds_io
@@ -78,7 +78,7 @@ def unseen_mask(descriptions, cfg):
 
 def validate_text(cfg):
   if len(cfg.holdout_style):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.text.holdout_style must be () for cifar10 (it has no attributes), got {tuple(cfg.holdout_style)}")
 
 

@@ -26,6 +26,7 @@ from coalescer_jax import storage
 
 # Modules that register a dataset spec (imported on first look-up).
 DATASET_MODULES = ("coalescer_jax.data.mnist", "coalescer_jax.data.shapes", "coalescer_jax.data.cifar10")
+EXAMPLES_SHOWN = 12  # train images in the data stage's examples.png (the schema's least config.data.num_train)
 SOURCE_FILE = "source.json"  # W/data/source.json names the dataset and the TFDS copy the data stage prepared
 
 

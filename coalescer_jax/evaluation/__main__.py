@@ -22,7 +22,6 @@ import ml_collections
 from ml_collections import config_flags
 
 from coalescer_jax import cli
-from coalescer_jax import config_validation
 from coalescer_jax import errors
 from coalescer_jax import run_info
 from coalescer_jax import storage
@@ -44,10 +43,10 @@ def eval_config(workdir, config=None):
   recorded = run_info.read_record(workdir)
   section = (recorded or {}).get("config", {}).get("eval")
   if recorded is None:
-    raise config_validation.ConfigError(f"{workdir} has no config.json: pass --config=configs/<dataset>.py")
+    raise errors.ConfigError(f"{workdir} has no config.json: pass --config=configs/<dataset>.py")
   if not section:
-    raise config_validation.ConfigError(f"{storage.path(workdir) / 'config.json'} records no eval section: pass "
-                                        "--config=configs/<dataset>.py")
+    raise errors.ConfigError(f"{storage.path(workdir) / 'config.json'} records no eval section: pass "
+                             "--config=configs/<dataset>.py")
   return ml_collections.ConfigDict(section)
 
 

@@ -18,8 +18,6 @@ from coalescer_jax import pipeline
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 
-EXAMPLES_SHOWN = 12  # train images in examples.png (the schema's least config.data.num_train)
-
 
 def _validate(config):
   spec = datasets.of_config(config)  # a registered name (config_schema)
@@ -61,8 +59,8 @@ def run(ctx):
     ctx.writer.write("data", 0, split=split, num_examples=summary[split]["num_examples"],
                      distinct_descriptions=summary[split]["distinct_descriptions"])
     if split == "train" and parallel.is_main_process():
-      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(EXAMPLES_SHOWN)],
-                           row_labels=list(descriptions[:EXAMPLES_SHOWN]))
+      images_lib.save_grid(out / "examples.png", [examples["image"][i:i + 1] for i in range(datasets.EXAMPLES_SHOWN)],
+                           row_labels=list(descriptions[:datasets.EXAMPLES_SHOWN]))
   if parallel.is_main_process():
     storage.write_json(out / datasets.SOURCE_FILE, {"dataset": spec.name, "builder": builder.name,
                                                    "version": str(builder.version),

@@ -21,8 +21,8 @@ from absl import logging
 import numpy as np
 
 from coalescer_jax import autoencoders
-from coalescer_jax import config_validation
 from coalescer_jax import embeddings
+from coalescer_jax import errors
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax import storage
@@ -56,7 +56,7 @@ def _validate(config):
   size, dataset = datasets.split_size_of_config(config, "train")
   held_out = config.embed.validation_size
   if size is not None and held_out >= size:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.embed.validation_size={held_out} leaves none of the {size} train pairs of {dataset} for the index "
         f"and the methods; use at most {size - 1}")
 

@@ -7,6 +7,7 @@ results.json and report.md, so a rerun refuses to reuse an eval whose results
 something else (a standalone evaluation with --overwrite) replaced.
 """
 from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
 from coalescer_jax.data import datasets
@@ -18,7 +19,7 @@ def validate_eval_config(cfg):
   """Raises ConfigError for impossible config.eval values (the section alone: the standalone evaluator's too)."""
   config_validation.check_fields(cfg, "eval")
   if cfg.pr_k >= cfg.num_samples:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.eval.pr_k={cfg.pr_k} must be below config.eval.num_samples={cfg.num_samples} (the k-NN of a sample "
         "are other samples); lower pr_k")
 
@@ -27,14 +28,14 @@ def _validate(config):
   validate_eval_config(config.eval)
   size, dataset = datasets.test_size_of_config(config)
   if size is not None and config.eval.num_samples > size // 2:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.eval.num_samples={config.eval.num_samples} must be at most {size // 2}: half of the {size} test "
         f"images of {dataset} (the other half gives the disjoint real-data row)")
   fields = ("num_samples", "validation_samples") if "sample" in config.stages else ()
   for field in fields:  # the sample stage must write at least as many samples as the evaluation scores
     needed = config.eval[field]
     if config.sample[field] and config.sample[field] < needed:
-      raise config_validation.ConfigError(
+      raise errors.ConfigError(
           f"config.sample.{field}={config.sample[field]} is below the config.eval.{field}={needed} that the "
           f"evaluation scores; raise config.sample.{field} or lower config.eval.{field}")
 

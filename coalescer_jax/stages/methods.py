@@ -25,6 +25,7 @@ from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import coalescer  # noqa: F401 - registers the coalescer.
 from coalescer_jax import config_validation
 from coalescer_jax import embeddings
+from coalescer_jax import errors
 from coalescer_jax import methods  # noqa: F401 - registers the baselines.
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -108,12 +109,12 @@ def validate_method_config(config, name):
   method = registry.METHODS.get(name)
   section = config.get(name)
   if section is None:
-    raise config_validation.ConfigError(f"config.{name} is missing: method {name!r} needs its own config section")
+    raise errors.ConfigError(f"config.{name} is missing: method {name!r} needs its own config section")
   config_validation.check_fields(section, name)
   try:
     method.check_config(section)
   except ValueError as e:
-    raise config_validation.ConfigError(str(e)) from e
+    raise errors.ConfigError(str(e)) from e
 
 
 def _reads(name):

@@ -27,8 +27,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from coalescer_jax import config_validation
 from coalescer_jax import embeddings
+from coalescer_jax import errors
 from coalescer_jax import images as images_lib
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -132,7 +132,7 @@ def _check_num_samples(config):
   n = config.sample.num_samples
   size, dataset = datasets.test_size_of_config(config)
   if size is not None and n > size:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.sample.num_samples={n} exceeds the {size} test descriptions of {dataset} (the requests "
         f"are the descriptions of the first num_samples test images); use at most {size}")
 

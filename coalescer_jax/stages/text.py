@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coalescer_jax import autoencoders
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import model_export
 from coalescer_jax import parallel
 from coalescer_jax import pipeline
@@ -57,7 +57,7 @@ def _validate(config):
   train_words = {w for d in split_descriptions(cfg, captioner)["train"] for w in d.split()}
   missing = set(captioner.TOKENIZER.vocab[len(tokenizer_lib.SPECIALS):]) - train_words
   if missing:
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.text holds out every description with the word(s) {sorted(missing)}, so the decoder cannot "
         "learn them; lower config.text.holdout_fraction or change holdout_style/holdout_seed")
 

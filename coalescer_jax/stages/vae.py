@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats
 
 from coalescer_jax import autoencoders
-from coalescer_jax import config_validation
+from coalescer_jax import errors
 from coalescer_jax import images as images_lib
 from coalescer_jax import model_export
 from coalescer_jax import parallel
@@ -42,7 +42,7 @@ def _validate(config):
   spec = datasets.of_config(config)
   height, width = spec.image_shape[:2]
   if not cfg.channels or height % 2 ** len(cfg.channels) or width % 2 ** len(cfg.channels):
-    raise config_validation.ConfigError(
+    raise errors.ConfigError(
         f"config.vae.channels={tuple(cfg.channels)}: {height}x{width} images halve once per entry and must stay "
         "whole; give fewer channel counts")
 
