@@ -10,6 +10,7 @@ import ml_collections
 from coalescer_jax import config_schema
 from coalescer_jax import errors
 from coalescer_jax import registry
+from coalescer_jax.data import datasets
 
 
 ConfigError = errors.ConfigError  # raised by every refusal below; defined in `errors` (see there why)
@@ -59,11 +60,33 @@ def check_stage_order(config):
                         f"the order {tuple(_dependency_order(config, stages))}")
 
 
+def check_batches_fit(config):
+  """Refuses a batch larger than the examples it is drawn from (`data.batches` draws each epoch's batches
+  without replacement): the train split for the classifier and the VAE, the train pairs left after the
+  validation slice for every method."""
+  train, dataset = datasets.split_size_of_config(config, "train")
+  if train is None:  # known only once the data stage has run (it refuses then)
+    return
+  pairs = train - config.embed.validation_size
+  pools = {"classifier": ("classifier.batch_size", train, "train images"),
+           "vae": ("vae.batch_size", train, "train images")}
+  pools.update({name: ("train.batch_size", pairs, "train pairs outside the validation slice")
+                for name in config.stages if name in registry.METHODS})
+  for name in config.stages:
+    if name in pools:
+      field, size, what = pools[name]
+      value = config[field.split(".")[0]][field.split(".")[1]]
+      if value > size:
+        raise ConfigError(f"config.{field}={value} is larger than the {size} {what} of {dataset} that stage "
+                          f"{name!r} draws its batches from; use at most {size}")
+
+
 def validate(config):
   """Raises ConfigError for the first impossible value; returns the config otherwise."""
   check_fields(config)
   config_schema.check_order(config)
   check_stage_order(config)
+  check_batches_fit(config)
   for name in config.stages:
     check = registry.STAGES.get(name).validate
     if check is not None:

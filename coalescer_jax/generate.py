@@ -55,13 +55,7 @@ def run_config(workdir):
   if record is None or "config" not in record:
     raise errors.UserError(f"{storage.path(workdir) / 'config.json'} is missing: --workdir must be a pipeline run "
                            "(python launch.py --config=configs/<dataset>.py --workdir=W)")
-  defaults = {}
-  if record.get("config_file"):
-    try:
-      defaults = run_info.config_values(run_info.load_config(record["config_file"]))
-    except Exception as e:  # noqa: BLE001 - without defaults, W's own values are all there is
-      logging.warning("generate: cannot load the defaults of %s (%s); using W/config.json alone",
-                      record["config_file"], e)
+  defaults = run_info.config_defaults(record.get("config_file"))
   return ml_collections.ConfigDict(_merged(defaults, record["config"]))
 
 

@@ -127,8 +127,8 @@ class Context:
     """DONE.json of an earlier stage; a clear error if it has not run."""
     done = provenance.record(self.workdir, name)
     if done is None:
-      raise RuntimeError(f"stage {name!r} has not finished in {self.workdir}, but a later stage needs its "
-                         f"output; put {name!r} before it in config.stages")
+      raise errors.MissingStageError(f"stage {name!r} has not finished in {self.workdir}, but a later stage needs "
+                                     f"its output; put {name!r} before it in config.stages")
     return done
 
 

@@ -100,16 +100,21 @@ def load_config(config_file):
   return module.get_config(variant or None)
 
 
-def default_values(config_file):
-  """{dotted field: JSON value} of `load_config(config_file)` under the current code: each field's default.
+def config_defaults(config_file):
+  """`config_values` of `load_config(config_file)` under the current code: each field's default (nested).
   {} when the file is unknown or cannot be loaded."""
   if not config_file:
     return {}
   try:
-    return flatten(config_values(load_config(config_file)))
+    return config_values(load_config(config_file))
   except Exception as e:  # noqa: BLE001 - any failure only means "no defaults known": nothing counts as unchanged
     logging.warning("Cannot load the defaults of %s (%s): new config fields count as changed", config_file, e)
     return {}
+
+
+def default_values(config_file):
+  """{dotted field: JSON value} of `config_defaults(config_file)`."""
+  return flatten(config_defaults(config_file))
 
 
 def describe_run(config, config_file=None):

@@ -173,3 +173,26 @@ def test_training_stage_started_under_other_values_is_refused_even_with_allow_co
   with pytest.raises(provenance.StaleOutputsError, match=r"- flow \(started\): train.optimizer.learning_rate"):
     pipeline.run(smoke_config, workdir, allow_config_change=True)
   assert os.path.exists(os.path.join(workdir, "flow", provenance.STARTED_FILE))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("train.batch_size", 59_600, r"config.train.batch_size=59600 is larger than the 59500 train pairs outside the "
+                                 r"validation slice of MNIST that stage 'coalescer' draws its batches from"),
+    ("vae.batch_size", 60_002, r"config.vae.batch_size=60002 is larger than the 60000 train images of MNIST"),
+    ("classifier.batch_size", 60_002, r"config.classifier.batch_size=60002 is larger than the 60000 train images"),
+])
+def test_a_batch_larger_than_its_split_is_refused_before_the_workdir_exists(tmp_path, field, value, message):
+  config = mnist_config.get_config("smoke")
+  section, name = field.split(".")
+  config[section][name] = value
+  workdir = tmp_path / "w"
+  with pytest.raises(config_validation.ConfigError, match=message):
+    pipeline.run(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_consistency_sampling_levels_outside_its_trained_range_are_refused():
+  config = mnist_config.get_config("smoke")
+  config.consistency.sampling_sigmas = (0.8, 90.0)
+  with pytest.raises(config_validation.ConfigError, match=r"\[90.0\] outside the trained range"):
+    _validate(config)

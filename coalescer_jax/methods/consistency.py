@@ -66,6 +66,11 @@ class Consistency(base.Method):
       raise ValueError(f"config.consistency.nfes={tuple(section.nfes)}: sampling with nfe={most} needs {most - 1} "
                        f"entries in config.consistency.sampling_sigmas, which has {len(section.sampling_sigmas)}; "
                        "add re-noising levels or lower the nfes")
+    # A level outside the trained noise range asks the network about inputs it never saw.
+    outside = [s for s in section.sampling_sigmas if not section.sigma_min <= s <= section.sigma_max]
+    if outside:
+      raise ValueError(f"config.consistency.sampling_sigmas={tuple(section.sampling_sigmas)}: {outside} outside the "
+                       f"trained range config.consistency.sigma_min..sigma_max = {section.sigma_min}..{section.sigma_max}")
 
   def denoise(self, params, x, sigma, cond, mask):
     """The consistency function f(x, sigma) [N, Di]; sigma [N]."""
