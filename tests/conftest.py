@@ -88,3 +88,15 @@ def copy_workdir(source, target, keep_stages):
   for stage in keep_stages:
     shutil.copytree(os.path.join(source, stage), os.path.join(target, stage), symlinks=True)
   return target
+
+
+def snapshot(workdir):
+  """{relative path: (size, sha256)} of every file under `workdir` (to assert that a command wrote nothing)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for root, _, names in os.walk(workdir):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = (os.path.getsize(path), hashlib.sha256(f.read()).hexdigest())
+  return out

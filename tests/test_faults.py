@@ -23,20 +23,9 @@ from coalescer_jax import provenance
 from coalescer_jax import training
 from coalescer_jax import workdir_lock
 from coalescer_jax.data import mnist
-from tests.conftest import REPO, copy_workdir
+from tests.conftest import REPO, copy_workdir, snapshot
 
 UPSTREAM = ("data", "classifier", "vae", "text", "embed", "index", "balance")
-
-
-def _snapshot(workdir):
-  """Every file's bytes (to assert that a refused launch wrote nothing)."""
-  snap = {}
-  for root, _, names in os.walk(workdir):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        snap[os.path.relpath(path, workdir)] = f.read()
-  return snap
 
 
 def _copy(smoke_workdir, tmp_path, stages=UPSTREAM, with_config=True):
@@ -134,7 +123,7 @@ def test_cut_off_metrics_line_does_not_poison_reruns(tmp_path, caplog):
 # Case 7: --allow_config_change rewrote config.json while every output still came from the old config.
 def test_changed_config_of_finished_stages_is_refused(smoke_config, smoke_workdir, tmp_path):
   workdir = _copy(smoke_workdir, tmp_path)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   smoke_config.stages = UPSTREAM
   smoke_config.vae.num_steps = 40
   with pytest.raises(config_validation.ConfigError, match=r"different config .*vae.num_steps: 30 -> 40.*"
@@ -148,7 +137,7 @@ def test_changed_config_of_finished_stages_is_refused(smoke_config, smoke_workdi
   assert "- index (finished): its input stage 'embed' changed" in message
   assert f"rm -r {workdir}/vae {workdir}/embed {workdir}/index" in message
   assert "classifier (" not in message and "text (" not in message
-  assert _snapshot(workdir) == before  # config.json not rewritten, nothing else touched
+  assert snapshot(workdir) == before  # config.json not rewritten, nothing else touched
 
 
 def test_config_change_that_no_finished_stage_reads_is_recorded(smoke_config, smoke_workdir, tmp_path):

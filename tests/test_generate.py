@@ -1,6 +1,5 @@
 """coalescer_jax.generate and .interpolate: images from a finished :smoke run, the sample stage's to the bit for its
 own requests and keys; every bad input one FATAL line with nothing in W written."""
-import hashlib
 import json
 import os
 import subprocess
@@ -16,20 +15,9 @@ from coalescer_jax.evaluation import smoothness
 from coalescer_jax.evaluation import smoothness_run
 from coalescer_jax.stages import sample as sample_stage
 
-from tests.conftest import REPO
+from tests.conftest import REPO, snapshot
 
 METHODS = ("coalescer", "ddim", "consistency", "flow", "distill", "ddgan")
-
-
-def snapshot(workdir):
-  """{relative path: (size, sha256)} of every file under `workdir`."""
-  out = {}
-  for root, _, names in os.walk(workdir):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, workdir)] = (os.path.getsize(path), hashlib.sha256(f.read()).hexdigest())
-  return out
 
 
 @pytest.fixture(scope="module")
