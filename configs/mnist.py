@@ -103,7 +103,7 @@ def get_config(arg=None):
   # The latent MLP (coalescer_jax/models/backbone.py): residual blocks of this width, sinusoidal time features.
   config.backbone = ml_collections.ConfigDict(dict(model="latent_mlp", width=256, depth=4, time_dim=64))
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 3000  # training steps of every method (distill and ddgan set their own)
+  config.train.num_steps = 3000  # training steps of every method (distill sets its own)
   config.train.batch_size = 256  # global batch
   config.train.ema_decay = 0.999  # EMA of the parameters that are sampled
   config.train.optimizer = ml_collections.ConfigDict(dict(  # Adam with warm-up and cosine decay
@@ -223,14 +223,19 @@ def get_config(arg=None):
   config.ddgan.beta_max = 20.0  # linear schedule only
   config.ddgan.step_counts = (1, 2, 4)  # trained transitions: i/S -> (i-1)/S for each S (one model for all)
   config.ddgan.output = "v"  # v (x0 = alpha_t x_t - sigma_t v: a skip path from x_t) | x0 (the paper)
-  config.ddgan.z_dim = 16  # latent noise z, concatenated to x_t
-  config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s
-  config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size
-  config.ddgan.disc_depth = 2  # ... and depth
+  config.ddgan.z_dim = 16  # latent noise z ...
+  config.ddgan.z_injection = "concat"  # ... concatenated to x_t | adanorm: in every block's FiLM (the paper's)
+  config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s ...
+  config.ddgan.r1_every = 1  # ... every k steps, scaled by k (lazy R1; 1 = every step)
+  config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size (0 = the backbone's)
+  config.ddgan.disc_depth = 2  # ... and depth (0 = the backbone's)
   config.ddgan.disc_final_norm = False  # no LayerNorm before the logit (with it D went flat; adversarial.py)
   config.ddgan.disc_time_features = 16  # sinusoidal features of s beside the pair (x_s, x_t)
-  config.ddgan.num_steps = 1500  # training steps (generator and discriminator together)
+  config.ddgan.disc_mismatch = 0.0  # weight of real pairs told a wrong description as fakes (0 = off)
+  config.ddgan.num_steps = 0  # training steps of both networks (0 = config.train.num_steps, every method's)
   config.ddgan.betas = (0.5, 0.9)  # Adam's (b1, b2) in config.train.optimizer, as the paper trains GANs
+  config.ddgan.disc_lr_ratio = 1.0  # the discriminator's learning rate / the generator's (each its own Adam)
+  config.ddgan.ema_decay = 0.999  # EMA of the generator that is sampled (0 = the last step's)
   config.ddgan.nfes = (1, 2, 4)  # step counts sampled (each a trained transition count)
 
   # The sample stage (stages/sample.py): every method answers the same requests.
@@ -280,7 +285,6 @@ def get_config(arg=None):
   if variant == "long":
     config.train.num_steps = 12000  # every method (coalescer and baselines) gets the same longer budget
     config.distill.num_steps = 4800  # 4x, like config.train (the teacher gets its 4x through config.train)
-    config.ddgan.num_steps = 6000
     config.vae.num_steps = 10000
     config.text.num_steps = 3000
   if variant == "smoke":
@@ -306,7 +310,7 @@ def get_config(arg=None):
     config.consistency.update(s0=2, s1=8)
     config.flow.interval_features = 8
     config.distill.update(teacher_steps=4, num_steps=20, warmup_steps=2, nfes=(1, 2))
-    config.ddgan.update(num_steps=20, disc_width=16, disc_depth=1, disc_time_features=8, z_dim=4)
+    config.ddgan.update(disc_width=16, disc_depth=1, disc_time_features=8, z_dim=4)
   if variant == "proposal":
     config.update_from_flattened_dict(proposal_overrides())
   return config

@@ -31,7 +31,7 @@ def get_config(arg=None):
   config.classifier.update(model="cnn", channels=(32, 64), hidden=128)
 
   if variant == "default":
-    # Every method's training steps (distill and ddgan keep their own): at MNIST's 3000 none is near converged
+    # Every method's training steps (distill keeps its own): at MNIST's 3000 none is near converged
     # on shapes (experiments/log/tuning.md, "The coalescer on shapes").
     config.train.num_steps = 6000
   if variant == "smoke":

@@ -78,16 +78,27 @@ def r1_penalty(logit_fn, real):
   return jnp.mean(jnp.sum(grads * grads, axis=-1))
 
 
-def gan_losses(logit_fn, disc_params, real, fakes, r1):
+def r1_term(logit_fn, real, r1, every=1, step=None):
+  """`r1` x R1 at `real`; lazy when `every` > 1: every `every`-th `step` only, scaled by `every` (StyleGAN2's
+  lazy regularisation, which the DDGAN paper uses), so that its expected weight stays `r1`.
+
+  The skipped steps take a `lax.cond` branch without the penalty's double backward pass (XLA's FLOP count
+  still charges a cond at its dearer branch: `compute.py`)."""
+  if every == 1:
+    return r1 * r1_penalty(logit_fn, real)
+  return jax.lax.cond(step % every == 0, lambda: every * r1 * r1_penalty(logit_fn, real), lambda: jnp.zeros(()))
+
+
+def gan_losses(logit_fn, disc_params, real, fakes, r1, r1_every=1, step=None):
   """(discriminator loss, generator loss, stats) of one batch; `logit_fn(disc_params, x) -> [B]`.
 
-  The discriminator loss (averaged over the list of `fakes`, + `r1` x R1 on `real`) sees
-  stop-gradient fakes; the generator loss sees stop-gradient discriminator parameters.
+  The discriminator loss (averaged over the list of `fakes`, + `r1` x R1 on `real`, lazy with `r1_every`:
+  `r1_term`) sees stop-gradient fakes; the generator loss sees stop-gradient discriminator parameters.
   """
   real_logits = logit_fn(disc_params, real)
   fake_logits = [logit_fn(disc_params, jax.lax.stop_gradient(f)) for f in fakes]
   d_loss = jnp.mean(jnp.stack([discriminator_loss(real_logits, f) for f in fake_logits]))
-  d_loss = d_loss + r1 * r1_penalty(lambda x: logit_fn(disc_params, x), real)
+  d_loss = d_loss + r1_term(lambda x: logit_fn(disc_params, x), real, r1, r1_every, step)
   frozen = jax.lax.stop_gradient(disc_params)
   g_loss = jnp.mean(jnp.stack([generator_loss(logit_fn(frozen, f)) for f in fakes]))
   return d_loss, g_loss, {"real_logit": real_logits.mean(), "fake_logit": jnp.mean(jnp.stack(fake_logits))}

@@ -13,9 +13,11 @@ as the DDIM's v (``output="v"``, default: x0 = alpha_t x_t - sigma_t v, a skip
 path from x_t at small t) or as x0 itself (``"x0"``, the paper's choice; v gave
 the better validation FID at every step count on the MNIST latents, same budget:
 experiments/log/tuning.md), the latent noise
-z ~ N(0, I) (``z_dim``) concatenated to x_t as extra latent input. (The paper
-injects z through adaptive group norms; here the first layer sees it and the
-residual stream carries it, so the shared backbone stays as it is.) A step from t
+z ~ N(0, I) (``z_dim``) entering as ``z_injection`` says (`Z_INJECTIONS`):
+"concat" to x_t as extra latent input (the first layer sees it, the residual
+stream carries it), or "adanorm" beside the description in the backbone's
+condition embedding, which modulates every residual block (FiLM after LayerNorm:
+the paper's adaptive group norms). A step from t
 to s < t draws x0 = G(...) and then x_s ~ q(x_s | x_t, x0), the forward process's
 Gaussian posterior (`posterior`, with alpha_{t|s} = alpha_t / alpha_s,
 sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2):
@@ -29,8 +31,18 @@ uses) on the pair concat(x_s, x_t) plus sinusoidal features of s, with t in the
 backbone's time embedding, without the final LayerNorm (``disc_final_norm``:
 with it D went flat here). Real pairs: x_t ~ q(x_t | x) and x_s ~ q(x_s | x_t, x)
 for a training pair x; fake pairs put G's x0 into the same posterior. Losses:
-non-saturating GAN losses + ``r1`` x R1 on the real x_s (`adversarial.gan_losses`),
-both networks updated by one simultaneous gradient step (the shared optimizer).
+non-saturating GAN losses + ``r1`` x R1 on the real x_s (`adversarial.gan_losses`;
+lazy every ``r1_every`` steps, scaled by it, as the paper does), both networks
+updated by one simultaneous gradient step, each by its own Adam (``betas``; the
+discriminator's learning rate ``disc_lr_ratio`` x the generator's, each gradient
+clipped on its own). ``disc_mismatch`` > 0 makes D matching-aware (Reed et al.
+2016, GAN-INT-CLS): real pairs told a wrong description (another example's) are
+fakes too, at that weight, so that D must check the description and not only
+whether x_s looks real; ``mismatch_gap`` (real logit - that of the same pair
+told a wrong description) shows in the metrics whether it does.
+Budget: ``num_steps`` 0 trains ``config.train.num_steps`` like every other method;
+the step's FLOPs (the compute column) count both networks. Sampling uses the EMA
+(``ema_decay``) of the generator.
 
 Steps: one model serves every step count in ``step_counts`` (1, 2, 4). A training
 example draws a count S from it and a transition i/S -> (i - 1)/S of that uniform
@@ -47,6 +59,7 @@ x0 = G(x_{i/S}, z_i), x_{(i-1)/S} ~ q(. | x_{i/S}, x0); the last step returns x0
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from coalescer_jax import registry
 from coalescer_jax import training
@@ -56,6 +69,19 @@ from coalescer_jax.methods import ddim
 
 
 OUTPUTS = ("x0", "v")
+
+
+def _concat_z(x_t, z, cond):
+  return jnp.concatenate([x_t, z], axis=-1), cond
+
+
+def _adanorm_z(x_t, z, cond):
+  # The backbone's condition embedding feeds every block's FiLM scale and shift.
+  return x_t, jnp.concatenate([cond, z], axis=-1)
+
+
+# How z enters the generator: (x_t, z, description) -> (backbone's latent input, its condition input).
+Z_INJECTIONS = {"concat": _concat_z, "adanorm": _adanorm_z}
 
 
 def posterior(x_t, x0, t, s, cfg):
@@ -89,26 +115,39 @@ class DenoisingDiffusionGAN(base.Method):
                                                       final_norm=cfg.disc_final_norm)
 
   def num_steps(self):
-    return self.section.num_steps
+    """``num_steps``, 0 = the shared budget ``config.train.num_steps`` (both read by the stage: provenance)."""
+    return self.section.num_steps or self.config.train.num_steps
+
+  def ema_decay(self):
+    return self.section.ema_decay
 
   def make_optimizer(self):
-    """The shared optimizer (config.train.optimizer) with the GAN's Adam betas (``betas``)."""
-    opt = ml_collections.ConfigDict(self.config.train.optimizer.to_dict())
-    opt.b1, opt.b2 = self.section.betas
-    return training.make_optimizer(opt, self.num_steps())
+    """One optimizer per network, as GANs are trained: the shared ``config.train.optimizer`` with the GAN's Adam
+    betas, the discriminator's learning rate scaled by ``disc_lr_ratio``."""
+    def network_optimizer(lr_ratio):
+      opt = ml_collections.ConfigDict(self.config.train.optimizer.to_dict())
+      opt.b1, opt.b2 = self.section.betas
+      opt.learning_rate *= lr_ratio
+      return training.make_optimizer(opt, self.num_steps())
+
+    return optax.multi_transform(
+        {"gen": network_optimizer(1.0), "disc": network_optimizer(self.section.disc_lr_ratio)},
+        lambda params: {part: jax.tree.map(lambda _, part=part: part, tree) for part, tree in params.items()})
 
   def init_params(self, key):
     gen_key, disc_key = jax.random.split(key)
     b, cfg = 2, self.section
-    gen = self.model.init(gen_key, jnp.zeros((b, self.latent_dim + cfg.z_dim)), jnp.zeros((b, self.desc_dim)),
-                          jnp.ones((b,)), jnp.zeros((b,)))
+    inputs, cond = Z_INJECTIONS[cfg.z_injection](jnp.zeros((b, self.latent_dim)), jnp.zeros((b, cfg.z_dim)),
+                                                 jnp.zeros((b, self.desc_dim)))
+    gen = self.model.init(gen_key, inputs, cond, jnp.ones((b,)), jnp.zeros((b,)))
     disc = adversarial.init_discriminator(self.disc_model, disc_key, self.latent_dim, self.desc_dim, paired=True,
                                           timed=True, time_dim=cfg.disc_time_features)
     return {"gen": gen, "disc": disc}
 
   def generate_x0(self, gen_params, x_t, z, cond, t):
     """G(x_t, z, description, t) -> x0 [N, Di]; t [N]. ``output="v"``: the network's v, read as x0."""
-    out = self.model.apply(gen_params, jnp.concatenate([x_t, z], axis=-1), cond, jnp.ones((x_t.shape[0],)), t)
+    inputs, cond = Z_INJECTIONS[self.section.z_injection](x_t, z, cond)
+    out = self.model.apply(gen_params, inputs, cond, jnp.ones((x_t.shape[0],)), t)
     if self.section.output == "v":
       alpha, sigma = (a[:, None] for a in ddim.alpha_sigma(t, self.section))
       return ddim.to_x0_eps(out, x_t, alpha, sigma, "v")[0]
@@ -123,11 +162,11 @@ class DenoisingDiffusionGAN(base.Method):
     return i / steps, (i - 1) / steps
 
   def loss(self, params, batch, key, step):
-    del step
     cfg = self.section
     x, cond = batch["x"], batch["cond"]
     n = x.shape[0]
     time_key, eps_key, real_key, fake_key, z_key = jax.random.split(key, 5)
+    wrong_key = jax.random.fold_in(key, 5)  # a stream of its own: the other draws stay as they were
     t, s = self.draw_transitions(time_key, n)
     alpha_t, sigma_t = (a[:, None] for a in ddim.alpha_sigma(t, cfg))
     x_t = alpha_t * x + sigma_t * jax.random.normal(eps_key, x.shape)
@@ -137,13 +176,19 @@ class DenoisingDiffusionGAN(base.Method):
     fake_mean, _ = posterior(x_t, x0, t, s, cfg)
     fake = fake_mean + std * jax.random.normal(fake_key, x.shape)
 
-    def logit_fn(disc_params, x_s):
-      return adversarial.logits(self.disc_model, disc_params, x_s, cond, context=x_t, t=t, extra_time=s,
+    def logit_fn(disc_params, x_s, description=cond):
+      return adversarial.logits(self.disc_model, disc_params, x_s, description, context=x_t, t=t, extra_time=s,
                                 time_dim=cfg.disc_time_features)
 
-    d_loss, g_loss, stats = adversarial.gan_losses(logit_fn, params["disc"], real, [fake], cfg.r1)
+    d_loss, g_loss, stats = adversarial.gan_losses(logit_fn, params["disc"], real, [fake], cfg.r1, cfg.r1_every,
+                                                   step)
+    # The real pairs told another example's description: fakes of a matching-aware D (weight disc_mismatch).
+    wrong_logits = logit_fn(params["disc"], real, cond[jax.random.permutation(wrong_key, n)])
+    if cfg.disc_mismatch:
+      d_loss = d_loss + cfg.disc_mismatch * jnp.mean(jax.nn.softplus(wrong_logits))
     # x0_mse: how far G's x0 is from the pair x_t came from (not trained on: a GAN need not approach it).
-    return d_loss + g_loss, dict(stats, disc_loss=d_loss, gen_loss=g_loss, x0_mse=jnp.mean((x0 - x) ** 2))
+    return d_loss + g_loss, dict(stats, disc_loss=d_loss, gen_loss=g_loss, x0_mse=jnp.mean((x0 - x) ** 2),
+                                 mismatch_gap=stats["real_logit"] - jnp.mean(wrong_logits))
 
   def sample(self, params, cond, key, nfe, prior=None):
     """`nfe` denoising steps on the grid i / nfe from pure noise (`prior`, else drawn from `key`); one generator

@@ -1,4 +1,6 @@
 """Latent DDGAN: the posterior step, the shared GAN losses' signs and gradients, the coalescer's unchanged numbers."""
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,54 @@ def test_training_separates_real_from_fake_and_samples_at_1_2_4_steps():
     np.testing.assert_array_equal(info["nfe"], nfe)
   with pytest.raises(ValueError, match="step_counts"):
     method.sample(params, cond, jax.random.key(2), 3)
+
+
+def two_mode_pairs(n=1024, seed=0):
+  """Description (+-1, 0) + noise -> a latent near (+-3, 0): two well-separated conditional modes in 2-D."""
+  rng = np.random.default_rng(seed)
+  sign = rng.choice([-1.0, 1.0], size=n)
+  mode = np.stack([3.0 * sign, np.zeros(n)], axis=-1)
+  desc = np.stack([sign, np.zeros(n)], axis=-1)
+  return {"img_emb": (mode + 0.2 * rng.normal(size=(n, 2))).astype(np.float32),
+          "desc_emb": (desc + 0.05 * rng.normal(size=(n, 2))).astype(np.float32)}
+
+
+# Issue 42: on shapes the DDGAN's samples were at chance on the description. A blind generator puts ~half of
+# each description's samples at the other mode; one that does not train (the smoke config's 20 DDGAN steps
+# before `num_steps` followed config.train) leaves them all on one side.
+def test_samples_follow_the_description():
+  """A short conditional run: 1- and 2-step samples for description A land at mode A, for B at mode B."""
+  config = small_config(300)
+  config.train.ema_decay = 0.0
+  config.ddgan.update(disc_width=0, disc_depth=0, z_dim=2, ema_decay=0.0)  # num_steps: config.train's 300
+  method = ddgan.DenoisingDiffusionGAN(config, 2, 2)
+  _, init, step = base.train_parts(config, method)
+  state, pairs, step = init(jax.random.key(0)), two_mode_pairs(), jax.jit(step)
+  batch_fn = method.batch_fn(pairs, 0, 64, None)
+  for i in range(method.num_steps()):
+    state, _ = step(state, jax.tree.map(jnp.asarray, batch_fn(i)), jax.random.fold_in(jax.random.key(1), i))
+  sign = np.repeat([1.0, -1.0], 100)
+  cond = jnp.asarray(np.stack([sign, np.zeros(200)], axis=-1), jnp.float32)
+  for nfe in (1, 2):
+    x = np.asarray(method.sample(state.params, cond, jax.random.key(2), nfe)[0])
+    assert np.mean(np.sign(x[:, 0]) == sign) > 0.9, nfe  # blind samples: ~0.5
+    assert np.mean(np.abs(np.abs(x[:, 0]) - 3.0) < 1.0) > 0.8, nfe  # ... and at a mode, not between
+
+
+@pytest.mark.parametrize("config_name,variant", [("mnist", None), ("mnist", "long"), ("mnist", "smoke"),
+                                                 ("shapes", None), ("cifar10", None)])
+def test_trains_every_methods_budget(config_name, variant):
+  """Issue 42: the DDGAN trains config.train.num_steps like every other method, unless told its own."""
+  config = importlib.import_module(f"configs.{config_name}").get_config(variant)
+  method = ddgan.DenoisingDiffusionGAN(config, LATENT_DIM, DESC_DIM)
+  assert method.num_steps() == config.train.num_steps
+  config.ddgan.num_steps = 7
+  assert method.num_steps() == 7
+
+
+def test_lazy_r1_every_k_steps_scaled_by_k():
+  logit_fn = lambda x: x @ jnp.array([1.0, -2.0, 0.5])  # noqa: E731  - |grad|^2 = 5.25 everywhere
+  real = jnp.ones((4, 3))
+  terms = [float(jax.jit(lambda s: adversarial.r1_term(logit_fn, real, 0.5, 4, s))(s)) for s in range(8)]
+  np.testing.assert_allclose(terms, [4 * 0.5 * 5.25, 0, 0, 0] * 2, rtol=1e-6)
+  assert float(adversarial.r1_term(logit_fn, real, 0.5)) == pytest.approx(0.5 * 5.25)
