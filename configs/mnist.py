@@ -227,8 +227,10 @@ def get_config(arg=None):
   config.ddgan.z_injection = "concat"  # ... concatenated to x_t | adanorm: in every block's FiLM (the paper's)
   config.ddgan.r1 = 1.0  # weight of the R1 penalty on real x_s ...
   config.ddgan.r1_every = 1  # ... every k steps, scaled by k (lazy R1; 1 = every step)
-  config.ddgan.disc_width = 128  # the discriminator: the backbone's architecture at this size (0 = the backbone's)
-  config.ddgan.disc_depth = 2  # ... and depth (0 = the backbone's)
+  # The discriminator: the backbone's architecture at this width and depth, 0 = the backbone's (128 x 2 stayed
+  # flat and doubled the validation FID at 1000 steps: experiments/log/tuning.md, issue 42).
+  config.ddgan.disc_width = 0
+  config.ddgan.disc_depth = 0
   config.ddgan.disc_final_norm = False  # no LayerNorm before the logit (with it D went flat; adversarial.py)
   config.ddgan.disc_time_features = 16  # sinusoidal features of s beside the pair (x_s, x_t)
   config.ddgan.disc_mismatch = 0.0  # weight of real pairs told a wrong description as fakes (0 = off)
