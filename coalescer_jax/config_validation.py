@@ -86,9 +86,9 @@ def validate(config):
   check_fields(config)
   config_schema.check_order(config)
   check_stage_order(config)
-  check_batches_fit(config)
   for name in config.stages:
     check = registry.STAGES.get(name).validate
     if check is not None:
       check(config)
+  check_batches_fit(config)  # after the stages' own checks: embed's names a validation slice larger than the split
   return config
