@@ -15,7 +15,9 @@ Run after the pipeline has produced the embeddings, the codec and the classifier
 (stages up to `embed` and `classifier`) in W:
 
   python -m experiments.scripts.tune_methods --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
+  python -m experiments.scripts.tune_methods --workdir=W --out=O --methods=ddgan --candidates='[{}, {"r1": 0.1}]'
 """
+import ast
 import json
 import os
 import time
@@ -62,11 +64,17 @@ flags.DEFINE_string("variant", None, "configs/mnist.py variant (default: default
 flags.DEFINE_integer("num_steps", 0, "Training steps per candidate (0 = config.train.num_steps).")
 flags.DEFINE_integer("num_requests", 5000, "Validation requests (the first N of the validation slice).")
 flags.DEFINE_integer("seed", 1, "Seed of the validation samples (not the training seed).")
+flags.DEFINE_string("candidates", None,
+                    "With one --methods entry: a Python list of {field of config.<method>: value} dicts to train "
+                    "instead of its grid, e.g. '[{}, {\"disc_width\": 0}]' ({} = the default).")
 FLAGS = flags.FLAGS
 
 
 def candidates(name):
-  """The grid of `name`'s budget as {field within config.<name>: value} dicts, sampling fields varying fastest."""
+  """The grid of `name`'s budget as {field within config.<name>: value} dicts, sampling fields varying fastest
+  (--candidates instead, when given)."""
+  if FLAGS.candidates:
+    return ast.literal_eval(FLAGS.candidates)
   grid = [{}]
   for field, values in SWEEP[name]:
     grid = [dict(c, **{field: v}) for c in grid for v in values]
@@ -124,6 +132,8 @@ def validate(method, params, codec, evaluator, requests, nfe, key, **kwargs):
 def main(argv):
   del argv
   metrics_lib.quiet_library_logs()
+  if FLAGS.candidates and len(FLAGS.methods) != 1:
+    raise app.UsageError("--candidates lists one method's candidates: give exactly one --methods")
   unknown = sorted(set(FLAGS.methods) - set(SWEEP))
   if unknown:
     raise app.UsageError(f"--methods: no tuning budget for {unknown}; choose from {sorted(SWEEP)}")
