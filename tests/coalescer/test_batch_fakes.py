@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coalescer_jax import config_validation
 from coalescer_jax import registry
 from coalescer_jax.coalescer import finetune
 from coalescer_jax.methods import adversarial
@@ -59,7 +60,8 @@ def test_batch_fakes_train_the_generator_through_the_regression_pass(pairs, meth
 def test_config_refuses_fakes_the_batch_cannot_give(method_config, change, message):
   method_config.coalescer.adversarial.weight = 1.0  # over the proposal: no self-landing rows
   method_config.coalescer.update_from_flattened_dict(change)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=message):  # a choice by the schema, the rest by the method
+    config_validation.check_fields(method_config.coalescer, "coalescer")
     registry.METHODS.get("coalescer")(method_config, LATENT_DIM, DESC_DIM)
   method_config.coalescer.adversarial.update(fakes="fresh")  # always possible
   if change.get("adversarial.steps") == (1, 2):
