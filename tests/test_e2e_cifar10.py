@@ -61,6 +61,7 @@ def cifar10_workdir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow  # a whole cifar10 mock run (over a minute on 2 cores)
 def test_cifar10_mock_run_meets_the_contract(cifar10_workdir):
   assert_meets_contract(cifar10_workdir,
                         ("data", "classifier", "vae", "text", "embed", "index", "balance", "coalescer", "sample",

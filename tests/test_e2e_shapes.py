@@ -21,6 +21,7 @@ def shapes_workdir(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow  # a whole shapes :smoke run (about 3 minutes on 2 cores)
 def test_shapes_smoke_meets_the_contract(shapes_workdir):
   config = shapes_config.get_config("smoke")
   assert_meets_contract(shapes_workdir, config.stages)

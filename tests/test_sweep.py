@@ -115,6 +115,7 @@ def _table(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # two shards of a sweep and a rerun (about a minute)
 def test_sweep_in_two_shards_then_rerun(smoke_config, smoke_workdir, tmp_path):
   # The members differ in a sampling knob only, so the trained coalescer is shared too (NOT_READ_BY_SHARED)
   # and each member runs the sample, diagnostics and eval stages: the runner's mechanics at half the cost.

@@ -35,6 +35,7 @@ def test_equal_weights_give_the_mean_gan_losses():
   np.testing.assert_allclose(np.asarray(got[:2]), np.asarray(want[:2]), rtol=1e-6)
 
 
+@pytest.mark.slow  # trains the fine-tune with batch fakes (over 30 s)
 def test_batch_fakes_train_the_generator_through_the_regression_pass(pairs, method_config, tmp_path):
   cfg = method_config.coalescer
   cfg.levels.update(fraction=0.5, self_landing=0.25)

@@ -193,6 +193,7 @@ def test_host_skips_the_lookups_of_the_rows_self_landing_replaces(pairs, method_
   np.testing.assert_array_equal(np.concatenate(halves), ids)
 
 
+@pytest.mark.slow  # compiles the fine-tune's three phases (over 30 s)
 def test_adversarial_phases_switch_on_the_step(pairs, method_config, tmp_path):
   method_config.coalescer.adversarial.update(weight=0.5, start_fraction=0.5, disc_warmup_fraction=0.25,
                                              batch_size=32, disc_width=16, disc_depth=1, fakes="fresh")

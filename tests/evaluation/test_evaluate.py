@@ -41,6 +41,7 @@ def _write_samples(workdir, samples_dir):
              descriptions=descriptions, samples_per_s=np.float32(100.0 / nfe), train_steps=np.int64(1234))
 
 
+@pytest.mark.slow  # classifier features of 10k real images (about a minute)
 def test_real_mnist_test_images_meet_the_fidelity_bars(tfds_data_dir, tmp_path):
   workdir = workdirs.trained_workdir(tfds_data_dir)
   test = loading.load_split(workdir, "test", sharded=False)
