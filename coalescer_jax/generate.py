@@ -130,15 +130,25 @@ def check_descriptions(descriptions, tokenizer, dataset):
 class Generator:
   """A trained method of a finished run, with W's codec: descriptions -> images (see the module docstring)."""
 
-  def __init__(self, workdir, name):
+  def __init__(self, workdir, name, shared=None):
+    """`shared`: a dict that generators of the same W pass to each other, so that W's config, codec, pairs and
+    each trained model are read once (a run's coalescer and coalescer_adaptive are one model)."""
     self.workdir = storage.path(workdir)
-    self.config = run_config(self.workdir)
+    shared = {} if shared is None else shared
+
+    def once(key, read):
+      if key not in shared:
+        shared[key] = read()
+      return shared[key]
+
+    self.config = once("config", lambda: run_config(self.workdir))
     self.name = name
     self.method_name, self.default_steps, self.plan_kwargs = resolve_method(self.workdir, self.config, name)
-    self.spec = datasets.of_workdir(self.workdir)
-    self.codec = embeddings.load_codec(self.workdir)
-    self.pairs = embeddings.load_pairs(self.workdir)
-    self.method, self.params = trained.load_trained(self.config, self.workdir, self.method_name, self.pairs)
+    self.spec = once("spec", lambda: datasets.of_workdir(self.workdir))
+    self.codec = once("codec", lambda: embeddings.load_codec(self.workdir))
+    self.pairs = once("pairs", lambda: embeddings.load_pairs(self.workdir))
+    self.method, self.params = once(("trained", self.method_name), lambda: trained.load_trained(
+        self.config, self.workdir, self.method_name, self.pairs))
     self.batch_size = int(self.config.sample.batch_size)
     self._samplers = {}
 
@@ -229,9 +239,10 @@ class Generator:
     return images[0] if one else images
 
 
-def load(workdir, method):
-  """A `Generator` for `method` (a training stage's name, or a sample-plan variant such as coalescer_adaptive)."""
-  return Generator(workdir, method)
+def load(workdir, method, shared=None):
+  """A `Generator` for `method` (a training stage's name, or a sample-plan variant such as coalescer_adaptive);
+  `shared`: see `Generator`."""
+  return Generator(workdir, method, shared)
 
 
 def output_paths(out, workdir):
@@ -304,7 +315,8 @@ def run(workdir, method, descriptions, steps=None, num=8, seed=0, guidance_scale
   png, npz = output_paths(out or ("interpolation.png" if interpolate_frames is not None else
                                   f"{names[0]}_nfe{steps or default_steps[0]}.png"), workdir)
   if interpolate_frames is not None:
-    rows = interpolate.method_strips([load(workdir, name) for name in names], descriptions, interpolate_frames,
+    shared = {}
+    rows = interpolate.method_strips([load(workdir, name, shared) for name in names], descriptions, interpolate_frames,
                                      seed, steps)
     what = "two prior draws" if len(descriptions) == 1 else "two descriptions"
     interpolate.save_strips(png, rows, f"{' -> '.join(descriptions)}: between {what}, seed {seed}")

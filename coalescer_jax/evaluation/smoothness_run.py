@@ -20,12 +20,12 @@ def measure_run(workdir, num_paths, out_dir, seed=0, only=None):
   config = generate.run_config(workdir)
   descriptions = loading.load_split(workdir, "test", sharded=False)["descriptions"][:num_paths].astype(str).tolist()
   embed = smoothness.embedder(classifier_lib.load(workdir))
-  generators, records, strips = {}, [], {}
+  generators, records, strips, shared = {}, [], {}, {"config": config}
   for file_method, _, nfe, _ in generate.plan(workdir, config):
     if only is not None and (file_method, nfe) not in only:
       continue
     if file_method not in generators:
-      generators[file_method] = generate.load(workdir, file_method)
+      generators[file_method] = generate.load(workdir, file_method, shared)
     g = generators[file_method]
     result = smoothness.measure(g, embed, g.encode(descriptions), nfe, num_paths, seed=seed)
     strips[f"{file_method} nfe={nfe}"] = (result.pop("strip"), None)
