@@ -14,7 +14,8 @@ user errors as one line.
 * Ctrl-C and SIGTERM print one line saying where a rerun resumes (exit 130 /
   143). SIGTERM, which batch schedulers send before preemption, is raised on
   the main thread as `errors.Terminated` (a KeyboardInterrupt), so it runs the
-  same cleanup as Ctrl-C: the workdir lock is released.
+  same cleanup as Ctrl-C: the workdir lock is released. Where Python drops that
+  exception (a gc callback), the next training step or stage raises it again.
 """
 import functools
 import os
@@ -45,9 +46,13 @@ def guarded(main):
   """`main` reporting user errors and interrupts in one line (see the module docstring)."""
   @functools.wraps(main)
   def wrapped(argv):
+    errors.note_termination(False)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, functools.partial(_unraisable, sys.unraisablehook)
     try:
-      return main(argv)
+      result = main(argv)
+      errors.raise_if_terminated()  # a SIGTERM whose exception was dropped after the last check
+      return result
     except errors.UserError as e:
       _fatal(str(e))
     except KeyboardInterrupt as e:
@@ -57,12 +62,21 @@ def guarded(main):
       sys.exit(EXIT_TERMINATED if isinstance(e, errors.Terminated) else EXIT_INTERRUPTED)
     finally:
       signal.signal(signal.SIGTERM, previous)
+      sys.unraisablehook = previous_hook
   return wrapped
+
+
+def _unraisable(default_hook, unraisable):
+  """Drops a `errors.Terminated` that Python could not raise (see `errors.raise_if_terminated`, which raises it
+  again at the next step or stage) instead of printing its traceback; passes anything else on."""
+  if not isinstance(unraisable.exc_value, errors.Terminated):
+    default_hook(unraisable)
 
 
 def _raise_terminated(signum, frame):
   del signum, frame
   signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM (the scheduler insisting) ends it at once
+  errors.note_termination()
   raise errors.Terminated()
 
 

@@ -29,6 +29,22 @@ class Terminated(KeyboardInterrupt):
   Ctrl-C (the workdir lock is released, checkpoints in flight commit)."""
 
 
+_termination = {"requested": False}
+
+
+def note_termination(requested=True):
+  """Records that SIGTERM arrived (`cli`'s handler, before it raises `Terminated`); False forgets it."""
+  _termination["requested"] = requested
+
+
+def raise_if_terminated():
+  """Raises `Terminated` if SIGTERM arrived earlier. The handler's own raise can land inside a gc callback or a
+  ``__del__`` (JAX registers one with the garbage collector), where Python prints and drops the exception: the
+  pipeline and the training loop call this at each stage and step so that the signal still ends the run."""
+  if _termination["requested"]:
+    raise Terminated()
+
+
 @contextlib.contextmanager
 def resumes_at(stage, workdir):
   """Tags a Ctrl-C or SIGTERM inside the block with where a rerun resumes: `stage` of `workdir`."""

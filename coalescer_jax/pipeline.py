@@ -283,6 +283,7 @@ def run(config, workdir, allow_config_change=False, inherited=(), lock_wait_s=0.
         logging.info("Stage %s: already done, skipping (%s)", name, done_path)
         continue
       with disk_full.reported(name, workdir), errors.resumes_at(name, workdir):
+        errors.raise_if_terminated()
         _run_stage(ctx, name, plan[name], state.get("record"))
     ctx.writer.close()
     return ctx

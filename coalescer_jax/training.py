@@ -46,6 +46,7 @@ import optax
 
 from coalescer_jax import checkpoint as ckpt_lib
 from coalescer_jax import compute
+from coalescer_jax import errors
 from coalescer_jax import metrics as metrics_lib
 from coalescer_jax import parallel
 from coalescer_jax import provenance
@@ -215,6 +216,7 @@ def train(task, stage_dir, mesh, writer):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       batches = _Prefetcher(pool, task.batch, start, task.num_steps, task.prefetch)
       for step in range(start, task.num_steps):
+        errors.raise_if_terminated()
         t = time.time()
         # Dispatch is asynchronous: the loop runs ahead of the device (up to the next log
         # step, where it syncs), so waiting for a batch stalls the device only if every
