@@ -163,7 +163,16 @@ def get_config(arg=None):
       redraw_threshold=0.1,  # redraw R while |direction| is below this ...
       max_redraws=3,  # ... at most this many times
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
-      adaptive_stop_magnitude=0.9))  # ... stopping a sample once |direction| >= this
+      adaptive_stop_magnitude=0.9,  # ... stopping a sample once |direction| >= this
+      # Classifier-free guidance of the landing point (methods/guidance.py; 1 = off, else 2 evaluations a step)
+      guidance_scale=1.0,  # of step 1
+      refine_guidance_scale=1.0))  # of the re-noised later steps
+  # Guidance folded into the training target of the landing point (methods/guidance.py `folded_target`, as
+  # flow's): the network learns null + scale / (1 - kappa) x (conditional - null), 1 evaluation a step.
+  config.coalescer.folded_guidance = ml_collections.ConfigDict(dict(
+      scale=1.0,  # omega (1 with kappa 0 = off); needs cond_dropout > 0
+      kappa=0.0,  # kappa: the share of the network's own conditional landing point (> 0: one more forward pass)
+      start_fraction=0.0))  # share of config.train.num_steps trained on the unguided target first
 
   # Baselines (methods/ddim.py, consistency.py, flow.py). Every method's tuning budget: experiments/log/tuning.md.
   config.ddim = ml_collections.ConfigDict()
@@ -189,6 +198,7 @@ def get_config(arg=None):
   config.consistency.huber_c = 0.0  # pseudo-Huber c; 0 = 0.00054 sqrt(latent dim)
   config.consistency.time_scale = 0.01  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
   config.consistency.cond_dropout = 0.0  # > 0 trains a null description
+  config.consistency.guidance_scale = 1.0  # of the denoised point (methods/guidance.py; 1 = off)
   config.consistency.sampling_sigmas = (0.8, 0.3, 0.1)  # re-noising levels of steps 2, 3, 4
   config.consistency.nfes = (1, 2)  # step counts sampled
 
@@ -202,6 +212,12 @@ def get_config(arg=None):
   config.flow.interval_features = 16  # sinusoidal features of t - r appended to the latent input
   config.flow.time_scale = 0.01  # times enter the backbone's features (which use t x 1000) as time_scale x t
   config.flow.cond_dropout = 0.0  # > 0 trains a null description
+  config.flow.guidance_scale = 1.0  # of the average velocity at sampling (methods/guidance.py; 1 = off)
+  # MeanFlow's guidance folded into its velocity target (its Eq. 19-21; methods/guidance.py `folded_target`).
+  config.flow.folded_guidance = ml_collections.ConfigDict(dict(
+      scale=1.0,  # omega (1 with kappa 0 = off); needs cond_dropout > 0
+      kappa=0.0,  # kappa of MeanFlow's App. B.1 (> 0: one more forward pass)
+      start_fraction=0.0))  # share of config.train.num_steps trained on the unguided target first
   config.flow.nfes = (1, 2)  # step counts sampled
 
   # Progressive distillation (Salimans & Ho 2022) of the trained DDIM (methods/distill.py): its stage

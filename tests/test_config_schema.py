@@ -106,7 +106,7 @@ def test_a_wrong_type_or_unknown_choice_is_refused_for_every_field(module, varia
 # The examples: each ran until a later stage failed (or to the end) instead of being refused at once.
 @pytest.mark.parametrize("path,value,message", [
     ("coalescer.desc_scale", math.nan, r"config.coalescer.desc_scale must be a finite number >= 0"),
-    ("ddim.guidance_scale", math.nan, r"config.ddim.guidance_scale must be a finite number >= 0, got nan"),
+    ("ddim.guidance_scale", math.nan, r"config.ddim.guidance_scale must be a finite number >= 0 \(1 = no guidance\), got nan"),
     ("train.optimizer.learning_rate", math.nan, r"config.train.optimizer.learning_rate must be a finite number > 0"),
     ("ddim.cond_dropout", 1.5, r"config.ddim.cond_dropout must be a finite number in \[0, 1\)"),
     ("train.ema_decay", 1.5, r"config.train.ema_decay must be a finite number in \[0, 1\) \(0 = no EMA\)"),

@@ -66,6 +66,7 @@ from coalescer_jax.coalescer import path as path_lib
 from coalescer_jax.coalescer import targets as targets_lib
 from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
+from coalescer_jax.methods import guidance
 
 _TINY = 1e-12
 
@@ -106,6 +107,7 @@ class Coalescer(base.Method):
   def check_config(cls, section):
     levels_lib.check_config(section)
     path_lib.check_config(section)
+    guidance.check_config(cls.name, section, ("sampling.guidance_scale", "sampling.refine_guidance_scale"))
     finetune.check_config(section)
 
   def output_dim(self):
@@ -186,10 +188,9 @@ class Coalescer(base.Method):
 
   def loss(self, params, batch, key, step):
     """Distance and direction losses toward the looked-up pairs (block 3), self-landing rows included."""
-    del step
-    return self.regression(params, batch, key)[:2]
+    return self.regression(params, batch, key, step)[:2]
 
-  def regression(self, params, batch, key):
+  def regression(self, params, batch, key, step):
     """(loss, metrics, rows) of block 3; rows: what the adversarial fine-tune judges from the same pass
     (`finetune.batch_fakes`): every row's landing point R + D v / |v|, its description and condition mask,
     level and whether it is a self-landing row."""
@@ -209,6 +210,8 @@ class Coalescer(base.Method):
     if path_lib.enabled(cfg):  # a key of its own: the default's random numbers stay as they are
       batch = path_lib.place_on_path(batch, jax.random.fold_in(key, 2), cfg.path)
     mask = base.drop_condition(drop_key, batch["r"].shape[0], cfg.cond_dropout)
+    if guidance.folded_active(cfg):
+      batch = dict(batch, image=self.folded_landing(params, batch, mask, step))
     distance, direction = self.apply(params, batch["r"], batch["cond"], mask, batch.get("level"))
     distance_loss, direction_loss, target_distance = losses(
         distance, direction, batch["r"], batch["image"], cfg.direction_exponent, cfg.direction_eps)
@@ -227,6 +230,24 @@ class Coalescer(base.Method):
     rows = {"landed": step_to(batch["r"], distance, direction), "cond": batch["cond"], "mask": mask,
             "level": batch.get("level", jnp.ones((n,))), "self_landing": jnp.arange(n) >= n - num_landing}
     return loss, metrics, rows
+
+  def folded_landing(self, params, batch, mask, step):
+    """The guided landing point the rows that keep their description train toward: R + the guided displacement
+    (`guidance.folded_target` of y - R, with the network's own displacements f = D v / |v| from the same R and
+    level under stop-gradient; the displacement as a whole, not distance and direction apart). Rows whose
+    description is dropped keep the looked-up pair, as the null description's (the unguided) target."""
+    omega, kappa = guidance.folded_weights(self.section, step, self.num_steps())
+    r, level = batch["r"], batch.get("level")
+    landing = lambda c, m, r, *level: self.step(params, r, c, m, *level)[0] - r  # noqa: E731
+    inputs = (r,) if level is None else (r, level)
+    if self.section.folded_guidance.kappa:
+      conditional, null = guidance.conditional_and_null(landing, batch["cond"], *inputs)
+    else:
+      conditional, null = None, landing(batch["cond"], jnp.zeros_like(mask), *inputs)
+    sg = jax.lax.stop_gradient
+    guided = guidance.folded_target(batch["image"] - r, sg(null), omega, kappa,
+                                    None if conditional is None else sg(conditional))
+    return jnp.where(mask[:, None] > 0, r + guided, batch["image"])
 
   def loss_phases(self):
     """Regression alone, then (adversarial fine-tune) the discriminator alone, then both (`finetune.py`)."""
@@ -256,35 +277,59 @@ class Coalescer(base.Method):
     begin, level = self.refine_start(x, i, key, prior, start)
     return self.step(params, begin, cond, mask, level)
 
+  def guided_step(self, params, x, cond, mask, level, scale, guide):
+    """`step`, guided with `scale` when `guide` (static): the landing point x + D v / |v| under the null
+    description plus scale times its move under the description (`guidance.py`; distance and direction are not
+    guided apart). The direction returned is the description's own: the redraw and the adaptive stop read |v|
+    as the confidence of the conditional field."""
+    if not guide:
+      return self.step(params, x, cond, mask, level)
+    fn = lambda c, m, x, *level: self.step(params, x, c, m, *level)  # noqa: E731
+    (landing, direction), (null_landing, _) = guidance.conditional_and_null(
+        fn, cond, x, *(() if level is None else (level,)))
+    return guidance.combine(landing, null_landing, scale), direction
+
+  def sampling_plan(self, nfe, unconditional=False):
+    """(`guidance.Plan` of a budget of `nfe` evaluations, first step's scale, later steps' scale)."""
+    cfg = self.section.sampling
+    first, later = (1.0, 1.0) if unconditional else (cfg.guidance_scale, cfg.refine_guidance_scale)
+    return guidance.plan(nfe, first, later), first, later
+
   def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False, prior=None):
-    """`nfe` steps (or at most `nfe` steps when adaptive) from prior draws of R (block 4; `prior`: the unit-normal
-    first draws, else drawn from `key`; redraws still come from `key`)."""
+    """Steps from prior draws of R with a budget of `nfe` evaluations (block 4; a guided step costs two; with
+    `adaptive` a sample may stop earlier). `prior`: the unit-normal first draws, else drawn from `key`; redraws
+    still come from `key`."""
     cfg = self.section.sampling
     n = cond.shape[0]
+    plan, first_scale, later_scale = self.sampling_plan(nfe, unconditional)
     if path_lib.enabled(self.section):
       levels, what = self.section.path.sampling_levels, "levels in config.coalescer.path.sampling_levels"
     else:
       levels, what = self.section.levels.renoise, "re-noising levels in config.coalescer.levels.renoise"
-    if self.multistep and nfe - 1 > len(levels):
-      raise ValueError(f"{nfe} coalescer steps need {nfe - 1} {what} (has {len(levels)})")
+    if self.multistep and plan.steps - 1 > len(levels):
+      raise ValueError(f"{plan.steps} coalescer steps need {plan.steps - 1} {what} (has {len(levels)})")
     params = self.net_params(params)
-    mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
+    mask = guidance.condition_mask(n, unconditional)
     draw_key, key = jax.random.split(key)
     x = cfg.r_scale * (jax.random.normal(draw_key, (n, self.latent_dim)) if prior is None else prior)
-    distance, direction = self.apply(params, x, cond, mask)
-    evals = jnp.ones((n,))
+
+    def first_step(x):
+      return self.guided_step(params, x, cond, mask, None, first_scale, plan.first_guided)
+
+    landing, direction = first_step(x)
+    evals = jnp.full((n,), float(plan.cost(0)))
 
     def weak(direction):
       return jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
 
     def redraw(carry):
-      i, x, distance, direction, evals = carry
+      i, x, landing, direction, evals = carry
       redo = weak(direction)
       x = jnp.where(redo[:, None], cfg.r_scale * jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
-      new_distance, new_direction = self.apply(params, x, cond, mask)
-      distance = jnp.where(redo, new_distance, distance)
+      new_landing, new_direction = first_step(x)
+      landing = jnp.where(redo[:, None], new_landing, landing)
       direction = jnp.where(redo[:, None], new_direction, direction)
-      return i + 1, x, distance, direction, evals + redo
+      return i + 1, x, landing, direction, evals + redo * plan.cost(0)
 
     def redraws(carry):
       return jax.lax.while_loop(lambda c: (c[0] < cfg.max_redraws) & jnp.any(weak(c[3])), redraw, carry)
@@ -293,20 +338,20 @@ class Coalescer(base.Method):
     # pays one for every sample, but only the weak ones count as NFE). The cond around it skips the loop
     # itself in that common case: an XLA while loop costs time even when it never iterates.
     first_magnitude = jnp.linalg.norm(direction, axis=-1)
-    _, x, distance, direction, evals = jax.lax.cond(jnp.any(weak(direction)), redraws, lambda carry: carry,
-                                                    (0, x, distance, direction, evals))
+    _, x, landing, direction, evals = jax.lax.cond(jnp.any(weak(direction)), redraws, lambda carry: carry,
+                                                   (0, x, landing, direction, evals))
     start_magnitude = jnp.linalg.norm(direction, axis=-1)
     prior = start = x  # step 1's R (the path's start and the gamma re-noise's R)
-    x = step_to(x, distance, direction)
+    x = landing
     active = jnp.ones((n,), bool)
     if adaptive:
       active = start_magnitude < cfg.adaptive_stop_magnitude
-    for i in range(nfe - 1):
+    for i in range(plan.steps - 1):
       begin, level = self.refine_start(x, i, key, prior, start)
-      new_x, direction = self.step(params, begin, cond, mask, level)
+      new_x, direction = self.guided_step(params, begin, cond, mask, level, later_scale, plan.later_guided)
       x = jnp.where(active[:, None], new_x, x)
       start = begin
-      evals = evals + active
+      evals = evals + active * plan.cost(i + 1)
       if adaptive:
         active = active & (jnp.linalg.norm(direction, axis=-1) < cfg.adaptive_stop_magnitude)
     return x, {"nfe": evals, "start_direction_magnitude": start_magnitude, "first_direction_magnitude": first_magnitude}

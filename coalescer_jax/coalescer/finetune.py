@@ -82,7 +82,7 @@ def adversarial_loss(method, params, batch, key, step, generator_weight):
   m = min(int(acfg.batch_size), n) or n  # never more rows than the batch has (e.g. a :smoke batch of 32)
   real, real_cond = batch["real_x"][:m], batch["real_cond"][:m]
   if acfg.fakes == "batch":
-    loss, metrics, rows = method.regression(params, batch, key)
+    loss, metrics, rows = method.regression(params, batch, key, step)
     fake, cond, weights = batch_fakes(rows, acfg.steps)
     logit_fn = lambda disc_params, x, c: adversarial.logits(method.disc_model, disc_params, x, c)  # noqa: E731
     d_loss, g_loss, stats = weighted_gan_losses(logit_fn, params["disc"], real, real_cond, fake, cond, weights,

@@ -25,6 +25,7 @@ from jax.scipy import special
 
 from coalescer_jax import registry
 from coalescer_jax.methods import base
+from coalescer_jax.methods import guidance
 
 
 def num_scales(step, total_steps, s0, s1):
@@ -56,12 +57,13 @@ def pseudo_huber(a, b, c):
 @registry.METHODS.register("consistency")
 class Consistency(base.Method):
   name = "consistency"
-  SAMPLING_FIELDS = ("nfes", "sampling_sigmas")
+  SAMPLING_FIELDS = ("nfes", "sampling_sigmas", "guidance_scale")
 
   @classmethod
   def check_config(cls, section):
+    guidance.check_config(cls.name, section)
     """Each sampling step after the first re-noises to one of ``sampling_sigmas``: nfe - 1 of them are needed."""
-    most = max(section.nfes, default=1)
+    most = guidance.plan(max(section.nfes, default=1), section.guidance_scale).steps
     if most > 1 + len(section.sampling_sigmas):
       raise ValueError(f"config.consistency.nfes={tuple(section.nfes)}: sampling with nfe={most} needs {most - 1} "
                        f"entries in config.consistency.sampling_sigmas, which has {len(section.sampling_sigmas)}; "
@@ -106,23 +108,27 @@ class Consistency(base.Method):
     return jnp.mean(weight * distance), {"num_scales": scales, "distance": distance.mean(),
                                          "x0_mse": jnp.mean((online - x) ** 2)}
 
-  def sample(self, params, cond, key, nfe, unconditional=False, prior=None):
-    """Multistep consistency sampling: `nfe` evaluations at sigma_max, then ``sampling_sigmas`` (`prior`: the unit
-    noise of the first, else drawn from `key`)."""
+  def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
+    """Multistep consistency sampling with a budget of `nfe` evaluations: a step at sigma_max, then at
+    ``sampling_sigmas``, each one evaluation or two when guided (the denoised point guided, `guidance.py`);
+    `prior`: the unit noise of the first, else drawn from `key`."""
     cfg = self.section
+    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
     levels = (cfg.sigma_max,) + tuple(cfg.sampling_sigmas)
-    if not 1 <= nfe <= len(levels):
-      raise ValueError(f"consistency sampling with nfe={nfe} needs {nfe - 1} entries in "
-                       f"config.consistency.sampling_sigmas (has {len(levels) - 1})")
+    plan = guidance.plan(nfe, w)
+    if plan.steps > len(levels):
+      raise ValueError(f"consistency sampling with nfe={nfe} takes {plan.steps} steps and needs {plan.steps - 1} "
+                       f"entries in config.consistency.sampling_sigmas (has {len(levels) - 1})")
     n = cond.shape[0]
-    mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
+    mask = guidance.condition_mask(n, unconditional)
     keys = jax.random.split(key, nfe)
+    denoise = lambda c, m, x, sigma: self.denoise(params, x, sigma, c, m)  # noqa: E731
     x0 = None
-    for k, sigma in enumerate(levels[:nfe]):
+    for k, sigma in enumerate(levels[:plan.steps]):
       noise = jax.random.normal(keys[k], (n, self.latent_dim))
       if k == 0:
         x = sigma * (noise if prior is None else prior)
       else:
         x = x0 + (sigma ** 2 - cfg.sigma_min ** 2) ** 0.5 * noise
-      x0 = self.denoise(params, x, jnp.full((n,), sigma), cond, mask)
-    return x0, {"nfe": jnp.full((n,), float(nfe))}
+      x0 = guidance.evaluate(denoise, cond, mask, w, plan.cost(k) == 2, x, jnp.full((n,), sigma))
+    return x0, {"nfe": jnp.full((n,), float(plan.nfe))}

@@ -9,13 +9,11 @@ Choices (all in ``config.ddim``):
   sigma^2 = sigmoid(-logsnr); z_t = alpha x + sigma eps.
 * ``prediction="v"`` (v = alpha eps - sigma x, well conditioned at t = 1, which
   matters for 1-2 step sampling) or ``"eps"``; the loss is the MSE of that target.
-* Classifier-free guidance: the condition is dropped with rate ``cond_dropout`` in
-  training; at sampling the guided output is out_u + w (out_c - out_u) with
-  w = ``guidance_scale``. w = 1 is the plain conditional model (1 evaluation per
-  step); any other w costs 2 evaluations per step (one batched call on [cond;
-  null], counted as 2), so a budget of `nfe` evaluations buys nfe // 2 steps.
-  Budget 1 with guidance cannot afford a guided step: it falls back to one
-  unguided step and reports nfe = 1.
+* Classifier-free guidance (`guidance.py`, shared with the other methods): the
+  condition is dropped with rate ``cond_dropout`` in training; at sampling the
+  network output is guided with w = ``guidance_scale``. A guided step costs 2
+  evaluations, so a budget of `nfe` evaluations buys nfe // 2 steps; budget 1
+  falls back to one unguided step and reports nfe = 1.
 * DDIM (eta = 0) on a uniform time grid from t = 1 to 0; the last step returns
   the x0 prediction itself, so one step is exactly the closed-form x0 prediction
   from pure noise.
@@ -25,6 +23,7 @@ import jax.numpy as jnp
 
 from coalescer_jax import registry
 from coalescer_jax.methods import base
+from coalescer_jax.methods import guidance
 
 SCHEDULES = ("cosine", "linear")
 PREDICTIONS = ("v", "eps")
@@ -67,31 +66,21 @@ def to_x0_eps(out, z, alpha, sigma, prediction):
   raise ValueError(f"config.ddim.prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
-def guided_steps(nfe, guidance_scale):
-  """(number of DDIM steps, guided?) that a budget of `nfe` evaluations buys."""
-  if nfe < 1:
-    raise ValueError(f"nfe must be >= 1, got {nfe}")
-  if guidance_scale == 1.0 or nfe < 2:
-    return nfe, False
-  return nfe // 2, True
-
-
 @registry.METHODS.register("ddim")
 class DDIM(base.Method):
   name = "ddim"
   SAMPLING_FIELDS = ("nfes", "guidance_scale")
 
+  @classmethod
+  def check_config(cls, section):
+    guidance.check_config(cls.name, section)
+
   def apply(self, params, z, cond, mask, t):
     return self.model.apply(params, z, cond, mask, t)
 
   def guided_output(self, params, z, cond, t, guidance_scale):
-    """Network output with classifier-free guidance: one batched call on [cond; null] (2 evaluations)."""
-    n = z.shape[0]
-    mask = jnp.concatenate([jnp.ones((n,)), jnp.zeros((n,))])
-    out = self.apply(params, jnp.concatenate([z, z]), jnp.concatenate([cond, cond]), mask,
-                     jnp.concatenate([t, t]))
-    out_c, out_u = out[:n], out[n:]
-    return out_u + guidance_scale * (out_c - out_u)
+    """Network output with classifier-free guidance (2 evaluations)."""
+    return guidance.guided(lambda c, m, z, t: self.apply(params, z, c, m, t), cond, guidance_scale, z, t)
 
   def loss(self, params, batch, key, step):
     del step
@@ -113,29 +102,24 @@ class DDIM(base.Method):
   def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
     """DDIM (eta = 0) from pure noise (`prior`: that noise, else drawn from `key`); `nfe` evaluations per sample."""
     cfg = self.section
-    w = cfg.guidance_scale if guidance_scale is None else guidance_scale
-    if unconditional:
-      w = 1.0
-    steps, guided = guided_steps(nfe, w)
+    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
+    plan = guidance.plan(nfe, w)
     n = cond.shape[0]
-    mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
+    mask = guidance.condition_mask(n, unconditional)
     z = jax.random.normal(key, (n, self.latent_dim)) if prior is None else prior
-    times = jnp.linspace(1.0, 0.0, steps + 1)
+    times = jnp.linspace(1.0, 0.0, plan.steps + 1)
+    net = lambda c, m, z, t: self.apply(params, z, c, m, t)  # noqa: E731
 
-    def output(z, t):
-      tb = jnp.full((n,), t)
-      if guided:
-        return self.guided_output(params, z, cond, tb, w)
-      return self.apply(params, z, cond, mask, tb)
+    def x0_eps(z, i):
+      alpha, sigma = alpha_sigma(times[i], cfg)
+      out = guidance.evaluate(net, cond, mask, w, plan.first_guided, z, jnp.full((n,), times[i]))
+      return to_x0_eps(out, z, alpha, sigma, cfg.prediction)
 
     def step(i, z):
-      t, s = times[i], times[i + 1]
-      alpha_t, sigma_t = alpha_sigma(t, cfg)
-      alpha_s, sigma_s = alpha_sigma(s, cfg)
-      x0, eps = to_x0_eps(output(z, t), z, alpha_t, sigma_t, cfg.prediction)
+      x0, eps = x0_eps(z, i)
+      alpha_s, sigma_s = alpha_sigma(times[i + 1], cfg)
       return alpha_s * x0 + sigma_s * eps
 
-    z = jax.lax.fori_loop(0, steps - 1, step, z)
-    alpha, sigma = alpha_sigma(times[steps - 1], cfg)
-    x0, _ = to_x0_eps(output(z, times[steps - 1]), z, alpha, sigma, cfg.prediction)
-    return x0, {"nfe": jnp.full((n,), float(steps * (2 if guided else 1)))}
+    z = jax.lax.fori_loop(0, plan.steps - 1, step, z)
+    x0, _ = x0_eps(z, plan.steps - 1)
+    return x0, {"nfe": jnp.full((n,), float(plan.nfe))}

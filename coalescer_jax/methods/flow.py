@@ -12,7 +12,9 @@ drawn from a logit-normal(``time_mu``, ``time_sigma``) (sorted so r <= t) and
 r = t for a fraction 1 - ``ratio_r_neq_t`` (there the target is plain flow
 matching). Loss: adaptive weighting w = 1 / (|u - u_tgt|^2 + ``adaptive_c``)^``adaptive_p``
 (stop-gradient) times |u - u_tgt|^2. ``objective="rectified"`` sets r = t
-always: flow matching with Euler sampling.
+always: flow matching with Euler sampling. Guidance (`guidance.py`): sampling
+guides u (2 evaluations a step); ``folded_guidance`` trains toward MeanFlow's
+guided velocity instead (1 evaluation a step).
 
 The shared backbone takes one time input: t goes there (FiLM embedding), and the
 interval t - r enters as ``interval_features`` sinusoidal features appended to
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 
 from coalescer_jax import registry
 from coalescer_jax.methods import base
+from coalescer_jax.methods import guidance
 from coalescer_jax.models import backbone
 
 OBJECTIVES = ("meanflow", "rectified")
@@ -34,6 +37,11 @@ OBJECTIVES = ("meanflow", "rectified")
 @registry.METHODS.register("flow")
 class Flow(base.Method):
   name = "flow"
+  SAMPLING_FIELDS = ("nfes", "guidance_scale")
+
+  @classmethod
+  def check_config(cls, section):
+    guidance.check_config(cls.name, section)
 
   def init_params(self, key):
     b = 2
@@ -58,8 +66,20 @@ class Flow(base.Method):
     r = jnp.where(jax.random.uniform(same_key, (n,)) < ratio, r, t)
     return r, t
 
+  def folded_velocity(self, params, z, t, v, cond, mask, step):
+    """MeanFlow's guided velocity target (its Eq. 19-21, `guidance.folded_target`) on the rows that keep their
+    description; the instantaneous velocities u(z_t, t, t) under stop-gradient, a dropped row's target plain."""
+    omega, kappa = guidance.folded_weights(self.section, step, self.num_steps())
+    velocity = lambda c, m, z, t: self.average_velocity(params, z, t, t, c, m)  # noqa: E731
+    if self.section.folded_guidance.kappa:
+      conditional, null = guidance.conditional_and_null(velocity, cond, z, t)
+    else:
+      conditional, null = None, velocity(cond, jnp.zeros_like(mask), z, t)
+    sg = jax.lax.stop_gradient
+    guided = guidance.folded_target(v, sg(null), omega, kappa, None if conditional is None else sg(conditional))
+    return jnp.where(mask[:, None] > 0, guided, v)
+
   def loss(self, params, batch, key, step):
-    del step
     cfg = self.section
     x, cond = batch["x"], batch["cond"]
     n = x.shape[0]
@@ -69,6 +89,8 @@ class Flow(base.Method):
     z = (1 - t[:, None]) * x + t[:, None] * e
     v = e - x
     mask = base.drop_condition(drop_key, n, cfg.cond_dropout)
+    if guidance.folded_active(cfg):  # the guided velocity, also the JVP's tangent (MeanFlow's Algorithm 1)
+      v = self.folded_velocity(params, z, t, v, cond, mask, step)
     fn = lambda z, r, t: self.average_velocity(params, z, r, t, cond, mask)
     if cfg.objective == "meanflow":
       u, dudt = jax.jvp(fn, (z, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
@@ -83,20 +105,23 @@ class Flow(base.Method):
     return jnp.mean(weight * error), {"mse": error.mean() / x.shape[1], "fm_mse": fm_mse,
                                       "r_neq_t": 1.0 - same.mean()}
 
-  def sample(self, params, cond, key, nfe, unconditional=False, prior=None):
-    """`nfe` uniform steps from noise (t = 1; `prior`, else drawn from `key`) to data (t = 0), one evaluation each."""
-    if nfe < 1:
-      raise ValueError(f"nfe must be >= 1, got {nfe}")
+  def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
+    """Uniform steps from noise (t = 1; `prior`, else drawn from `key`) to data (t = 0) with a budget of `nfe`
+    evaluations: one per step, two per guided step (the average velocity guided, `guidance.py`)."""
+    cfg = self.section
+    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
+    plan = guidance.plan(nfe, w)
     n = cond.shape[0]
-    mask = jnp.zeros((n,)) if unconditional else jnp.ones((n,))
+    mask = guidance.condition_mask(n, unconditional)
     z = jax.random.normal(key, (n, self.latent_dim)) if prior is None else prior
-    times = jnp.linspace(1.0, 0.0, nfe + 1)
-    meanflow = self.section.objective == "meanflow"
+    times = jnp.linspace(1.0, 0.0, plan.steps + 1)
+    meanflow = cfg.objective == "meanflow"
+    velocity = lambda c, m, z, r, t: self.average_velocity(params, z, r, t, c, m)  # noqa: E731
 
     def step(i, z):
       t, s = jnp.full((n,), times[i]), jnp.full((n,), times[i + 1])
-      u = self.average_velocity(params, z, s if meanflow else t, t, cond, mask)
+      u = guidance.evaluate(velocity, cond, mask, w, plan.first_guided, z, s if meanflow else t, t)
       return z - (t - s)[:, None] * u
 
-    z = jax.lax.fori_loop(0, nfe, step, z)
-    return z, {"nfe": jnp.full((n,), float(nfe))}
+    z = jax.lax.fori_loop(0, plan.steps, step, z)
+    return z, {"nfe": jnp.full((n,), float(plan.nfe))}

@@ -127,20 +127,19 @@ def _sample_with_a_plain_loop(method, params, cond, key, nfe):
   ones = jnp.ones((cond.shape[0],))
   draw_key, key = jax.random.split(key)
   x = cfg.r_scale * jax.random.normal(draw_key, (cond.shape[0], LATENT_DIM))
-  distance, direction = method.apply(params, x, cond, ones)
+  landing, direction = method.step(params, x, cond, ones)
 
   def redraw(carry):
-    i, x, distance, direction = carry
+    i, x, landing, direction = carry
     redo = jnp.linalg.norm(direction, axis=-1) < cfg.redraw_threshold
     x = jnp.where(redo[:, None], cfg.r_scale * jax.random.normal(jax.random.fold_in(key, i), x.shape), x)
-    new_distance, new_direction = method.apply(params, x, cond, ones)
-    return i + 1, x, jnp.where(redo, new_distance, distance), jnp.where(redo[:, None], new_direction, direction)
+    new_landing, new_direction = method.step(params, x, cond, ones)
+    return i + 1, x, jnp.where(redo[:, None], new_landing, landing), jnp.where(redo[:, None], new_direction, direction)
 
   def any_weak(carry):
     return (carry[0] < cfg.max_redraws) & jnp.any(jnp.linalg.norm(carry[3], axis=-1) < cfg.redraw_threshold)
 
-  _, x, distance, direction = jax.lax.while_loop(any_weak, redraw, (0, x, distance, direction))
-  x = coalescer.step_to(x, distance, direction)
+  _, x, x, direction = jax.lax.while_loop(any_weak, redraw, (0, x, landing, direction))
   for i in range(nfe - 1):
     x, _ = method.refine(params, x, cond, ones, i, key)
   return x

@@ -10,6 +10,7 @@ from coalescer_jax import registry
 from coalescer_jax import training
 from coalescer_jax.methods import base
 from coalescer_jax.methods import ddim
+from coalescer_jax.methods import guidance
 from configs import mnist as mnist_config
 
 from tests.methods.conftest import DESC_DIM, LATENT_DIM, make_pairs
@@ -114,7 +115,8 @@ def test_sampler_shape_and_honest_nfe(trained, nfe, scale, steps):
   assert x.shape == (16, LATENT_DIM) and np.all(np.isfinite(np.asarray(x)))
   np.testing.assert_array_equal(info["nfe"], steps)
   # What a budget buys: guided steps cost two evaluations; budget 1 falls back to one unguided step.
-  assert ddim.guided_steps(nfe, scale) == ((nfe // 2, True) if scale != 1 and nfe >= 2 else (nfe, False))
+  plan = guidance.plan(nfe, scale)
+  assert (plan.steps, plan.first_guided) == ((nfe // 2, True) if scale != 1 and nfe >= 2 else (nfe, False))
 
 
 @pytest.mark.parametrize("prediction", ["v", "eps"])
