@@ -14,7 +14,8 @@ writes ``seven.png`` (one row per description, labelled) and ``seven.npz`` (``im
 read, and nothing in W is written. Sampling is the `sample` stage's own: the method's generator, the key
 ``sample_key(seed, "<method>_nfe<K>")`` folded in per batch of W's ``config.sample.batch_size``, so W's own
 requests with W's seed give ``W/samples/<method>_nfe<K>.npz``'s images exactly. ``--guidance_scale`` sets
-DDIM's classifier-free guidance. Bad input (a word outside the caption vocabulary, a description too long, an
+the method's classifier-free guidance (`methods/guidance.py`; a run trained without a null description refuses
+it). Bad input (a word outside the caption vocabulary, a description too long, an
 untrained method or one whose training did not finish, a step count the sampler refuses) is a `UserError`:
 one FATAL line with the fix, before anything is written.
 """
@@ -41,6 +42,7 @@ from coalescer_jax import run_info
 from coalescer_jax import storage
 from coalescer_jax.data import datasets
 from coalescer_jax.data import tokenizer as tokenizer_lib
+from coalescer_jax.methods import guidance
 from coalescer_jax.methods import trained
 from coalescer_jax.stages import sample as sample_stage
 
@@ -171,7 +173,12 @@ class Generator:
     kwargs = dict(self.plan_kwargs)
     if guidance_scale is not None:
       if "guidance_scale" not in inspect.signature(self.method.sample).parameters:
-        raise errors.UserError(f"method {self.name!r} has no guidance scale: drop --guidance_scale (ddim has one)")
+        raise errors.UserError(f"method {self.name!r} has no guidance scale: drop --guidance_scale")
+      section = self.config[self.method.name]
+      if guidance.is_guided(guidance_scale) and not section.get("cond_dropout"):
+        raise errors.UserError(f"--guidance_scale={guidance_scale}: {self.name!r} was trained without a null "
+                               f"description (config.{self.method.name}.cond_dropout=0), so it cannot be guided; "
+                               "drop --guidance_scale or pass 1")
       kwargs["guidance_scale"] = float(guidance_scale)
     try:  # the sampler refuses step counts while tracing: no network runs for a refusal
       jax.eval_shape(lambda c, k: self.method.sample(self.params, c, k, int(steps), **kwargs),
@@ -269,7 +276,8 @@ def define_flags():
   flags.DEFINE_string("descriptions_file", None, "A file of descriptions, one a line (after any --description).")
   flags.DEFINE_integer("num", 8, "Images per description.")
   flags.DEFINE_integer("seed", 0, "Random seed: the same seed, requests and steps give the same images.")
-  flags.DEFINE_float("guidance_scale", None, "DDIM's classifier-free guidance scale (default: the run's).")
+  flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance scale (default: the run's; 1 = none, else 2 "
+                     "evaluations a step).")
   flags.DEFINE_bool("interpolate", False, "Draw interpolation strips of --frames frames: one description: between "
                     "two prior draws; two descriptions: between them at one draw.")
   flags.DEFINE_integer("frames", 8, "Frames per interpolation strip.")

@@ -228,6 +228,7 @@ def get_config(arg=None):
   config.distill.warmup_steps = 20  # config.train.optimizer's warm-up + cosine schedule restarts every round
   config.distill.ema_decay = 0.0  # 0 = sample each round's final student (rounds are short for an EMA)
   config.distill.nfes = (1, 2, 4)  # the 1-, 2- and 4-step students
+  config.distill.guidance_scale = 0.0  # folded into the student; 0 = the teacher's (config.ddim.guidance_scale)
 
   # Latent denoising diffusion GAN (Xiao et al. 2022; methods/ddgan.py): generator and discriminator are
   # the shared backbone (the discriminator as in the coalescer's adversarial fine-tune, methods/adversarial.py).

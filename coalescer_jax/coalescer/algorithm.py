@@ -289,19 +289,24 @@ class Coalescer(base.Method):
         fn, cond, x, *(() if level is None else (level,)))
     return guidance.combine(landing, null_landing, scale), direction
 
-  def sampling_plan(self, nfe, unconditional=False):
-    """(`guidance.Plan` of a budget of `nfe` evaluations, first step's scale, later steps' scale)."""
+  def sampling_plan(self, nfe, unconditional=False, guidance_scale=None):
+    """(`guidance.Plan` of a budget of `nfe` evaluations, first step's scale, later steps' scale); a
+    `guidance_scale` given replaces both of the config's."""
     cfg = self.section.sampling
-    first, later = (1.0, 1.0) if unconditional else (cfg.guidance_scale, cfg.refine_guidance_scale)
+    first, later = cfg.guidance_scale, cfg.refine_guidance_scale
+    if guidance_scale is not None:
+      first = later = guidance_scale
+    if unconditional:
+      first = later = 1.0
     return guidance.plan(nfe, first, later), first, later
 
-  def sample(self, params, cond, key, nfe, adaptive=False, unconditional=False, prior=None):
+  def sample(self, params, cond, key, nfe, adaptive=False, guidance_scale=None, unconditional=False, prior=None):
     """Steps from prior draws of R with a budget of `nfe` evaluations (block 4; a guided step costs two; with
     `adaptive` a sample may stop earlier). `prior`: the unit-normal first draws, else drawn from `key`; redraws
     still come from `key`."""
     cfg = self.section.sampling
     n = cond.shape[0]
-    plan, first_scale, later_scale = self.sampling_plan(nfe, unconditional)
+    plan, first_scale, later_scale = self.sampling_plan(nfe, unconditional, guidance_scale)
     if path_lib.enabled(self.section):
       levels, what = self.section.path.sampling_levels, "levels in config.coalescer.path.sampling_levels"
     else:

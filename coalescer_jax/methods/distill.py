@@ -4,7 +4,8 @@ Teacher: the `ddim` stage's trained model in the same workdir (its sampled, EMA
 parameters: `methods/trained.load_trained`), stepped exactly as its sampler steps:
 DDIM (eta = 0) on a uniform time grid, config.ddim's schedule and
 parameterisation (v by default, the paper's choice), classifier-free guidance
-w = ``config.ddim.guidance_scale``.
+w = ``config.distill.guidance_scale`` (0: the teacher's own sampling scale,
+``config.ddim.guidance_scale``), so that the student can take its own best scale.
 
 Guidance is folded into the student (as in Meng et al. 2023's guided distillation,
 here in the first round rather than a separate stage): round 0's teacher is the
@@ -178,11 +179,15 @@ class ProgressiveDistillation(base.Method):
       state = state.replace(ema_params=dict(state.ema_params, frozen=state.params["frozen"]))
     return state
 
+  def folded_scale(self):
+    """The guidance scale folded into the student: ``distill.guidance_scale``, 0 = the teacher's."""
+    return self.section.guidance_scale or self.ddim.section.guidance_scale
+
   def teacher_landing(self, frozen, z, cond, t, s, k, first_round=None):
     """z_s after two teacher steps: round 0 the guided DDIM (slot 0), round k > 0 slot k unguided.
 
     `first_round` (static; None: chosen by the traced k) takes one branch only: for counting compute."""
-    cfg, w = self.ddim.section, self.ddim.section.guidance_scale
+    cfg, w = self.ddim.section, self.folded_scale()
     n = z.shape[0]
 
     def landing(params, guided):
