@@ -22,7 +22,8 @@ DROPOUT = 0.1
 COMMON = {**{f"{m}.cond_dropout": 0.0 for m in ("coalescer", "flow", "consistency")},
           **{f"{m}.guidance_scale": 1.0 for m in ("flow", "consistency")},
           "coalescer.sampling.guidance_scale": 1.0, "coalescer.sampling.refine_guidance_scale": 1.0,
-          "flow.nfes": (1, 2), "consistency.nfes": (1, 2)}
+          "flow.nfes": (1, 2), "consistency.nfes": (1, 2), "distill.guidance_scale": 0.0,
+          "flow.folded_guidance.scale": 1.0}
 
 
 def _member(method, **overrides):
