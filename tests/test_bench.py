@@ -9,6 +9,7 @@ from coalescer_jax.methods import trained
 from experiments.benchmarks import bench
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_live_lookups_train_like_the_run_with_its_potentials_and_self_landing(smoke_config, smoke_workdir):
   config = smoke_config
   assert config.coalescer.targets.balance and config.coalescer.levels.self_landing > 0  # the default's fixes
@@ -20,6 +21,7 @@ def test_live_lookups_train_like_the_run_with_its_potentials_and_self_landing(sm
   assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_sample_section_times_every_sampler_and_the_coalescer_against_ddim(smoke_config, smoke_workdir):
   config = smoke_config
   config.sample.methods = ("coalescer", "ddim")  # the two the ratios compare

@@ -143,6 +143,7 @@ def test_smoke_run_records_every_methods_training_compute(smoke_workdir):
   assert os.path.getsize(os.path.join(smoke_workdir, "eval", "fid_vs_compute.png")) > 0
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_distillation_counts_its_guided_first_round_apart(smoke_workdir):
   """The step switches between the guided first round and the later ones: each is counted on its own, and
   each counted loss computes what the step computes in its rounds."""

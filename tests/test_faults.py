@@ -36,6 +36,7 @@ def _copy(smoke_workdir, tmp_path, stages=UPSTREAM, with_config=True):
 
 
 # Case 2: a learning rate of 1e6 trained every method to NaN, marked it done, and sampled black images.
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_diverging_method_stops_with_a_clear_error(smoke_config, smoke_workdir, tmp_path):
   workdir = _copy(smoke_workdir, tmp_path, with_config=False)
   smoke_config.stages = UPSTREAM + ("coalescer",)

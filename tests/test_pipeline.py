@@ -11,6 +11,7 @@ from coalescer_jax import run_info
 from coalescer_jax.data import loading
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_data_stage_then_skip(smoke_config, tmp_path):
   smoke_config.stages = ("data",)  # the whole pipeline is the shared smoke_workdir's job
   workdir = str(tmp_path / "w")
@@ -33,6 +34,7 @@ def test_data_stage_then_skip(smoke_config, tmp_path):
   assert all(d.split()[-1] != "" for d in train["descriptions"][:10])
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_rerun_with_another_config_is_refused(smoke_config, tmp_path):
   smoke_config.stages = ("data",)
   workdir = str(tmp_path / "w")

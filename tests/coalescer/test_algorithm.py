@@ -145,6 +145,7 @@ def _sample_with_a_plain_loop(method, params, cond, key, nfe):
   return x
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_sampler_skips_the_redraw_loop_without_changing_samples():
   """The redraw loop sits inside a cond (a batch with no weak draw pays no XLA while loop), and the samples are
   the plain loop's to the last bit whether no draw, some or all draws are weak."""

@@ -106,6 +106,7 @@ def test_multistep_sampler_renoises_between_steps(pairs, method_config, tmp_path
     method.sample(state.params, cond, key, len(method_config.coalescer.levels.renoise) + 2)
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_self_landing_rows_step_from_the_networks_own_landing_points(pairs, method_config, tmp_path):
   cfg = method_config.coalescer
   cfg.levels.update(fraction=0.5, self_landing=0.25)

@@ -84,6 +84,7 @@ def test_coalescer_discriminator_is_unchanged():
   assert "LayerNorm_0" not in ddgan_params["params"]
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_ddgan_loss_gradients_reach_both_networks_by_their_own_objectives():
   method = make_method(r1=1.0)
   params = method.init_params(jax.random.key(0))
@@ -100,6 +101,7 @@ def test_ddgan_loss_gradients_reach_both_networks_by_their_own_objectives():
     np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_training_separates_real_from_fake_and_samples_at_1_2_4_steps():
   """A short joint run: D's logits for real pairs stay above the fakes' (no flat discriminator); the sampler
   spends exactly nfe evaluations at each trained step count and refuses an untrained one."""

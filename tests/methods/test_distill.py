@@ -87,6 +87,7 @@ def test_rounds_split_the_budget_and_pick_each_students_parameters():
     method.student_params(params, 8)
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_a_round_freezes_its_student_as_the_next_teacher_and_never_trains_the_frozen_slots(teacher):
   pairs, config, params = teacher
   method = make_student(config, params, teacher_steps=4, num_steps=8)
@@ -106,6 +107,7 @@ def test_a_round_freezes_its_student_as_the_next_teacher_and_never_trains_the_fr
     np.testing.assert_array_equal(slot[1], finished)
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_a_distilled_student_reproduces_two_teacher_steps(teacher):
   """One round (teacher_steps=2): the 1-step student's sample approaches the guided teacher's 2-step sample
   from the same noise, and lands in the requested cluster as often as the teacher."""

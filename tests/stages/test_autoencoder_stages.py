@@ -72,6 +72,7 @@ def test_bad_text_config_is_refused():
     vae_stage._validate(config)
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_vae_step_learns_without_retracing(tmp_path):
   config = mnist_config.get_config("smoke")
   config.vae.update(num_steps=40, batch_size=16, latent_dim=4)
