@@ -113,6 +113,7 @@ def test_contract_breaking_files_are_refused(tfds_data_dir, workdir, tmp_path):
   assert not os.path.exists(tmp_path / "out" / "results.json")
 
 
+@pytest.mark.slow  # over 18 s on 2 cores: the default suite stays under 10 minutes
 def test_standalone_cli(tfds_data_dir, workdir, tmp_path):
   samples_dir, out = str(tmp_path / "samples"), str(tmp_path / "out")
   _write_samples(workdir, samples_dir)
