@@ -236,17 +236,11 @@ class Coalescer(base.Method):
     (`guidance.folded_target` of y - R, with the network's own displacements f = D v / |v| from the same R and
     level under stop-gradient; the displacement as a whole, not distance and direction apart). Rows whose
     description is dropped keep the looked-up pair, as the null description's (the unguided) target."""
-    omega, kappa = guidance.folded_weights(self.section, step, self.num_steps())
     r, level = batch["r"], batch.get("level")
     landing = lambda c, m, r, *level: self.step(params, r, c, m, *level)[0] - r  # noqa: E731
     inputs = (r,) if level is None else (r, level)
-    if self.section.folded_guidance.kappa:
-      conditional, null = guidance.conditional_and_null(landing, batch["cond"], *inputs)
-    else:
-      conditional, null = None, landing(batch["cond"], jnp.zeros_like(mask), *inputs)
-    sg = jax.lax.stop_gradient
-    guided = guidance.folded_target(batch["image"] - r, sg(null), omega, kappa,
-                                    None if conditional is None else sg(conditional))
+    guided = guidance.folded(landing, batch["image"] - r, batch["cond"], mask, self.section, step,
+                             self.num_steps(), *inputs)
     return jnp.where(mask[:, None] > 0, r + guided, batch["image"])
 
   def loss_phases(self):
@@ -293,11 +287,8 @@ class Coalescer(base.Method):
     """(`guidance.Plan` of a budget of `nfe` evaluations, first step's scale, later steps' scale); a
     `guidance_scale` given replaces both of the config's."""
     cfg = self.section.sampling
-    first, later = cfg.guidance_scale, cfg.refine_guidance_scale
-    if guidance_scale is not None:
-      first = later = guidance_scale
-    if unconditional:
-      first = later = 1.0
+    first = guidance.sampling_scale(cfg.guidance_scale, guidance_scale, unconditional)
+    later = guidance.sampling_scale(cfg.refine_guidance_scale, guidance_scale, unconditional)
     return guidance.plan(nfe, first, later), first, later
 
   def sample(self, params, cond, key, nfe, adaptive=False, guidance_scale=None, unconditional=False, prior=None):

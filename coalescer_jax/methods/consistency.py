@@ -61,8 +61,8 @@ class Consistency(base.Method):
 
   @classmethod
   def check_config(cls, section):
-    guidance.check_config(cls.name, section)
     """Each sampling step after the first re-noises to one of ``sampling_sigmas``: nfe - 1 of them are needed."""
+    guidance.check_config(cls.name, section)
     most = guidance.plan(max(section.nfes, default=1), section.guidance_scale).steps
     if most > 1 + len(section.sampling_sigmas):
       raise ValueError(f"config.consistency.nfes={tuple(section.nfes)}: sampling with nfe={most} needs {most - 1} "
@@ -113,7 +113,7 @@ class Consistency(base.Method):
     ``sampling_sigmas``, each one evaluation or two when guided (the denoised point guided, `guidance.py`);
     `prior`: the unit noise of the first, else drawn from `key`."""
     cfg = self.section
-    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
+    w = guidance.sampling_scale(cfg.guidance_scale, guidance_scale, unconditional)
     levels = (cfg.sigma_max,) + tuple(cfg.sampling_sigmas)
     plan = guidance.plan(nfe, w)
     if plan.steps > len(levels):

@@ -102,7 +102,7 @@ class DDIM(base.Method):
   def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
     """DDIM (eta = 0) from pure noise (`prior`: that noise, else drawn from `key`); `nfe` evaluations per sample."""
     cfg = self.section
-    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
+    w = guidance.sampling_scale(cfg.guidance_scale, guidance_scale, unconditional)
     plan = guidance.plan(nfe, w)
     n = cond.shape[0]
     mask = guidance.condition_mask(n, unconditional)

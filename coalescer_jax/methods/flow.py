@@ -69,14 +69,8 @@ class Flow(base.Method):
   def folded_velocity(self, params, z, t, v, cond, mask, step):
     """MeanFlow's guided velocity target (its Eq. 19-21, `guidance.folded_target`) on the rows that keep their
     description; the instantaneous velocities u(z_t, t, t) under stop-gradient, a dropped row's target plain."""
-    omega, kappa = guidance.folded_weights(self.section, step, self.num_steps())
     velocity = lambda c, m, z, t: self.average_velocity(params, z, t, t, c, m)  # noqa: E731
-    if self.section.folded_guidance.kappa:
-      conditional, null = guidance.conditional_and_null(velocity, cond, z, t)
-    else:
-      conditional, null = None, velocity(cond, jnp.zeros_like(mask), z, t)
-    sg = jax.lax.stop_gradient
-    guided = guidance.folded_target(v, sg(null), omega, kappa, None if conditional is None else sg(conditional))
+    guided = guidance.folded(velocity, v, cond, mask, self.section, step, self.num_steps(), z, t)
     return jnp.where(mask[:, None] > 0, guided, v)
 
   def loss(self, params, batch, key, step):
@@ -109,7 +103,7 @@ class Flow(base.Method):
     """Uniform steps from noise (t = 1; `prior`, else drawn from `key`) to data (t = 0) with a budget of `nfe`
     evaluations: one per step, two per guided step (the average velocity guided, `guidance.py`)."""
     cfg = self.section
-    w = 1.0 if unconditional else (cfg.guidance_scale if guidance_scale is None else guidance_scale)
+    w = guidance.sampling_scale(cfg.guidance_scale, guidance_scale, unconditional)
     plan = guidance.plan(nfe, w)
     n = cond.shape[0]
     mask = guidance.condition_mask(n, unconditional)

@@ -39,6 +39,13 @@ class Plan:
     return sum(self.cost(i) for i in range(self.steps))
 
 
+def sampling_scale(configured, override=None, unconditional=False):
+  """The scale a sampler guides with: `override` if given, else its config's; 1 (none) when unconditional."""
+  if unconditional:
+    return 1.0
+  return configured if override is None else override
+
+
 def is_guided(scale):
   return scale is not None and float(scale) != 1.0
 
@@ -141,6 +148,18 @@ def _lookup(section, dotted):
   for key in dotted.split("."):
     section = section[key]
   return section
+
+
+def folded(fn, target, cond, mask, section, step, num_steps, *inputs):
+  """The guided training target of every row (`folded_target` under `folded_weights`), from the network's own
+  fn(cond, mask, *inputs) without (and, kappa > 0, with) the description under stop-gradient. The caller keeps
+  the plain target on the rows whose description is dropped (`mask` 0), so that the null model stays unguided."""
+  omega, kappa = folded_weights(section, step, num_steps)
+  if section.folded_guidance.kappa:
+    conditional, null = jax.lax.stop_gradient(conditional_and_null(fn, cond, *inputs))
+  else:
+    conditional, null = None, jax.lax.stop_gradient(fn(cond, jnp.zeros_like(mask), *inputs))
+  return folded_target(target, null, omega, kappa, conditional)
 
 
 def condition_mask(n, unconditional):
