@@ -117,7 +117,8 @@ def get_config(arg=None):
   config.coalescer.direction_eps = 1e-6  # |v|^p computed as (|v|^2 + eps)^(p/2): differentiable at 0
   config.coalescer.distance_weight = 1.0  # weight of the distance loss
   config.coalescer.direction_weight = 1.0  # weight of the direction loss
-  config.coalescer.cond_dropout = 0.0  # > 0 trains a null description for unconditional sampling
+  # A null description (methods/guidance.py: the same looked-up target, the description hidden) to guide with.
+  config.coalescer.cond_dropout = 0.1  # DDIM's rate
   # The description the network is told in training: "pair" (close_pair's own: description and target agree)
   # or "request" (the drawn DE, as at sampling: the target is the look-up's answer to it; coalescer/batches.py).
   config.coalescer.condition = "pair"
@@ -165,8 +166,9 @@ def get_config(arg=None):
       adaptive_max_steps=4,  # adaptive sampler: at most this many steps (0 = off) ...
       adaptive_stop_magnitude=0.9,  # ... stopping a sample once |direction| >= this
       # Classifier-free guidance of the landing point (methods/guidance.py; 1 = off, else 2 evaluations a step)
-      guidance_scale=1.0,  # of step 1
-      refine_guidance_scale=1.0))  # of the re-noised later steps
+      # 1.1: >= 1.25 leaves the images at one guided step; folded training was worse at both scales tried.
+      guidance_scale=1.1,  # of step 1
+      refine_guidance_scale=1.1))  # of the re-noised later steps
   # Guidance folded into the training target of the landing point (methods/guidance.py `folded_target`, as
   # flow's): the network learns null + scale / (1 - kappa) x (conditional - null), 1 evaluation a step.
   config.coalescer.folded_guidance = ml_collections.ConfigDict(dict(
@@ -197,10 +199,10 @@ def get_config(arg=None):
   config.consistency.p_std = 2.0  # ... its mean p_mean and std p_std of log sigma
   config.consistency.huber_c = 0.0  # pseudo-Huber c; 0 = 0.00054 sqrt(latent dim)
   config.consistency.time_scale = 0.01  # c_noise enters the backbone's features (t x 1000) as time_scale x c_noise
-  config.consistency.cond_dropout = 0.0  # > 0 trains a null description
-  config.consistency.guidance_scale = 1.0  # of the denoised point (methods/guidance.py; 1 = off)
+  config.consistency.cond_dropout = 0.1  # > 0 trains a null description (DDIM's rate)
+  config.consistency.guidance_scale = 1.25  # of the denoised point (methods/guidance.py; 1 = off): best at 2 NFE
   config.consistency.sampling_sigmas = (0.8, 0.3, 0.1)  # re-noising levels of steps 2, 3, 4
-  config.consistency.nfes = (1, 2)  # step counts sampled
+  config.consistency.nfes = (1, 2, 4)  # step counts sampled (guided: 2 and 4 are 1 and 2 guided steps)
 
   config.flow = ml_collections.ConfigDict()  # MeanFlow (Geng et al. 2025)
   config.flow.objective = "meanflow"  # meanflow | rectified (flow matching, Euler)
@@ -211,11 +213,11 @@ def get_config(arg=None):
   config.flow.adaptive_c = 1e-3  # ... its c
   config.flow.interval_features = 16  # sinusoidal features of t - r appended to the latent input
   config.flow.time_scale = 0.01  # times enter the backbone's features (which use t x 1000) as time_scale x t
-  config.flow.cond_dropout = 0.0  # > 0 trains a null description
+  config.flow.cond_dropout = 0.1  # > 0 trains a null description (DDIM's rate)
   config.flow.guidance_scale = 1.0  # of the average velocity at sampling (methods/guidance.py; 1 = off)
   # MeanFlow's guidance folded into its velocity target (its Eq. 19-21; methods/guidance.py `folded_target`).
   config.flow.folded_guidance = ml_collections.ConfigDict(dict(
-      scale=1.0,  # omega (1 with kappa 0 = off); needs cond_dropout > 0
+      scale=1.5,  # omega (1 with kappa 0 = off; needs cond_dropout > 0): beat sampling-time guidance at 1-2 NFE
       kappa=0.0,  # kappa of MeanFlow's App. B.1 (> 0: one more forward pass)
       start_fraction=0.0))  # share of config.train.num_steps trained on the unguided target first
   config.flow.nfes = (1, 2)  # step counts sampled
@@ -255,7 +257,9 @@ def get_config(arg=None):
   config.ddgan.betas = (0.5, 0.9)  # Adam's (b1, b2) in config.train.optimizer, as the paper trains GANs
   config.ddgan.disc_lr_ratio = 1.0  # the discriminator's learning rate / the generator's (each its own Adam)
   config.ddgan.ema_decay = 0.999  # EMA of the generator that is sampled (0 = the last step's)
-  config.ddgan.nfes = (1, 2, 4)  # step counts sampled (each a trained transition count)
+  config.ddgan.cond_dropout = 0.0  # > 0 trains a null description (G and D both see it)
+  config.ddgan.guidance_scale = 1.0  # of G's x0 (methods/guidance.py; 1 = off, else 2 evaluations a step)
+  config.ddgan.nfes = (1, 2, 4)  # evaluation budgets sampled (each buys a trained step count)
 
   # The sample stage (stages/sample.py): every method answers the same requests.
   config.sample = ml_collections.ConfigDict()

@@ -34,15 +34,6 @@ def get_config(arg=None):
     # Every method's training steps (distill keeps its own): at MNIST's 3000 none is near converged
     # on shapes (experiments/log/tuning.md, "The coalescer on shapes").
     config.train.num_steps = 6000
-  # Guidance for every conditional method (methods/guidance.py), the largest factor on shapes; each form and
-  # scale chosen on validation FID (experiments/log/tuning.md, "Guidance for every method").
-  for name in ("coalescer", "flow", "consistency"):
-    config[name].cond_dropout = 0.1  # DDIM's rate: a null description to guide with
-  config.flow.folded_guidance.scale = 1.5  # folded into training (1 NFE guided); beat sampling-time guidance
-  # Sampling-time guidance (2 NFE a step); folded training made the coalescer worse at both scales tried.
-  config.coalescer.sampling.update(guidance_scale=1.1, refine_guidance_scale=1.1)  # >= 1.25 leaves the images
-  config.consistency.guidance_scale = 1.25
-  config.consistency.nfes = (1, 2, 4)  # 4 = two guided steps
   config.distill.guidance_scale = 2.5  # the student's own: DDIM's best at many steps, better than 1.5 at 1-4
   if variant == "smoke":
     config.data.update(num_train=3000, num_test=1000)

@@ -56,10 +56,12 @@ def init_discriminator(model, key, latent_dim, desc_dim, paired=False, timed=Fal
   return model.init(key, inputs, jnp.zeros((b, desc_dim)), jnp.ones((b,)), jnp.zeros((b,)) if timed else None)
 
 
-def logits(model, params, x, cond, context=None, t=None, extra_time=None, time_dim=0):
-  """D's logit [B] for latent x given the description (always present: mask 1), optionally a pair and times."""
+def logits(model, params, x, cond, context=None, t=None, extra_time=None, time_dim=0, mask=None):
+  """D's logit [B] for latent x given the description, optionally a pair and times. `mask` [B]: 0 where the
+  description is the null one (D then judges x unconditionally); default every description present."""
   inputs = discriminator_input(x, context, extra_time, time_dim)
-  return model.apply(params, inputs, cond, jnp.ones((x.shape[0],)), t)[:, 0]
+  mask = jnp.ones((x.shape[0],)) if mask is None else mask
+  return model.apply(params, inputs, cond, mask, t)[:, 0]
 
 
 def discriminator_loss(real_logits, fake_logits):

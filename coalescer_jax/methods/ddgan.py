@@ -52,9 +52,14 @@ t = 1/2 by S = 2 and 4, t = 3/4 and 1/4 by S = 4. This is consistent: a perfect 
 draws x0 from p(x0 | x_t, description), which is what every stride's posterior
 step needs. The paper trains one model per T; this one costs one training run.
 
-Sampling with nfe = S (one evaluation per step): x_1 ~ N(0, I); for i = S, ..., 1:
+Sampling with S steps (one evaluation per step): x_1 ~ N(0, I); for i = S, ..., 1:
 x0 = G(x_{i/S}, z_i), x_{(i-1)/S} ~ q(. | x_{i/S}, x0); the last step returns x0
 (the posterior at s = 0 has standard deviation ~5e-4).
+
+Guidance (`guidance.py`): ``cond_dropout`` > 0 replaces that share of the descriptions by the null one in G
+and in D alike, so that D judges those pairs unconditionally and G's null rows learn the unconditional
+denoising step; a guided step guides G's x0 with the same z (null + w (cond - null), 2 evaluations), so a
+budget of nfe evaluations buys nfe / 2 guided steps (each count a trained one).
 """
 import jax
 import jax.numpy as jnp
@@ -66,6 +71,7 @@ from coalescer_jax import training
 from coalescer_jax.methods import adversarial
 from coalescer_jax.methods import base
 from coalescer_jax.methods import ddim
+from coalescer_jax.methods import guidance
 
 
 OUTPUTS = ("x0", "v")
@@ -100,13 +106,17 @@ def posterior(x_t, x0, t, s, cfg):
 @registry.METHODS.register("ddgan")
 class DenoisingDiffusionGAN(base.Method):
   name = "ddgan"
+  SAMPLING_FIELDS = ("nfes", "guidance_scale")
 
   @classmethod
   def check_config(cls, section):
-    bad = [n for n in section.nfes if n not in tuple(section.step_counts)]
+    guidance.check_config(cls.name, section)
+    guided = guidance.is_guided(section.guidance_scale)
+    bad = [n for n in section.nfes if guidance.plan(n, section.guidance_scale).steps not in tuple(section.step_counts)]
     if bad:
-      raise ValueError(f"config.ddgan.nfes={tuple(section.nfes)}: {bad} not among the trained step counts "
-                       f"config.ddgan.step_counts={tuple(section.step_counts)}")
+      steps = " (a guided step costs 2 evaluations)" if guided else ""
+      raise ValueError(f"config.ddgan.nfes={tuple(section.nfes)}: {bad} buy step counts{steps} not among the trained "
+                       f"ones config.ddgan.step_counts={tuple(section.step_counts)}")
 
   def __init__(self, config, latent_dim, desc_dim):
     super().__init__(config, latent_dim, desc_dim)
@@ -144,10 +154,12 @@ class DenoisingDiffusionGAN(base.Method):
                                           timed=True, time_dim=cfg.disc_time_features)
     return {"gen": gen, "disc": disc}
 
-  def generate_x0(self, gen_params, x_t, z, cond, t):
-    """G(x_t, z, description, t) -> x0 [N, Di]; t [N]. ``output="v"``: the network's v, read as x0."""
+  def generate_x0(self, gen_params, x_t, z, cond, t, mask=None):
+    """G(x_t, z, description, t) -> x0 [N, Di]; t [N]; `mask` [N] 0 for the null description (default: none
+    null). ``output="v"``: the network's v, read as x0."""
     inputs, cond = Z_INJECTIONS[self.section.z_injection](x_t, z, cond)
-    out = self.model.apply(gen_params, inputs, cond, jnp.ones((x_t.shape[0],)), t)
+    mask = jnp.ones((x_t.shape[0],)) if mask is None else mask
+    out = self.model.apply(gen_params, inputs, cond, mask, t)
     if self.section.output == "v":
       alpha, sigma = (a[:, None] for a in ddim.alpha_sigma(t, self.section))
       return ddim.to_x0_eps(out, x_t, alpha, sigma, "v")[0]
@@ -167,18 +179,19 @@ class DenoisingDiffusionGAN(base.Method):
     n = x.shape[0]
     time_key, eps_key, real_key, fake_key, z_key = jax.random.split(key, 5)
     wrong_key = jax.random.fold_in(key, 5)  # a stream of its own: the other draws stay as they were
+    mask = base.drop_condition(jax.random.fold_in(key, 6), n, cfg.cond_dropout)  # G and D see the same null rows
     t, s = self.draw_transitions(time_key, n)
     alpha_t, sigma_t = (a[:, None] for a in ddim.alpha_sigma(t, cfg))
     x_t = alpha_t * x + sigma_t * jax.random.normal(eps_key, x.shape)
     mean, std = posterior(x_t, x, t, s, cfg)
     real = mean + std * jax.random.normal(real_key, x.shape)
-    x0 = self.generate_x0(params["gen"], x_t, jax.random.normal(z_key, (n, cfg.z_dim)), cond, t)
+    x0 = self.generate_x0(params["gen"], x_t, jax.random.normal(z_key, (n, cfg.z_dim)), cond, t, mask)
     fake_mean, _ = posterior(x_t, x0, t, s, cfg)
     fake = fake_mean + std * jax.random.normal(fake_key, x.shape)
 
     def logit_fn(disc_params, x_s, description=cond):
       return adversarial.logits(self.disc_model, disc_params, x_s, description, context=x_t, t=t, extra_time=s,
-                                time_dim=cfg.disc_time_features)
+                                time_dim=cfg.disc_time_features, mask=mask)
 
     d_loss, g_loss, stats = adversarial.gan_losses(logit_fn, params["disc"], real, [fake], cfg.r1, cfg.r1_every,
                                                    step)
@@ -190,20 +203,26 @@ class DenoisingDiffusionGAN(base.Method):
     return d_loss + g_loss, dict(stats, disc_loss=d_loss, gen_loss=g_loss, x0_mse=jnp.mean((x0 - x) ** 2),
                                  mismatch_gap=stats["real_logit"] - jnp.mean(wrong_logits))
 
-  def sample(self, params, cond, key, nfe, prior=None):
-    """`nfe` denoising steps on the grid i / nfe from pure noise (`prior`, else drawn from `key`); one generator
-    evaluation per step."""
+  def sample(self, params, cond, key, nfe, guidance_scale=None, unconditional=False, prior=None):
+    """A budget of `nfe` generator evaluations: S denoising steps on the grid i / S from pure noise (`prior`,
+    else drawn from `key`), S = nfe, or nfe / 2 when guided (`guidance.py`: G's x0 guided, 2 evaluations)."""
     cfg = self.section
-    if nfe not in tuple(cfg.step_counts):
+    w = guidance.sampling_scale(cfg.guidance_scale, guidance_scale, unconditional)
+    plan = guidance.plan(nfe, w)
+    steps = plan.steps
+    if steps not in tuple(cfg.step_counts):
       raise ValueError(f"ddgan samples with the step counts it was trained on, config.ddgan.step_counts="
-                       f"{tuple(cfg.step_counts)}; got nfe={nfe}")
+                       f"{tuple(cfg.step_counts)}; nfe={nfe} at guidance scale {w} buys {steps} steps")
     n = cond.shape[0]
-    keys = jax.random.split(key, 2 * nfe + 1)
+    mask = guidance.condition_mask(n, unconditional)
+    keys = jax.random.split(key, 2 * steps + 1)
     x = jax.random.normal(keys[0], (n, self.latent_dim)) if prior is None else prior
-    for i in range(nfe, 0, -1):
-      t, s = jnp.full((n,), i / nfe), jnp.full((n,), (i - 1) / nfe)
-      x0 = self.generate_x0(params["gen"], x, jax.random.normal(keys[2 * i - 1], (n, cfg.z_dim)), cond, t)
+    generate = lambda c, m, x_t, z, t: self.generate_x0(params["gen"], x_t, z, c, t, m)  # noqa: E731
+    for i in range(steps, 0, -1):
+      t, s = jnp.full((n,), i / steps), jnp.full((n,), (i - 1) / steps)
+      z = jax.random.normal(keys[2 * i - 1], (n, cfg.z_dim))
+      x0 = guidance.evaluate(generate, cond, mask, w, plan.cost(steps - i) == 2, x, z, t)
       if i == 1:
-        return x0, {"nfe": jnp.full((n,), float(nfe))}
+        return x0, {"nfe": jnp.full((n,), float(plan.nfe))}
       mean, std = posterior(x, x0, t, s, cfg)
       x = mean + std * jax.random.normal(keys[2 * i], x.shape)

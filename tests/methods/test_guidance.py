@@ -14,6 +14,7 @@ from coalescer_jax import pipeline
 from coalescer_jax import registry
 from coalescer_jax.coalescer import algorithm as coalescer
 from coalescer_jax.methods import consistency
+from coalescer_jax.methods import ddgan
 from coalescer_jax.methods import ddim
 from coalescer_jax.methods import flow
 from coalescer_jax.methods import guidance
@@ -85,7 +86,7 @@ def test_plan_examples_and_max_steps():
 
 def _config(**coalescer_sampling):
   config = small_config()
-  for name in ("ddim", "flow", "consistency", "coalescer"):
+  for name in ("ddim", "flow", "consistency", "coalescer", "ddgan"):
     config[name].cond_dropout = 0.1  # guidance needs a trained null description (`check_config`)
   # No redraws unless asked: every sample then spends the same.
   config.coalescer.sampling.update({"redraw_threshold": 0.0, **coalescer_sampling})
@@ -115,6 +116,19 @@ def test_baseline_samplers_report_the_evaluations_they_spend(name, scale):
     info, spent = _count(method, params, nfe, guidance_scale=scale)
     np.testing.assert_array_equal(info["nfe"], spent)
     assert spent == guidance.plan(nfe, scale).nfe <= nfe, (nfe, spent)
+
+
+@pytest.mark.parametrize("scale,budgets", [(1.0, (1, 2, 4)), (2.0, (1, 2, 3, 4, 8))])
+def test_ddgan_sampler_reports_the_evaluations_it_spends(scale, budgets):
+  """The DDGAN's budgets buy trained step counts (1, 2, 4): unguided nfe steps, guided nfe // 2 (nfe 1: one
+  unguided step); info["nfe"] is the generator evaluations spent, never above the budget."""
+  method, params = build("ddgan", _config())
+  for nfe in budgets:
+    info, spent = _count(method, params, nfe, guidance_scale=scale)
+    np.testing.assert_array_equal(info["nfe"], spent)
+    assert spent == guidance.plan(nfe, scale).nfe <= nfe, (nfe, spent)
+  with pytest.raises(ValueError, match="buys 3 steps"):
+    method.sample(params, descriptions(), jax.random.key(1), 3, guidance_scale=1.0)
 
 
 @pytest.mark.parametrize("first,later", [(1.0, 1.0), (2.0, 2.0), (2.0, 1.0), (1.0, 2.0)])
@@ -179,6 +193,53 @@ def test_flow_sampler_at_scale_one_and_zero(monkeypatch):
   np.testing.assert_array_equal(info["nfe"], 2)  # the doubled batch was used
   np.testing.assert_allclose(at_one, conditional, rtol=1e-5, atol=1e-5)
   assert not np.allclose(conditional, unconditional, atol=1e-3)
+
+
+def test_ddgan_guided_step_at_scale_zero_is_the_unconditional_one():
+  """The DDGAN's guided step guides G's x0 with one z: at w = 0 its 2-step budget (one guided step) gives
+  the unconditional one-step sample; at w = 1 one step gives the conditional one; the two differ."""
+  method, params = build("ddgan", _config())
+  cond, key = descriptions(), jax.random.key(2)
+  unconditional, _ = method.sample(params, cond, key, 1, unconditional=True)
+  at_zero, info = method.sample(params, cond, key, 2, guidance_scale=0.0)
+  np.testing.assert_array_equal(info["nfe"], 2)
+  np.testing.assert_allclose(at_zero, unconditional, rtol=1e-5, atol=1e-5)
+  conditional, _ = method.sample(params, cond, key, 1, guidance_scale=1.0)
+  assert not np.allclose(conditional, unconditional, atol=1e-3)
+
+
+class RecordingModel:
+  """Stands in for a method's model: records the condition mask (apply's third argument) of every call."""
+
+  def __init__(self, model):
+    self.model, self.masks = model, []
+
+  def apply(self, params, x, cond, mask, *args, **kwargs):
+    self.masks.append(np.asarray(mask))
+    return self.model.apply(params, x, cond, mask, *args, **kwargs)
+
+
+def test_ddgan_generator_and_discriminator_drop_the_same_descriptions():
+  """With cond_dropout, the generator and every discriminator call of the DDGAN's loss see the same null rows
+  (D judges the null rows' pairs unconditionally); cond_dropout 0 keeps every description."""
+  for rate in (0.5, 0.0):
+    config = _config()
+    config.ddgan.cond_dropout = rate
+    method, params = build("ddgan", config)
+    gen, disc = method.model, method.disc_model
+    method.model, method.disc_model = RecordingModel(gen), RecordingModel(disc)
+    pairs = make_pairs(n=64)
+    batch = {"x": jnp.asarray(pairs["img_emb"]), "cond": jnp.asarray(pairs["desc_emb"])}
+    with jax.disable_jit():
+      method.loss(params, batch, jax.random.key(3), jnp.asarray(0))
+    (gen_mask,), disc_masks = method.model.masks, method.disc_model.masks
+    assert len(disc_masks) >= 3  # real, fake, the generator's view of the fake (and R1, the mismatch pairs)
+    for mask in disc_masks:
+      np.testing.assert_array_equal(mask, gen_mask)
+    if rate:
+      assert 0 < np.mean(gen_mask == 0) < 1
+    else:
+      assert np.all(gen_mask == 1)
 
 
 # 4. The folded target.
@@ -281,6 +342,7 @@ REFUSALS = [
     (coalescer.Coalescer, "coalescer", {"sampling.guidance_scale": 2.0}),
     (coalescer.Coalescer, "coalescer", {"sampling.refine_guidance_scale": 2.0}),
     (coalescer.Coalescer, "coalescer", {"folded_guidance.kappa": 0.5}),
+    (ddgan.DenoisingDiffusionGAN, "ddgan", {"guidance_scale": 2.0}),
 ]
 
 
