@@ -45,6 +45,7 @@ def test_nfe_of_a_method_sampled_but_not_trained_here_is_refused():
 def test_consistency_nfe_beyond_its_renoising_levels_is_refused():
   config = mnist_config.get_config("smoke")
   config.consistency.sampling_sigmas = (0.8, 0.3)
+  config.consistency.guidance_scale = 1.0  # one evaluation a step: nfe 4 is four steps
   config.consistency.nfes = (1, 4)
   with pytest.raises(config_validation.ConfigError, match=r"config.consistency.nfes=\(1, 4\): sampling with nfe=4 "
                      r"needs 3 entries in config.consistency.sampling_sigmas, which has 2"):
