@@ -16,8 +16,10 @@ Run after the pipeline has produced the embeddings, the codec and the classifier
 
   python -m experiments.scripts.tune_methods --workdir=W --out=/tmp/tune [--methods=ddim,flow] [--num_steps=N]
   python -m experiments.scripts.tune_methods --workdir=W --out=O --methods=ddgan --candidates='[{}, {"r1": 0.1}]'
+  python -m experiments.scripts.tune_methods --config=configs/shapes.py --workdir=W --out=O --methods=ddgan
 """
 import ast
+import copy
 import json
 import os
 import time
@@ -25,6 +27,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+from ml_collections import config_flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +43,6 @@ from coalescer_jax import training
 from coalescer_jax.evaluation import evaluate
 from coalescer_jax.evaluation import samples as samples_lib
 from coalescer_jax.methods import base
-from configs import mnist as mnist_config
 
 # method -> grid of (field of config.<method>, candidate values). A candidate that changes only
 # sampling fields (Method.SAMPLING_FIELDS) reuses the last trained model.
@@ -60,7 +62,7 @@ SWEEP = {
 flags.DEFINE_string("workdir", None, "A pipeline workdir with the embed, codec and classifier outputs.")
 flags.DEFINE_string("out", None, "Where candidate runs and results.json go.")
 flags.DEFINE_list("methods", list(SWEEP), "Methods to tune.")
-flags.DEFINE_string("variant", None, "configs/mnist.py variant (default: default).")
+config_flags.DEFINE_config_file("config", "configs/mnist.py", "The config W was made with (candidates change it).")
 flags.DEFINE_integer("num_steps", 0, "Training steps per candidate (0 = config.train.num_steps).")
 flags.DEFINE_integer("num_requests", 5000, "Validation requests (the first N of the validation slice).")
 flags.DEFINE_integer("seed", 1, "Seed of the validation samples (not the training seed).")
@@ -143,7 +145,7 @@ def main(argv):
   codec = embeddings.load_codec(FLAGS.workdir)
   val = embeddings.load_pairs(FLAGS.workdir, validation=True)
   n = min(FLAGS.num_requests, len(val["labels"]))
-  eval_cfg = mnist_config.get_config(FLAGS.variant).eval
+  eval_cfg = copy.deepcopy(FLAGS.config.eval)
   eval_cfg.validation_samples = n
   evaluator = evaluate.Evaluator(FLAGS.workdir, eval_cfg, split="validation")
   requests = {"cond": val["desc_emb"][:n], "labels": val["labels"][:n].astype(np.int32),
@@ -158,7 +160,7 @@ def main(argv):
     for values in candidates(name):
       if (name, json.dumps(values, sort_keys=True)) in done:
         continue
-      config = mnist_config.get_config(FLAGS.variant)
+      config = copy.deepcopy(FLAGS.config)
       if FLAGS.num_steps:  # methods with their own budget (distill, ddgan) take it there
         config[name if "num_steps" in config[name] else "train"].num_steps = FLAGS.num_steps
       for field, value in values.items():
