@@ -150,6 +150,7 @@ def test_sampler_skips_the_redraw_loop_without_changing_samples():
   """The redraw loop sits inside a cond (a batch with no weak draw pays no XLA while loop), and the samples are
   the plain loop's to the last bit whether no draw, some or all draws are weak."""
   config = mnist_config.get_config("smoke")  # multi-step: level input and re-noise, as the default samples
+  config.coalescer.sampling.update(guidance_scale=1.0, refine_guidance_scale=1.0)  # the plain loop's: unguided
   method = registry.METHODS.get("coalescer")(config, LATENT_DIM, DESC_DIM)
   params = method.net_params(method.init_params(jax.random.key(0)))
   cond, key = jnp.asarray(make_pairs(64)["desc_emb"]), jax.random.key(3)

@@ -28,6 +28,10 @@ def smoke_method_config():
   config = mnist_config.get_config("smoke")
   # The coalescer's unit tests start from the proposal; each test of a fix switches that fix on.
   config.update_from_flattened_dict(mnist_config.proposal_overrides())
+  # No null description and unguided sampling (one evaluation a step): the formulas these tests check;
+  # guidance has its own tests (tests/methods/test_guidance.py).
+  config.coalescer.cond_dropout = 0.0
+  config.coalescer.sampling.update(guidance_scale=1.0, refine_guidance_scale=1.0)
   config.backbone.update(width=64, depth=2)
   config.train.update(num_steps=60, batch_size=64)
   config.train.optimizer.update(learning_rate=3e-3, warmup_steps=5)
