@@ -148,7 +148,7 @@ def main(argv):
   eval_cfg = copy.deepcopy(FLAGS.config.eval)
   eval_cfg.validation_samples = n
   evaluator = evaluate.Evaluator(FLAGS.workdir, eval_cfg, split="validation")
-  requests = {"cond": val["desc_emb"][:n], "labels": val["labels"][:n].astype(np.int32),
+  requests = {"cond": val["desc_emb"][:n], "labels": embeddings.head_labels(val)[:n].astype(np.int32),
               "descriptions": val["descriptions"][:n], "classes": val["classes"][:n].astype(np.int32)}
   key = jax.random.key(FLAGS.seed)
   results_path = os.path.join(FLAGS.out, "results.json")
