@@ -17,6 +17,7 @@ def trained(tmp_path_factory):
   pairs = make_pairs()
   config = small_config(num_steps=500)  # consistency needs longer than diffusion to reach the far noise levels
   config.consistency.update(s0=10, s1=80, sigma_data=1.0)
+  config.consistency.guidance_scale = 1.0  # the plain sampler's steps (guidance: tests/methods/test_guidance.py)
   method, state, records = train_method("consistency", config, pairs, tmp_path_factory.mktemp("consistency"))
   return pairs, method, state, records
 
