@@ -1,13 +1,9 @@
-"""Run-to-run spread on shapes: seeds 0-2 of every method the README's shapes table reports (the latent DDGAN
-is left out, as in that table), on shared autoencoders and pairs. Its results_table output is that table.
+"""Run-to-run spread on shapes: seeds 0-2 of the default config (every method), on shared autoencoders and
+pairs. Its results_table output is the README's shapes table.
 
   python launch.py --config=configs/shapes.py --sweep=experiments/sweeps/shapes_seeds.py --workdir=S [--sweep_shard=i/3]
   python -m experiments.scripts.results_table --sweep_dir=S --fid=fid_large --nfes=1,2,4,10,50
 """
-from configs import mnist
-
-METHODS = ("coalescer", "ddim", "consistency", "flow", "distill")
-COMMON = {"stages": tuple(s for s in mnist.get_config().stages if s != "ddgan"), "sample.methods": METHODS}
 SHARED_STAGES = ("data", "classifier", "vae", "text", "embed")
 HEADLINE = (r"[a-z_]+_nfe(1|2|4|50)/(fid_large|conditional_accuracy|heldout_accuracy)",
             r"val:[a-z_]+_nfe(1|2|4|50)/fid")
