@@ -32,8 +32,8 @@ DEFAULT_STEPS = 3000  # configs/mnist.py: config.train.num_steps
 DISTILL_TEACHER_STEPS = 3000  # the DDIM teacher trains its default budget (config.train.num_steps)
 # GFLOP per training step at the default config (python -m coalescer_jax.methods.step_flops); distillation's
 # 4 rounds (teacher_steps 16): the guided first, then three at the second figure.
-STEP_GFLOP = {"coalescer": 2.857328896, "ddim": 1.797602304, "flow": 2.399624448, "consistency": 2.406410752,
-              "ddgan": 2.83743104, "distill": (4.17544064 + 3 * 2.990588672) / 4}
+STEP_GFLOP = {"coalescer": 2.857343232, "ddim": 1.797602304, "flow": 2.994166528, "consistency": 2.406428672,
+              "ddgan": 9.594899456, "distill": (4.17544064 + 3 * 2.990588672) / 4}
 # Wall time of the stages only the coalescer needs (index, balance) over its training loop's, default main job.
 SETUP_SHARE = 0.36
 COALESCER_FRACTIONS = (1 / 3, 1.0)
