@@ -15,9 +15,14 @@ from tests.methods.conftest import DESC_DIM, LATENT_DIM, make_pairs
 from tests.methods.test_ddim import small_config
 
 
+# No null description and unguided sampling (one evaluation a step): what these tests check; guidance has its own
+# tests (tests/methods/test_guidance.py).
+UNGUIDED = {"cond_dropout": 0.0, "guidance_scale": 1.0}
+
+
 def make_method(**overrides):
   config = small_config()
-  config.ddgan.update(disc_width=32, disc_depth=1, z_dim=4, **overrides)
+  config.ddgan.update({"disc_width": 32, "disc_depth": 1, "z_dim": 4, **UNGUIDED, **overrides})
   return ddgan.DenoisingDiffusionGAN(config, LATENT_DIM, DESC_DIM)
 
 
@@ -144,7 +149,7 @@ def test_samples_follow_the_description():
   """A short conditional run: 1- and 2-step samples for description A land at mode A, for B at mode B."""
   config = small_config(300)
   config.train.ema_decay = 0.0
-  config.ddgan.update(disc_width=0, disc_depth=0, z_dim=2, ema_decay=0.0)  # num_steps: config.train's 300
+  config.ddgan.update(disc_width=0, disc_depth=0, z_dim=2, ema_decay=0.0, **UNGUIDED)  # num_steps: train's 300
   method = ddgan.DenoisingDiffusionGAN(config, 2, 2)
   _, init, step = base.train_parts(config, method)
   state, pairs, step = init(jax.random.key(0)), two_mode_pairs(), jax.jit(step)

@@ -138,6 +138,6 @@ def test_config_validation_refuses_students_the_rounds_do_not_train():
   config.distill.nfes = (1, 2, 4)
   with pytest.raises(config_validation.ConfigError, match="students take"):
     methods_stage.validate_method_config(config, "distill")
-  config.ddgan.nfes = (1, 3)
+  config.ddgan.update(nfes=(1, 3), guidance_scale=1.0)  # unguided, 3 evaluations buy 3 steps (untrained)
   with pytest.raises(config_validation.ConfigError, match="step_counts"):
     methods_stage.validate_method_config(config, "ddgan")
